@@ -1,0 +1,48 @@
+"""pickgrad: hard discrete choices that train by backpropagation.
+
+Structures (what is chosen) and estimators (how gradients flow) are independent axes: every
+estimator works on every structure that offers what it needs.
+"""
+
+from pickgrad.estimators import (
+    BASELINES,
+    Estimator,
+    GumbelRao,
+    GumbelRelaxed,
+    Reinforce,
+    Relaxed,
+    StraightThrough,
+    StraightThroughGumbel,
+    StraightThroughRelaxed,
+    available_estimators,
+    get_estimator,
+    register_estimator,
+)
+from pickgrad.schedules import Constant, ExponentialDecay, Schedule
+from pickgrad.select import estimate, select
+from pickgrad.structures import OneHot, Structure
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BASELINES",
+    "Constant",
+    "Estimator",
+    "ExponentialDecay",
+    "GumbelRao",
+    "GumbelRelaxed",
+    "OneHot",
+    "Reinforce",
+    "Relaxed",
+    "Schedule",
+    "StraightThrough",
+    "StraightThroughGumbel",
+    "StraightThroughRelaxed",
+    "Structure",
+    "__version__",
+    "available_estimators",
+    "estimate",
+    "get_estimator",
+    "register_estimator",
+    "select",
+]

@@ -1,0 +1,80 @@
+"""Input checks shared by every public entry point.
+
+Each check raises a ``ValueError`` or ``TypeError`` that names the argument, what it got and what
+was expected, so that bad input never turns into a silent NaN further down.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_generator", "check_positive_int", "check_scores", "check_tau"]
+
+
+def check_scores(scores: Any, *, name: str = "scores", event_dims: int = 1) -> Tensor:
+    """Check that ``scores`` is a finite floating tensor with at least ``event_dims`` dimensions."""
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
+    if not scores.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {scores.dtype}; convert with {name}.float()"
+        )
+    if scores.dim() < event_dims:
+        raise ValueError(
+            f"{name} must have at least {event_dims} dimension(s) for this structure, "
+            f"got shape {tuple(scores.shape)}"
+        )
+    if any(size == 0 for size in scores.shape[scores.dim() - event_dims :]):
+        raise ValueError(
+            f"{name} has an empty event dimension: shape {tuple(scores.shape)}; "
+            "there must be at least one item to choose from"
+        )
+    if scores.numel() > 0 and not bool(torch.isfinite(scores).all()):
+        bad = "NaN" if bool(torch.isnan(scores).any()) else "inf"
+        raise ValueError(f"{name} contains {bad} values (shape {tuple(scores.shape)}); all must be finite")
+    return scores
+
+
+def check_tau(tau: Any, *, name: str = "tau") -> float:
+    """Return ``tau`` as a float after checking that it is finite and positive.
+
+    Anything with ``__float__`` is accepted, so a temperature schedule can be passed where a
+    temperature is expected.
+    """
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a positive number or a schedule, got {type(tau).__name__}"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def check_positive_int(value: Any, *, name: str, minimum: int = 1) -> int:
+    """Check that ``value`` is an int no smaller than ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_generator(generator: Any, device: torch.device) -> torch.Generator | None:
+    """Check that ``generator`` is None or a torch.Generator on ``device``'s type."""
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise ValueError(
+            f"generator is on {generator.device.type} but scores are on {device.type}; "
+            f"create it with torch.Generator(device={device.type!r})"
+        )
+    return generator

@@ -1,0 +1,31 @@
+"""Gradient estimators, each usable by name through the registry or as an object.
+
+Importing this package registers every built-in estimator.
+"""
+
+from pickgrad.estimators.base import (
+    Estimator,
+    available_estimators,
+    get_estimator,
+    register_estimator,
+    replace_gradient,
+)
+from pickgrad.estimators.gumbel import GumbelRao, GumbelRelaxed, StraightThroughGumbel
+from pickgrad.estimators.reinforce import BASELINES, Reinforce
+from pickgrad.estimators.straight_through import Relaxed, StraightThrough, StraightThroughRelaxed
+
+__all__ = [
+    "BASELINES",
+    "Estimator",
+    "GumbelRao",
+    "GumbelRelaxed",
+    "Reinforce",
+    "Relaxed",
+    "StraightThrough",
+    "StraightThroughGumbel",
+    "StraightThroughRelaxed",
+    "available_estimators",
+    "get_estimator",
+    "register_estimator",
+    "replace_gradient",
+]

@@ -1,0 +1,63 @@
+"""Deterministic estimators: straight-through, straight-through with a relaxed backward, relaxed."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from pickgrad.estimators.base import Estimator, RelaxingEstimator, register_estimator, replace_gradient
+from pickgrad.structures.base import Structure
+
+__all__ = ["Relaxed", "StraightThrough", "StraightThroughRelaxed"]
+
+
+@register_estimator
+class StraightThrough(Estimator):
+    """``st``: forward ``argmax(scores)``, backward identity (Bengio et al., 2013).
+
+    ``dx/dscores = I``: biased, zero variance. Entries the structure ignores
+    (``structure.active_mask``) get zero gradient.
+    """
+
+    name: ClassVar[str] = "st"
+
+    def select(
+        self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
+    ) -> Tensor:
+        hard = structure._argmax(scores.detach())
+        mask = structure.active_mask(structure.event_shape(scores), scores.device)
+        soft = scores if mask is None else scores * mask
+        return replace_gradient(hard, soft)
+
+
+@register_estimator
+class StraightThroughRelaxed(RelaxingEstimator):
+    """``st-relaxed``: forward ``argmax(scores)``, backward through ``relax(scores, tau)``.
+
+    With ``OneHot`` this is straight-through with a softmax backward at temperature tau. It is
+    deterministic; without noise the scores can drift until they are equal (see the demo).
+    """
+
+    name: ClassVar[str] = "st-relaxed"
+
+    def select(
+        self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
+    ) -> Tensor:
+        hard = structure._argmax(scores.detach())
+        return replace_gradient(hard, self.relax(structure, scores, tau))
+
+
+@register_estimator
+class Relaxed(RelaxingEstimator):
+    """``relaxed``: forward and backward through ``relax(scores, tau)``; the output is not hard."""
+
+    name: ClassVar[str] = "relaxed"
+    needs: ClassVar[tuple[str, ...]] = ("relax",)
+    hard: ClassVar[bool] = False
+
+    def select(
+        self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
+    ) -> Tensor:
+        return self.relax(structure, scores, tau)

@@ -1,0 +1,119 @@
+"""``pickgrad.select`` and ``pickgrad.estimate``: the two entry points of the library."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pickgrad._validation import check_generator, check_positive_int, check_tau
+from pickgrad.estimators.base import Estimator, LossFn, get_estimator
+from pickgrad.structures.base import Structure
+
+__all__ = ["estimate", "select"]
+
+
+def _prepare(
+    scores: Any, structure: Any, estimator: str | Estimator, tau: Any, generator: Any, options: dict
+) -> tuple[Estimator, float]:
+    if not isinstance(structure, Structure):
+        raise TypeError(
+            f"structure must be a pickgrad Structure such as pickgrad.OneHot(), got {type(structure).__name__}"
+        )
+    resolved = get_estimator(estimator, **options)
+    structure.validate(scores)
+    tau_value = check_tau(tau)
+    check_generator(generator, scores.device)
+    resolved.check_structure(structure)
+    return resolved, tau_value
+
+
+def select(
+    scores: Tensor,
+    structure: Structure,
+    estimator: str | Estimator = "st-gumbel",
+    *,
+    tau: float = 1.0,
+    generator: torch.Generator | None = None,
+    **options: Any,
+) -> Tensor:
+    """Choose a discrete structure from ``scores`` and let gradients flow back by ``estimator``.
+
+    Args:
+        scores: ``(*batch, *event)`` floating tensor; higher means more preferred.
+        structure: what is chosen, e.g. ``OneHot()`` or ``Subset(k)``.
+        estimator: a registered name (see :func:`pickgrad.available_estimators`) or an
+            ``Estimator`` object.
+        tau: temperature > 0 of the relaxation, or a schedule (see :mod:`pickgrad.schedules`).
+        generator: source of the noise; the same seed gives the same sample.
+        **options: options of the named estimator, e.g. ``n_draws=10`` for ``gumbel-rao``.
+
+    Returns:
+        ``x`` of the shape, dtype and device of ``scores``: hard (exactly 0/1) for every estimator
+        but ``relaxed`` and ``gumbel-relaxed``; ``d x / d scores`` is the estimator's.
+
+    Example:
+        >>> import pickgrad
+        >>> scores = torch.tensor([[1.0, 3.0, 0.0]], requires_grad=True)
+        >>> x = pickgrad.select(scores, pickgrad.OneHot(), "st-relaxed", tau=1.0)
+        >>> x
+        tensor([[0., 1., 0.]], grad_fn=<_ReplaceGradientBackward>)
+        >>> (x * torch.tensor([0.0, 1.0, 0.0])).sum().backward()
+        >>> scores.grad.round(decimals=3)
+        tensor([[-0.107,  0.148, -0.040]])
+    """
+    resolved, tau_value = _prepare(scores, structure, estimator, tau, generator, options)
+    return resolved.select(scores, structure, tau=tau_value, generator=generator)
+
+
+def estimate(
+    loss_fn: LossFn,
+    scores: Tensor,
+    structure: Structure,
+    estimator: str | Estimator,
+    *,
+    n_samples: int = 1,
+    tau: float = 1.0,
+    generator: torch.Generator | None = None,
+    **options: Any,
+) -> Tensor:
+    """A scalar surrogate whose value is the mean loss and whose gradient is the estimator's.
+
+    Works for every estimator, including score-function ones (``reinforce``) that need the
+    value of the loss.
+
+    Args:
+        loss_fn: maps samples ``(n_samples, *scores.shape)`` to losses ``(n_samples,)`` or
+            ``(n_samples, *batch)``.
+        scores: ``(*batch, *event)`` floating tensor.
+        structure: what is chosen.
+        estimator: a registered name or an ``Estimator`` object.
+        n_samples: number of samples drawn (and averaged over).
+        tau: temperature > 0, or a schedule.
+        generator: source of the noise.
+        **options: options of the named estimator, e.g. ``baseline="rloo"``.
+
+    Returns:
+        0-dim tensor: the mean of the losses; ``backward()`` on it puts the estimated gradient of
+        ``E[loss(x)]`` into ``scores.grad``.
+
+    Example:
+        >>> import pickgrad
+        >>> scores = torch.zeros(4, requires_grad=True)
+        >>> target = torch.tensor([0.0, 0.0, 1.0, 0.0])
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> surrogate = pickgrad.estimate(
+        ...     lambda x: ((x - target) ** 2).sum(-1), scores, pickgrad.OneHot(),
+        ...     "reinforce", n_samples=1000, baseline="rloo", generator=gen)
+        >>> surrogate.backward()
+        >>> int(scores.grad.argmin())  # the gradient pushes the score of item 2 up
+        2
+    """
+    resolved, tau_value = _prepare(scores, structure, estimator, tau, generator, options)
+    check_positive_int(n_samples, name="n_samples")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    return resolved.estimate(
+        loss_fn, scores, structure, n_samples=n_samples, tau=tau_value, generator=generator
+    )

@@ -1,0 +1,180 @@
+"""The ``Structure`` protocol: what every discrete structure offers to the estimators.
+
+A structure knows how to solve ``argmax_x <scores, x>`` exactly over its set of hard solutions,
+how to relax that argmax into a differentiable point of the convex hull, and (for tiny sizes)
+how to enumerate every solution. Estimators ask a structure for capabilities through
+:meth:`Structure.supports` and never branch on its class.
+
+Subclasses implement the underscore methods (``_argmax``, ``_relax``, ...) on validated input;
+the public methods validate first and then call them. Estimators validate once and call the
+underscore methods directly, so hot paths check their input only once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from pickgrad._validation import check_generator, check_positive_int, check_scores, check_tau
+
+__all__ = ["CAPABILITIES", "Structure"]
+
+#: Capabilities an estimator may ask for, each the name of a public method of ``Structure``.
+CAPABILITIES = (
+    "argmax",
+    "relax",
+    "enumerate",
+    "log_partition",
+    "perturb_log_prob",
+    "conditional_gumbel",
+)
+
+
+class Structure:
+    """Base class of every structure (``OneHot``, ``Subset``, ``Permutation``, ...).
+
+    Attributes:
+        event_dims: how many trailing dimensions of ``scores`` one structure occupies (1 for
+            ``OneHot`` and ``Subset``, 2 for matchings and trees). Every leading dimension is a
+            batch dimension.
+    """
+
+    event_dims: ClassVar[int] = 1
+
+    # --- capabilities -------------------------------------------------------------------------
+
+    def supports(self, capability: str) -> bool:
+        """Whether this structure implements ``capability`` (one of :data:`CAPABILITIES`)."""
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {capability!r}; known: {', '.join(CAPABILITIES)}")
+        private = "_" + capability if capability != "enumerate" else "enumerate"
+        return getattr(type(self), private) is not getattr(Structure, private)
+
+    # --- validation ---------------------------------------------------------------------------
+
+    def validate(self, scores: Any, *, name: str = "scores") -> Tensor:
+        """Check ``scores`` for this structure and return it; raises ``TypeError``/``ValueError``."""
+        check_scores(scores, name=name, event_dims=self.event_dims)
+        self._check_event_shape(tuple(scores.shape[scores.dim() - self.event_dims :]), name=name)
+        return scores
+
+    def _check_event_shape(self, event_shape: tuple[int, ...], *, name: str) -> None:
+        """Raise ``ValueError`` if ``event_shape`` is not valid for this structure."""
+
+    def event_shape(self, scores: Tensor) -> tuple[int, ...]:
+        """The trailing ``event_dims`` sizes of ``scores``."""
+        return tuple(scores.shape[scores.dim() - self.event_dims :])
+
+    # --- public, validated API ----------------------------------------------------------------
+
+    def argmax(self, scores: Tensor) -> Tensor:
+        """The exact hard solution ``argmax_x <scores, x>``, batched; carries no gradient.
+
+        Args:
+            scores: ``(*batch, *event)`` floating tensor.
+
+        Returns:
+            ``(*batch, *event)`` tensor of zeros and ones, in the dtype and device of ``scores``.
+        """
+        self.validate(scores)
+        with torch.no_grad():
+            return self._argmax(scores.detach())
+
+    def relax(self, scores: Tensor, tau: float = 1.0, **options: Any) -> Tensor:
+        """A differentiable point of the convex hull that tends to ``argmax(scores)`` as tau -> 0.
+
+        Args:
+            scores: ``(*batch, *event)`` floating tensor.
+            tau: temperature > 0 (a float or a schedule).
+            **options: structure-specific choices, e.g. ``regularizer="sparsemax"``.
+
+        Returns:
+            ``(*batch, *event)`` tensor, differentiable in ``scores``.
+        """
+        self.validate(scores)
+        return self._relax(scores, check_tau(tau), **options)
+
+    def log_partition(self, scores: Tensor, tau: float = 1.0) -> Tensor:
+        """``log sum_x exp(<scores, x> / tau)`` over every hard solution x; shape ``(*batch,)``."""
+        self.validate(scores)
+        return self._log_partition(scores, check_tau(tau))
+
+    def perturb_log_prob(self, scores: Tensor, x: Tensor) -> Tensor:
+        """``log P(argmax(scores + G) = x)`` for standard Gumbel ``G``; shape ``(*batch,)``.
+
+        Only structures whose perturb-and-MAP distribution has a closed form implement this.
+        """
+        self.validate(scores)
+        if x.shape != scores.shape:
+            raise ValueError(f"x must have the shape of scores {tuple(scores.shape)}, got {tuple(x.shape)}")
+        return self._perturb_log_prob(scores, x)
+
+    def conditional_gumbel(
+        self,
+        scores: Tensor,
+        x: Tensor,
+        n_draws: int = 1,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Gumbel noise ``G`` drawn from its law conditional on ``argmax(scores + G) = x``.
+
+        Returns:
+            ``(n_draws, *scores.shape)`` noise, without gradient.
+        """
+        self.validate(scores)
+        if x.shape != scores.shape:
+            raise ValueError(f"x must have the shape of scores {tuple(scores.shape)}, got {tuple(x.shape)}")
+        check_positive_int(n_draws, name="n_draws")
+        check_generator(generator, scores.device)
+        with torch.no_grad():
+            return self._conditional_gumbel(scores.detach(), x, n_draws, generator)
+
+    def enumerate(
+        self,
+        event_shape: tuple[int, ...],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Every hard solution of the given event shape, stacked: ``(count, *event_shape)``.
+
+        Meant for tiny sizes (tests and exact diagnostics).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement enumerate")
+
+    # --- to implement in subclasses (inputs already validated) --------------------------------
+
+    def _argmax(self, scores: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement argmax")
+
+    def _relax(self, scores: Tensor, tau: float, **options: Any) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement relax")
+
+    def _log_partition(self, scores: Tensor, tau: float) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement log_partition")
+
+    def _perturb_log_prob(self, scores: Tensor, x: Tensor) -> Tensor:
+        raise NotImplementedError(
+            f"{type(self).__name__}: the law of argmax(scores + Gumbel) has no closed form"
+        )
+
+    def _conditional_gumbel(
+        self, scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None
+    ) -> Tensor:
+        raise NotImplementedError(
+            f"{type(self).__name__} has no sampler of Gumbel noise conditional on the argmax"
+        )
+
+    def active_mask(self, event_shape: tuple[int, ...], device: torch.device | None = None) -> Tensor | None:
+        """Boolean ``event_shape`` mask of the score entries that can change the solution.
+
+        ``None`` (the default) means every entry counts. Trees ignore part of their score matrix;
+        estimators use this mask to keep gradients on ignored entries exactly zero.
+        """
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
