@@ -36,7 +36,9 @@ def check_scores(scores: Any, *, name: str = "scores", event_dims: int = 1) -> T
         )
     if scores.numel() > 0 and not bool(torch.isfinite(scores).all()):
         bad = "NaN" if bool(torch.isnan(scores).any()) else "inf"
-        raise ValueError(f"{name} contains {bad} values (shape {tuple(scores.shape)}); all must be finite")
+        raise ValueError(
+            f"{name} contains {bad} values (shape {tuple(scores.shape)}); all must be finite"
+        )
     return scores
 
 
@@ -71,7 +73,9 @@ def check_generator(generator: Any, device: torch.device) -> torch.Generator | N
     if generator is None:
         return None
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
     if generator.device.type != device.type:
         raise ValueError(
             f"generator is on {generator.device.type} but scores are on {device.type}; "

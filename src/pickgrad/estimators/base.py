@@ -42,7 +42,9 @@ def register_estimator(cls: E) -> E:
     return cls
 
 
-def available_estimators(structure: Structure | None = None, *, pathwise_only: bool = False) -> list[str]:
+def available_estimators(
+    structure: Structure | None = None, *, pathwise_only: bool = False
+) -> list[str]:
     """Names of the registered estimators, in registration order.
 
     Args:
@@ -105,7 +107,9 @@ def replace_gradient(hard: Tensor, soft: Tensor) -> Tensor:
     return _ReplaceGradient.apply(hard, soft)
 
 
-def evaluate_loss(loss_fn: LossFn, samples: Tensor, n_samples: int, batch_shape: tuple[int, ...]) -> Tensor:
+def evaluate_loss(
+    loss_fn: LossFn, samples: Tensor, n_samples: int, batch_shape: tuple[int, ...]
+) -> Tensor:
     """Call ``loss_fn`` on ``samples`` and check that its output is ``(n_samples, *batch[:m])``."""
     losses = loss_fn(samples)
     if not isinstance(losses, Tensor):
@@ -141,7 +145,9 @@ class Estimator:
     def check_structure(self, structure: Structure) -> None:
         """Raise if ``structure`` is not a Structure or lacks a needed capability."""
         if not isinstance(structure, Structure):
-            raise TypeError(f"structure must be a pickgrad Structure, got {type(structure).__name__}")
+            raise TypeError(
+                f"structure must be a pickgrad Structure, got {type(structure).__name__}"
+            )
         missing = self.missing_capabilities(structure)
         if missing:
             raise NotImplementedError(

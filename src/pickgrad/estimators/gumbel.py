@@ -23,7 +23,9 @@ __all__ = ["GumbelRao", "GumbelRelaxed", "StraightThroughGumbel"]
 
 
 def _gumbel_like(scores: Tensor, generator: torch.Generator | None) -> Tensor:
-    return sample_gumbel(scores.shape, dtype=scores.dtype, device=scores.device, generator=generator)
+    return sample_gumbel(
+        scores.shape, dtype=scores.dtype, device=scores.device, generator=generator
+    )
 
 
 @register_estimator

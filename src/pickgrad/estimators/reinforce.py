@@ -103,7 +103,9 @@ class Reinforce(Estimator):
         generator: torch.Generator | None,
     ) -> Tensor:
         expanded = scores.expand(n_samples, *scores.shape)
-        noise = sample_gumbel(expanded.shape, dtype=scores.dtype, device=scores.device, generator=generator)
+        noise = sample_gumbel(
+            expanded.shape, dtype=scores.dtype, device=scores.device, generator=generator
+        )
         with torch.no_grad():
             x = structure._argmax(expanded.detach() + noise)
         batch_shape = tuple(scores.shape[: scores.dim() - structure.event_dims])
@@ -112,7 +114,11 @@ class Reinforce(Estimator):
         advantage = losses.detach() - self.baseline_values(losses)
         if self.baseline == "ema":
             mean = float(losses.detach().float().mean())
-            self.ema = mean if self.ema is None else self.ema_decay * self.ema + (1 - self.ema_decay) * mean
+            self.ema = (
+                mean
+                if self.ema is None
+                else self.ema_decay * self.ema + (1 - self.ema_decay) * mean
+            )
         # Value: the mean loss (the score term is zero in value); gradient: the score function.
         score_term = advantage * (log_p - log_p.detach())
         return losses.mean() + score_term.mean()

@@ -7,7 +7,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from pickgrad.estimators.base import Estimator, RelaxingEstimator, register_estimator, replace_gradient
+from pickgrad.estimators.base import (
+    Estimator,
+    RelaxingEstimator,
+    register_estimator,
+    replace_gradient,
+)
 from pickgrad.structures.base import Structure
 
 __all__ = ["Relaxed", "StraightThrough", "StraightThroughRelaxed"]

@@ -108,7 +108,9 @@ class Structure:
         """
         self.validate(scores)
         if x.shape != scores.shape:
-            raise ValueError(f"x must have the shape of scores {tuple(scores.shape)}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have the shape of scores {tuple(scores.shape)}, got {tuple(x.shape)}"
+            )
         return self._perturb_log_prob(scores, x)
 
     def conditional_gumbel(
@@ -126,7 +128,9 @@ class Structure:
         """
         self.validate(scores)
         if x.shape != scores.shape:
-            raise ValueError(f"x must have the shape of scores {tuple(scores.shape)}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have the shape of scores {tuple(scores.shape)}, got {tuple(x.shape)}"
+            )
         check_positive_int(n_draws, name="n_draws")
         check_generator(generator, scores.device)
         with torch.no_grad():
@@ -168,7 +172,9 @@ class Structure:
             f"{type(self).__name__} has no sampler of Gumbel noise conditional on the argmax"
         )
 
-    def active_mask(self, event_shape: tuple[int, ...], device: torch.device | None = None) -> Tensor | None:
+    def active_mask(
+        self, event_shape: tuple[int, ...], device: torch.device | None = None
+    ) -> Tensor | None:
         """Boolean ``event_shape`` mask of the score entries that can change the solution.
 
         ``None`` (the default) means every entry counts. Trees ignore part of their score matrix;

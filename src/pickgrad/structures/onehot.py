@@ -111,7 +111,9 @@ class OneHot(Structure):
         work = sampling_dtype(scores.dtype)
         s = scores.to(work)
         chosen = x.to(torch.bool)
-        gumbel = sample_gumbel((n_draws, *s.shape), dtype=work, device=s.device, generator=generator)
+        gumbel = sample_gumbel(
+            (n_draws, *s.shape), dtype=work, device=s.device, generator=generator
+        )
         top = torch.logsumexp(s, dim=-1, keepdim=True) + (gumbel * chosen).sum(-1, keepdim=True)
         others = -torch.logaddexp(-top, -(s + gumbel))
         noise = torch.where(chosen, top, others) - s
