@@ -54,6 +54,7 @@ class RunResult:
     metric: str
     final: float
     wall_time: float
+    score_spread: float = 0.0  # std of the final scores across items, mean over held-out slots
     curve_steps: list[int] = field(default_factory=list)
     curve_values: list[float] = field(default_factory=list)
 
@@ -124,6 +125,8 @@ def train(
             tau.step()
     result.wall_time = time.perf_counter() - start
     result.final = result.curve_values[-1]
+    with torch.no_grad():
+        result.score_spread = float(selector.score(task.test_items()).std(-1).mean())
     return result
 
 
@@ -142,7 +145,8 @@ def format_table(results: list[RunResult]) -> str:
     for r in results:
         tau = "-" if r.tau is None else f"{r.tau:g}"
         lines.append(
-            f"| {r.task} | {r.label} | {tau} | {r.metric} | {r.final:.4f} | {r.wall_time:.1f} |"
+            f"| {r.task} | {r.label} | {tau} | {r.metric} | {r.final:.4f} | {r.score_spread:.3g} "
+            f"| {r.wall_time:.1f} |"
         )
     return "\n".join(lines)
 
@@ -154,15 +158,17 @@ def plot_curves(results: list[RunResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r.task for r in results))
-    figure, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks) + 1.8, 4.5), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
         for r in (r for r in results if r.task == task):
             style = "--" if r.label.startswith("reinforce") else "-"
             axis.plot(r.curve_steps, r.curve_values, style, label=r.label, linewidth=1.4)
         metric = next(r.metric for r in results if r.task == task)
         axis.set(title=task, xlabel="training step", ylabel=f"held-out {metric}")
-        axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best", ncol=2)
+        if "gap" in metric:
+            axis.set_yscale("log")
+        axis.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
