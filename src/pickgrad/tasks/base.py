@@ -28,9 +28,18 @@ class Task:
     n_slots: ClassVar[int]
     item_dim: ClassVar[int]
 
-    def __init__(self, seed: int = 0, n_test: int = 256) -> None:
+    def __init__(self, seed: int = 0, n_test: int = 256, split: str = "test") -> None:
+        if split not in ("test", "validation"):
+            raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
         self.seed = seed
         self.n_test = n_test
+        self.split = split
+
+    def heldout_generator(self, base: int) -> torch.Generator:
+        """Generator of the held-out examples: the validation split (for tuning) differs from test."""
+        return torch.Generator().manual_seed(
+            base + self.seed + (0 if self.split == "test" else 5_000)
+        )
 
     def make_selector(self, seed: int, hidden: int = 32, **kwargs: object) -> SlotSelector:
         """A freshly initialised selector, the same for every estimator given the same seed."""
@@ -63,3 +72,7 @@ class Task:
     def test_items(self) -> Tensor:
         """The held-out examples ``(n_test, N, D)``."""
         raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Build the held-out set (and anything cached for evaluation) before any timing starts."""
+        self.test_items()

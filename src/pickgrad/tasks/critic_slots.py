@@ -29,8 +29,10 @@ class CriticSlots(Task):
     n_slots: ClassVar[int] = 4
     item_dim: ClassVar[int] = 4
 
-    def __init__(self, seed: int = 0, n_test: int = 128, critic_hidden: int = 32) -> None:
-        super().__init__(seed, n_test)
+    def __init__(
+        self, seed: int = 0, n_test: int = 128, split: str = "test", critic_hidden: int = 32
+    ) -> None:
+        super().__init__(seed, n_test, split)
         generator = torch.Generator().manual_seed(20_000 + seed)
         width = self.n_slots * self.item_dim
         self.critic = nn.Sequential(
@@ -59,7 +61,7 @@ class CriticSlots(Task):
 
     @cached_property
     def _test_items(self) -> Tensor:
-        return self.sample_items(self.n_test, torch.Generator().manual_seed(30_000 + self.seed))
+        return self.sample_items(self.n_test, self.heldout_generator(30_000))
 
     @cached_property
     def _test_optimum(self) -> Tensor:
@@ -67,6 +69,9 @@ class CriticSlots(Task):
 
     def test_items(self) -> Tensor:
         return self._test_items
+
+    def prepare(self) -> None:
+        self._test_optimum  # noqa: B018  (computes and caches the exact optimum)
 
     def optimal_reward(self, items: Tensor, chunk: int = 8) -> Tensor:
         """The best reward over all 16^4 joint picks for each example ``(B,)``, by enumeration.

@@ -29,15 +29,14 @@ from pickgrad.tasks.base import Task
 
 __all__ = ["DEFAULT_TAU", "RunResult", "add_arguments", "estimator_runs", "run", "train"]
 
-#: Temperature per estimator, from a grid search over (0.1, 0.25, 0.5, 1, 2) on pick-the-five
-#: (``pickgrad demo --tune``; see BENCHMARKS.md). ``st-relaxed`` stays at the reported 0.6.
-DEFAULT_TAU: dict[str, float] = {
-    "st-relaxed": 0.6,
-    "relaxed": 0.5,
-    "gumbel-relaxed": 0.5,
-    "st-gumbel": 1.0,
-    "gumbel-rao": 1.0,
+#: Temperature per task and estimator: the best of TUNE_GRID on each task's validation split
+#: (``pickgrad demo --tune``, recorded in BENCHMARKS.md). Estimators not listed use 1.0.
+DEFAULT_TAU: dict[str, dict[str, float]] = {
+    "pick-the-five": {"relaxed": 0.5, "gumbel-relaxed": 0.5, "st-gumbel": 1.0, "gumbel-rao": 1.0},
+    "critic-slots": {"relaxed": 0.5, "gumbel-relaxed": 0.5, "st-gumbel": 1.0, "gumbel-rao": 1.0},
 }
+#: Temperatures that are never tuned: st-relaxed at 0.6 is the setting users report failing.
+PINNED_TAU: dict[str, float] = {"st-relaxed": 0.6}
 TUNE_GRID = (0.1, 0.25, 0.5, 1.0, 2.0)
 #: Table order: the order of DESIGN.md; estimators registered later come after.
 ORDER = ("st", "st-relaxed", "relaxed", "gumbel-relaxed", "st-gumbel", "gumbel-rao", "reinforce")
@@ -130,7 +129,7 @@ def train(
     return result
 
 
-def _tau_for(name: str, base: float, args: argparse.Namespace) -> float | Schedule:
+def _tau_for(base: float, args: argparse.Namespace) -> float | Schedule:
     if args.schedule == "exponential":
         return ExponentialDecay(tau0=max(1.0, base), rate=args.anneal_rate, tau_min=base)
     return Constant(base)
@@ -244,29 +243,43 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         eval_every=args.eval_every,
     )
-    taus = {name: args.tau or DEFAULT_TAU.get(name, 1.0) for _, name, _ in runs}
-    tuned: dict[str, dict[str, float]] = {}
+    taus = {
+        (task.name, name): args.tau or PINNED_TAU.get(name) or DEFAULT_TAU[task.name].get(name, 1.0)
+        for task in tasks
+        for _, name, _ in runs
+    }
+    tuning: dict[str, dict[str, dict[str, float]]] = {}
     tunable = [run_ for run_ in runs if uses_tau(run_[1])]
-    total = len(tasks) * len(runs) + (len(tunable) * len(TUNE_GRID) if args.tune else 0)
+    total = len(tasks) * (len(runs) + (len(tunable) * len(TUNE_GRID) if args.tune else 0))
     progress = tqdm(total=total, desc="pickgrad demo", unit="run", disable=args.no_progress)
     if args.tune:
-        tune_task = tasks[0]
-        for label, name, options in tunable:
-            scores = {}
-            for tau in TUNE_GRID:
-                progress.set_postfix_str(f"tune {label} tau={tau}")
-                r = train(tune_task, label, name, options, tau, **common)
-                scores[tau] = r.final if tune_task.higher_is_better else -r.final
-                progress.update()
-            taus[name] = max(scores, key=scores.__getitem__)
-            tuned[label] = {str(k): v for k, v in scores.items()}
+        for task in tasks:
+            validation = TASKS[task.name](seed=args.seed, split="validation")
+            validation.prepare()
+            sign = 1.0 if task.higher_is_better else -1.0
+            for label, name, options in tunable:
+                ranking = {}
+                for tau in TUNE_GRID:
+                    progress.set_postfix_str(f"tune {task.name}: {label} tau={tau}")
+                    r = train(validation, label, name, options, tau, **common)
+                    # Final metric first; area under the learning curve breaks ties.
+                    ranking[tau] = (
+                        sign * r.final,
+                        sign * sum(r.curve_values) / len(r.curve_values),
+                    )
+                    progress.update()
+                if name not in PINNED_TAU:
+                    taus[task.name, name] = max(ranking, key=ranking.__getitem__)
+                tuning.setdefault(task.name, {})[label] = {
+                    str(k): v[0] * sign for k, v in ranking.items()
+                }
     results = []
     for task in tasks:
+        task.prepare()
         for label, name, options in runs:
             progress.set_postfix_str(f"{task.name}: {label}")
-            results.append(
-                train(task, label, name, options, _tau_for(name, taus[name], args), **common)
-            )
+            tau = _tau_for(taus[task.name, name], args)
+            results.append(train(task, label, name, options, tau, **common))
             progress.update()
     progress.close()
 
@@ -281,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         for key, value in vars(args).items()
         if key != "run"
     }
-    payload = {"config": config, "tuning": tuned, "results": [asdict(r) for r in results]}
+    payload = {"config": config, "tuning": tuning, "results": [asdict(r) for r in results]}
     (args.out / "results.json").write_text(json.dumps(payload, indent=2))
     plot_curves(results, args.out / "learning_curves.png")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'learning_curves.png'}")

@@ -60,7 +60,7 @@ class PickFive(Task):
 
     @cached_property
     def _test_values(self) -> Tensor:
-        return self.sample_values(self.n_test, torch.Generator().manual_seed(10_000 + self.seed))
+        return self.sample_values(self.n_test, self.heldout_generator(10_000))
 
     def test_items(self) -> Tensor:
         return self.encode(self._test_values)
