@@ -185,7 +185,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="estimators to train (default: every estimator that works on OneHot)",
     )
-    parser.add_argument("--steps", type=int, default=600, help="training steps per estimator")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps per estimator")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per step")
     parser.add_argument(
         "--n-samples",
