@@ -15,7 +15,7 @@ def test_readme_python_example_runs() -> None:
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
     assert blocks, "README has no python example"
     namespace: dict[str, object] = {}
-    exec(blocks[0], namespace)  # noqa: S102
+    exec(blocks[0], namespace)
     scores = namespace["scores"]
     assert isinstance(scores, torch.Tensor) and scores.grad is not None
     assert torch.isfinite(scores.grad).all() and scores.grad.abs().sum() > 0
