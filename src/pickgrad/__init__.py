@@ -6,15 +6,19 @@ estimator works on every structure that offers what it needs.
 
 from pickgrad.estimators import (
     BASELINES,
+    IMLE,
+    Blackbox,
     Estimator,
     GumbelRao,
     GumbelRelaxed,
+    Perturbed,
     Reinforce,
     Relaxed,
     StraightThrough,
     StraightThroughGumbel,
     StraightThroughRelaxed,
     available_estimators,
+    fenchel_young_loss,
     get_estimator,
     register_estimator,
 )
@@ -26,12 +30,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BASELINES",
+    "IMLE",
+    "Blackbox",
     "Constant",
     "Estimator",
     "ExponentialDecay",
     "GumbelRao",
     "GumbelRelaxed",
     "OneHot",
+    "Perturbed",
     "Reinforce",
     "Relaxed",
     "Schedule",
@@ -42,6 +49,7 @@ __all__ = [
     "__version__",
     "available_estimators",
     "estimate",
+    "fenchel_young_loss",
     "get_estimator",
     "register_estimator",
     "select",
