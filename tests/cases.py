@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pickgrad import OneHot
+from pickgrad import OneHot, Permutation, Subset
 from pickgrad.structures.base import Structure
 
 
@@ -27,4 +27,7 @@ class StructureCase:
 STRUCTURE_CASES: list[StructureCase] = [
     StructureCase("onehot", OneHot(), (2, 3, 5)),
     StructureCase("onehot-single", OneHot(), (4,)),
+    StructureCase("subset", Subset(2), (2, 5)),
+    StructureCase("permutation", Permutation(), (2, 3, 3)),
+    StructureCase("permutation-rectangular", Permutation(), (3, 4)),
 ]

@@ -24,7 +24,7 @@ from pickgrad.estimators import (
 )
 from pickgrad.schedules import Constant, ExponentialDecay, Schedule
 from pickgrad.select import estimate, select
-from pickgrad.structures import OneHot, Structure
+from pickgrad.structures import OneHot, Permutation, Structure, Subset
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "GumbelRao",
     "GumbelRelaxed",
     "OneHot",
+    "Permutation",
     "Perturbed",
     "Reinforce",
     "Relaxed",
@@ -46,6 +47,7 @@ __all__ = [
     "StraightThroughGumbel",
     "StraightThroughRelaxed",
     "Structure",
+    "Subset",
     "__version__",
     "available_estimators",
     "estimate",

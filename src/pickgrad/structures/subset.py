@@ -1,0 +1,314 @@
+"""``Subset(k)``: choose exactly k of n items; ``x`` is a k-hot vector over the last dimension."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pickgrad.noise import sampling_dtype
+from pickgrad.structures.base import Structure
+
+__all__ = ["Subset"]
+
+_REGULARIZERS = ("entropy", "binary-entropy", "euclidean")
+
+
+def _impossible(dtype: torch.dtype) -> float:
+    # Stands for log(0) in the dynamic programme. A finite value keeps logaddexp's gradient finite
+    # where both arguments are impossible (-inf would give NaN); it is far enough below every
+    # reachable log-sum that exp() of anything built from it is exactly zero.
+    return torch.finfo(dtype).min / 8
+
+
+def _log_add_exp(a: Tensor, b: Tensor) -> Tensor:
+    """``log(exp(a) + exp(b))``, safe to differentiate twice.
+
+    ``torch.logaddexp``'s second derivative is NaN once ``|a - b|`` exceeds the exponent range
+    (about 88 in float32), which the programme below reaches for small temperatures.
+    """
+    top = torch.maximum(a, b).detach()
+    return top + torch.log(torch.exp(a - top) + torch.exp(b - top))
+
+
+def _prefix_log_esp(z: Tensor, k: int) -> Tensor:
+    """``table[..., i, j] = log e_j(exp(z[..., :i]))`` for i = 0..n, j = 0..k.
+
+    ``e_j`` is the j-th elementary symmetric polynomial; ``e_0 = 1`` and ``e_j = 0`` for j > i
+    (stored as a very negative finite number). The recursion over items
+    ``e_j(first i+1) = e_j(first i) + exp(z_i) e_{j-1}(first i)`` runs in log space, batched.
+
+    Args:
+        z: ``(..., n)``.
+
+    Returns:
+        ``(..., n + 1, k + 1)``.
+    """
+    row = torch.full((*z.shape[:-1], k + 1), _impossible(z.dtype), dtype=z.dtype, device=z.device)
+    row[..., 0] = 0.0
+    rows = [row]
+    for i in range(z.shape[-1]):
+        tail = _log_add_exp(row[..., 1:], row[..., :-1] + z[..., i : i + 1])
+        row = torch.cat([row[..., :1], tail], dim=-1)
+        rows.append(row)
+    return torch.stack(rows, dim=-2)
+
+
+def _log_esp(z: Tensor, k: int) -> Tensor:
+    """``log e_k(exp(z))`` over the last dim of ``z``; shape ``(...)``. Differentiable."""
+    row = torch.full((*z.shape[:-1], k + 1), _impossible(z.dtype), dtype=z.dtype, device=z.device)
+    row[..., 0] = 0.0
+    for i in range(z.shape[-1]):
+        tail = _log_add_exp(row[..., 1:], row[..., :-1] + z[..., i : i + 1])
+        row = torch.cat([row[..., :1], tail], dim=-1)
+    return row[..., k]
+
+
+def subset_marginals(z: Tensor, k: int) -> Tensor:
+    """Exact marginals ``P(x_i = 1)`` of ``p(x) ∝ exp(<z, x>)`` over k-hot vectors ``x``.
+
+    ``m_i = exp(z_i) e_{k-1}(exp(z_{-i})) / e_k(exp(z))``, with the elementary symmetric polynomials
+    of the items before i (a forward pass) and after i (a backward pass) combined in log space.
+    Plain differentiable torch code: the gradient (the covariance of ``x``) comes from autograd,
+    exactly, and so does the second derivative.
+
+    Args:
+        z: ``(..., n)`` floating tensor (scores divided by the temperature).
+        k: subset size, ``1 <= k <= n``.
+
+    Returns:
+        ``(..., n)`` marginals in [0, 1] summing to k.
+    """
+    n = z.shape[-1]
+    both = _prefix_log_esp(torch.stack([z, z.flip(-1)]), k)  # (2, ..., n + 1, k + 1)
+    before, after_reversed = both[0], both[1]
+    log_partition = before[..., n, k : k + 1]
+    # Items before i: rows 0..n-1 of the forward table; items after i: rows n-1..0 of the
+    # reversed one. Item i in the subset leaves j + (k - 1 - j) = k - 1 others to choose.
+    before_i = before[..., :n, :k]
+    after_i = after_reversed[..., :n, :k].flip(-2).flip(-1)
+    log_rest = torch.logsumexp(before_i + after_i, dim=-1)
+    return torch.exp(z + log_rest - log_partition)
+
+
+class _BinaryEntropyTopK(torch.autograd.Function):
+    """``x = sigmoid(z - nu)`` with ``sum(x) = k``; backward by the implicit function theorem.
+
+    Differentiating ``sum_i sigmoid(z_i - nu) = k`` gives ``dnu = <d, dz> / sum(d)`` with
+    ``d = x (1 - x)``, so ``dx/dz = diag(d) - d d^T / sum(d)`` (symmetric).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, k: int, tol: float, max_iter: int) -> Tensor:
+        nu = _solve_sigmoid_threshold(z, k, tol, max_iter)
+        x = torch.sigmoid(z - nu)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        (x,) = ctx.saved_tensors
+        d = x * (1 - x)
+        total = d.sum(-1, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
+        grad_z = d * grad - d * (d * grad).sum(-1, keepdim=True) / total
+        return grad_z, None, None, None
+
+
+def _solve_sigmoid_threshold(z: Tensor, k: int, tol: float, max_iter: int) -> Tensor:
+    """The ``nu`` with ``sum_i sigmoid(z_i - nu) = k``, by safeguarded Newton; shape ``(..., 1)``.
+
+    The root is bracketed by ``[min z - c, max z + c]`` with ``c = |logit(k/n)| + 1``; a Newton
+    step that leaves the bracket is replaced by bisection, so every entry converges.
+    """
+    n = z.shape[-1]
+    z = z.detach()
+    margin = abs(math.log(k / (n - k))) + 1.0
+    low = z.amin(-1, keepdim=True) - margin
+    high = z.amax(-1, keepdim=True) + margin
+    nu = (low + high) / 2
+    for _ in range(max_iter):
+        x = torch.sigmoid(z - nu)
+        excess = x.sum(-1, keepdim=True) - k
+        if bool((excess.abs() <= tol).all()):
+            break
+        low = torch.where(excess > 0, nu, low)
+        high = torch.where(excess > 0, high, nu)
+        slope = (x * (1 - x)).sum(-1, keepdim=True)
+        newton = nu + excess / slope
+        inside = (newton > low) & (newton < high)
+        nu = torch.where(inside, newton, (low + high) / 2)
+    return nu
+
+
+def _capped_simplex_threshold(z: Tensor, k: int) -> Tensor:
+    """A point inside the linear piece of ``f(nu) = sum_i clamp(z_i - nu, 0, 1)`` where f = k.
+
+    f is non-increasing and piecewise linear with breakpoints ``z_i - 1`` and ``z_i``. Sorting z
+    and its breakpoints gives f at every breakpoint in O(n log n) (cumulative sums and
+    ``searchsorted``); the root lies between the last breakpoint with ``f >= k`` and the next.
+    Returns the midpoint of that piece, shape ``(..., 1)``, without gradient.
+    """
+    n = z.shape[-1]
+    z = z.detach()
+    ascending = z.sort(-1).values.contiguous()
+    breaks = torch.cat([ascending - 1, ascending], -1).sort(-1).values.contiguous()
+    cumulative = torch.nn.functional.pad(ascending.cumsum(-1), (1, 0))
+    first_above = torch.searchsorted(ascending, breaks, right=True)  # first z_i > b
+    first_saturated = torch.searchsorted(ascending, breaks + 1)  # first z_i >= b + 1
+    free_sum = cumulative.gather(-1, first_saturated) - cumulative.gather(-1, first_above)
+    free_count = (first_saturated - first_above).to(z.dtype)
+    f = (n - first_saturated).to(z.dtype) + free_sum - free_count * breaks
+    last = ((f >= k).sum(-1, keepdim=True) - 1).clamp(0, 2 * n - 2)
+    return (breaks.gather(-1, last) + breaks.gather(-1, last + 1)) / 2
+
+
+def capped_simplex_projection(z: Tensor, k: int) -> Tensor:
+    """Euclidean projection of ``z`` onto ``{x : 0 <= x_i <= 1, sum_i x_i = k}``, exact.
+
+    ``x = clamp(z - nu, 0, 1)``: the piece of the threshold function that holds the root is found
+    by sorting, then ``nu = (sum_{free} z_i + #saturated - k) / #free`` is solved in closed form.
+    Written as differentiable torch code with the free set held fixed, so autograd gives the
+    exact Jacobian ``dx/dz = diag(1_F) - 1_F 1_F^T / |F|`` (F: the free coordinates).
+
+    Args:
+        z: ``(..., n)`` floating tensor; k: ``1 <= k <= n``.
+
+    Returns:
+        ``(..., n)``, in [0, 1], summing to k.
+    """
+    inside = _capped_simplex_threshold(z, k)
+    free = (z > inside) & (z < inside + 1)
+    saturated = z >= inside + 1
+    free_count = free.sum(-1, keepdim=True)
+    nu = (
+        (z * free).sum(-1, keepdim=True) + saturated.sum(-1, keepdim=True) - k
+    ) / free_count.clamp_min(1)
+    return torch.where(free, z - nu, saturated.to(z.dtype))
+
+
+class Subset(Structure):
+    """Exactly k of n items: ``x`` is k-hot over the last dimension of ``(..., n)`` scores.
+
+    * ``argmax``: the k highest scores (top-k). Ties are broken towards the lowest index, so the
+      result is deterministic and equals the first best subset in :meth:`enumerate`'s order.
+    * ``relax(scores, tau, regularizer=...)``:
+
+      - ``"entropy"`` (default): the exact marginals ``E[x]`` of
+        ``p(x) ∝ exp(<scores, x> / tau)`` over k-hot x, by a log-space dynamic programme over
+        items and counts (forward and backward passes of elementary symmetric polynomials),
+        batched; its gradient is exact (autograd through the programme, no finite differences).
+      - ``"binary-entropy"``: ``sigmoid((scores - nu) / tau)`` with nu solved so the sum is k,
+        the top-k with a binary-entropy regulariser; implicit-function backward.
+        Options ``tol`` (default 1e-6 in float32, 1e-12 in float64) and ``max_iter`` (100).
+      - ``"euclidean"``: the projection of ``scores / tau`` onto the capped simplex
+        ``{0 <= x <= 1, sum x = k}``, exact, with its exact (piecewise constant) Jacobian.
+
+    * ``log_partition``: ``log e_k(exp(scores / tau))``, the elementary symmetric polynomial, in
+      log space.
+    * ``enumerate((n,))``: all C(n, k) k-hot vectors.
+    * The law of the top-k of Gumbel-perturbed scores has no cheap closed form, so
+      ``perturb_log_prob`` is not provided (``reinforce`` uses the Gumbel utilities), and neither
+      is a sampler of the noise conditional on the top-k (``gumbel-rao`` is not available).
+
+    Args:
+        k: number of items chosen, an int >= 1 (and <= n, checked against the scores).
+
+    References: the k-subset marginals as in Xie & Ermon, "Reparameterizable Subset Sampling via
+    Continuous Relaxations", 2019 and Paulus et al., "Gradient Estimation with Stochastic Softmax
+    Tricks", 2020; the capped-simplex projection as in Wang & Lu, "Projection onto the capped
+    simplex", 2015.
+
+    Example:
+        >>> s = torch.tensor([0.5, 2.0, -1.0, 1.0])
+        >>> Subset(2).argmax(s)
+        tensor([0., 1., 0., 1.])
+        >>> Subset(2).relax(s, tau=1e-3)
+        tensor([0., 1., 0., 1.])
+        >>> Subset(2).relax(s).round(decimals=3)
+        tensor([0.4200, 0.8520, 0.1050, 0.6220])
+    """
+
+    event_dims = 1
+
+    def __init__(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(
+                f"k must be an int (the number of items chosen), got {type(k).__name__} {k!r}"
+            )
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (the number of items chosen), got k={k}")
+        self.k = k
+
+    def _check_event_shape(self, event_shape: tuple[int, ...], *, name: str) -> None:
+        n = event_shape[-1]
+        if self.k > n:
+            raise ValueError(
+                f"Subset(k={self.k}) chooses k items out of n, so needs k <= n; {name} has "
+                f"n={n} items (event shape {event_shape})"
+            )
+
+    def _argmax(self, scores: Tensor) -> Tensor:
+        # A stable descending sort keeps equal scores in index order: lowest index first.
+        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., : self.k]
+        return torch.zeros_like(scores).scatter_(-1, order, 1.0)
+
+    def _relax(
+        self,
+        scores: Tensor,
+        tau: float,
+        regularizer: str = "entropy",
+        *,
+        tol: float | None = None,
+        max_iter: int = 100,
+    ) -> Tensor:
+        if regularizer not in _REGULARIZERS:
+            raise ValueError(f"regularizer must be one of {_REGULARIZERS}, got {regularizer!r}")
+        work = sampling_dtype(scores.dtype)
+        z = scores.to(work) / tau
+        k, n = self.k, scores.shape[-1]
+        if regularizer == "entropy":
+            x = subset_marginals(z, k)
+        elif k == n:
+            x = torch.ones_like(z) + 0 * z  # the only subset; keeps the graph, zero gradient
+        elif regularizer == "binary-entropy":
+            if tol is None:
+                tol = 1e-12 * k if work == torch.float64 else 1e-6 * k
+            x = _BinaryEntropyTopK.apply(z, k, tol, max_iter)
+        else:
+            x = capped_simplex_projection(z, k)
+        return x.to(scores.dtype)
+
+    def _log_partition(self, scores: Tensor, tau: float) -> Tensor:
+        work = sampling_dtype(scores.dtype)
+        return _log_esp(scores.to(work) / tau, self.k).to(scores.dtype)
+
+    def enumerate(
+        self,
+        event_shape: tuple[int, ...],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Every k-hot vector of length n: ``(C(n, k), n)``, in lexicographic order of the chosen
+        indices (the subset of the lowest indices first).
+
+        Example:
+            >>> Subset(2).enumerate((3,))
+            tensor([[1., 1., 0.],
+                    [1., 0., 1.],
+                    [0., 1., 1.]])
+        """
+        event_shape = tuple(event_shape)
+        if len(event_shape) != 1 or event_shape[0] < 1:
+            raise ValueError(f"event_shape must be (n,) with n >= 1, got {event_shape}")
+        self._check_event_shape(event_shape, name="event_shape")
+        n = event_shape[0]
+        chosen = torch.tensor(list(itertools.combinations(range(n), self.k)), device=device)
+        hot = torch.zeros(chosen.shape[0], n, dtype=dtype, device=device)
+        return hot.scatter_(-1, chosen, 1.0)
+
+    def __repr__(self) -> str:
+        return f"Subset(k={self.k})"
