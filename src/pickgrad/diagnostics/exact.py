@@ -1,0 +1,259 @@
+"""Exact gradients of ``E[loss(x)]`` under perturb-and-MAP, the oracle of the diagnostics.
+
+With ``x = argmax(scores + G)`` and standard Gumbel noise ``G`` (the model that the gumbel-family
+estimators and ``reinforce`` target), the objective is::
+
+    L(scores) = mean_b  E_x[ loss(x)_b ]  =  mean_b  sum_x  p(x; scores) loss(x)_b
+
+where ``b`` runs over the batch entries that ``loss_fn`` keeps (its output ``(n, *batch[:m])``)
+and the mean over them matches the mean that :func:`pickgrad.estimate` takes. Where the structure
+gives ``log p(x)`` in closed form (``perturb_log_prob``: ``OneHot``, whose law is the softmax)
+and can ``enumerate`` its solutions, ``L`` is a finite sum and its gradient is exact (by
+autograd through ``p``, in chunks). Otherwise a reference gradient is estimated without bias by
+``reinforce`` with the leave-one-out baseline, with a per-coordinate standard error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pickgrad._validation import check_generator, check_positive_int
+from pickgrad.estimators.base import LossFn, evaluate_loss
+from pickgrad.estimators.reinforce import Reinforce
+from pickgrad.noise import sampling_dtype
+from pickgrad.structures.base import Structure
+
+__all__ = ["DEFAULT_MAX_ENUMERATION", "ExactGradient", "exact_gradient"]
+
+#: Default cap on the number of joint solutions enumerated per independent batch entry.
+DEFAULT_MAX_ENUMERATION = 2**20
+# Elements of samples materialised at once (chunk size = this // scores.numel()).
+_CHUNK_ELEMENTS = 2**22
+
+
+@dataclass(frozen=True)
+class ExactGradient:
+    """The gradient of ``E[loss(x)]`` with respect to ``scores``, and how it was obtained.
+
+    Attributes:
+        gradient: ``scores.shape``, dtype and device of ``scores``.
+        value: 0-dim tensor, ``E[loss]`` (averaged over the batch entries the loss keeps); for a
+            reference, its Monte Carlo estimate.
+        exact: True when computed by enumeration or a closed form; False for a reference
+            gradient estimated by Monte Carlo.
+        standard_error: ``scores.shape`` standard error of each coordinate of ``gradient``
+            (zeros when ``exact``). Bias smaller than this cannot be resolved against it.
+        method: how it was computed, e.g. ``"enumeration of 65536 joint solutions"``.
+    """
+
+    gradient: Tensor
+    value: Tensor
+    exact: bool
+    standard_error: Tensor
+    method: str
+
+    @property
+    def noise_norm(self) -> float:
+        """``||standard_error||``: the expected distance of ``gradient`` from the true one."""
+        return float(self.standard_error.double().norm())
+
+
+def _batch_shape(scores: Tensor, structure: Structure) -> tuple[int, ...]:
+    return tuple(scores.shape[: scores.dim() - structure.event_dims])
+
+
+def _kept_batch_dims(loss_fn: LossFn, scores: Tensor, structure: Structure) -> int:
+    """How many leading batch dims ``loss_fn`` keeps, found by calling it on one hard sample."""
+    batch = _batch_shape(scores, structure)
+    with torch.no_grad():
+        probe = structure._argmax(scores.detach()).unsqueeze(0)
+        losses = evaluate_loss(loss_fn, probe, 1, batch)
+    return losses.dim() - 1
+
+
+def exact_gradient(
+    loss_fn: LossFn,
+    scores: Tensor,
+    structure: Structure,
+    *,
+    max_enumeration: int = DEFAULT_MAX_ENUMERATION,
+    expected_loss: Callable[[Tensor], Tensor] | None = None,
+    n_reference: int = 2**15,
+    generator: torch.Generator | None = None,
+) -> ExactGradient:
+    """The gradient of ``E[loss_fn(x)]``, ``x = argmax(scores + G)``, with respect to ``scores``.
+
+    Maths: ``d/ds sum_x p(x; s) loss(x) = sum_x p(x; s) loss(x) d log p(x; s) / ds``.
+
+    * If ``expected_loss`` is given it is taken as a closed form of ``E[loss]`` (a differentiable
+      function of ``scores`` returning a scalar) and differentiated by autograd.
+    * Else, if the structure has ``perturb_log_prob`` and ``enumerate``: exact, by enumeration.
+      Batch dims that ``loss_fn`` keeps in its output ``(n, *batch[:m])`` are independent
+      problems, enumerated side by side; the others (``batch[m:]``, e.g. the S slots of a
+      ``(B, S, n)`` ``OneHot`` whose loss couples them) are enumerated jointly: ``K ** M``
+      joint solutions for ``K`` solutions per event and ``M = prod(batch[m:])``, in chunks.
+      A loss that is a sum of independent per-slot terms should keep the slot dim in its
+      output, so that each slot is enumerated on its own.
+    * Else: a reference gradient, the mean of ``reinforce`` with the ``rloo`` baseline over
+      ``n_reference`` samples (unbiased), with a per-coordinate standard error from
+      independent replicates; ``exact`` is False.
+
+    Args:
+        loss_fn: maps ``(n, *scores.shape)`` samples to ``(n,)`` or ``(n, *batch)`` losses.
+        scores: ``(*batch, *event)`` floating tensor (used detached).
+        structure: the structure, e.g. ``OneHot()``.
+        max_enumeration: the most joint solutions enumerated per independent batch entry; a
+            ``ValueError`` says so when more would be needed.
+        expected_loss: optional closed form ``scores -> E[loss]`` (0-dim).
+        n_reference: samples of the reference estimate when there is no closed form.
+        generator: noise source of the reference estimate.
+
+    Returns:
+        :class:`ExactGradient` with ``gradient`` shaped like ``scores``.
+
+    Example:
+        >>> import pickgrad
+        >>> s = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+        >>> cost = torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64)
+        >>> result = pickgrad.exact_gradient(lambda x: x @ cost, s, pickgrad.OneHot())
+        >>> p = torch.softmax(s, -1)
+        >>> torch.allclose(result.gradient, p * (cost - p @ cost)), result.exact
+        (True, True)
+    """
+    if not isinstance(structure, Structure):
+        raise TypeError(f"structure must be a pickgrad Structure, got {type(structure).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    structure.validate(scores)
+    check_positive_int(max_enumeration, name="max_enumeration")
+    check_positive_int(n_reference, name="n_reference", minimum=4)
+    check_generator(generator, scores.device)
+    work = sampling_dtype(scores.dtype)
+    leaf = scores.detach().to(work).clone().requires_grad_(True)
+    if expected_loss is not None:
+        value = expected_loss(leaf)
+        if not isinstance(value, Tensor) or value.dim() != 0:
+            raise ValueError(
+                "expected_loss must return a 0-dim tensor, E[loss] as a function of scores"
+            )
+        (gradient,) = torch.autograd.grad(value, leaf)
+        return _result(gradient, value.detach(), scores, True, None, "closed form")
+    if structure.supports("perturb_log_prob") and structure.supports("enumerate"):
+        return _by_enumeration(loss_fn, leaf, scores, structure, max_enumeration)
+    return _by_reference(loss_fn, leaf, scores, structure, n_reference, generator)
+
+
+def _result(
+    gradient: Tensor,
+    value: Tensor,
+    scores: Tensor,
+    exact: bool,
+    standard_error: Tensor | None,
+    method: str,
+) -> ExactGradient:
+    if standard_error is None:
+        standard_error = torch.zeros_like(gradient)
+    return ExactGradient(
+        gradient=gradient.to(scores.dtype),
+        value=value.to(scores.dtype),
+        exact=exact,
+        standard_error=standard_error.to(scores.dtype),
+        method=method,
+    )
+
+
+def _by_enumeration(
+    loss_fn: LossFn, leaf: Tensor, scores: Tensor, structure: Structure, max_enumeration: int
+) -> ExactGradient:
+    batch = _batch_shape(leaf, structure)
+    event = structure.event_shape(leaf)
+    kept = _kept_batch_dims(loss_fn, leaf, structure)
+    independent, coupled = batch[:kept], batch[kept:]
+    coupled_count = math.prod(coupled)
+    solutions = structure.enumerate(event, dtype=leaf.dtype, device=leaf.device)  # (K, *event)
+    per_event = solutions.shape[0]
+    # Integer arithmetic: the count may be astronomically large.
+    total = per_event**coupled_count
+    if total > max_enumeration:
+        raise ValueError(
+            f"exact_gradient would enumerate {per_event}^{coupled_count} = {total} joint solutions "
+            f"per batch entry (scores {tuple(scores.shape)}: {coupled_count} coupled events "
+            f"{tuple(coupled)} of {per_event} solutions each, since loss_fn returns losses "
+            f"shaped (n, *{tuple(independent)})), more than max_enumeration={max_enumeration}. "
+            "Raise max_enumeration, make loss_fn keep independent dims in its output "
+            "(n, *batch) so they are enumerated separately, or pass expected_loss"
+        )
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, leaf.numel()))
+    powers = torch.tensor(
+        [per_event ** (coupled_count - 1 - i) for i in range(coupled_count)],
+        dtype=torch.int64,
+        device=leaf.device,
+    )
+    entries = max(1, math.prod(independent))
+    gradient = torch.zeros_like(leaf)
+    value = torch.zeros((), dtype=leaf.dtype, device=leaf.device)
+    mass = torch.zeros(independent, dtype=leaf.dtype, device=leaf.device)
+    for start in range(0, total, chunk):
+        index = torch.arange(start, min(start + chunk, total), device=leaf.device)
+        digits = (index[:, None] // powers) % per_event  # (C, M), slot 0 slowest
+        picks = solutions[digits].reshape(len(index), *coupled, *event)
+        view = (len(index),) + (1,) * len(independent) + tuple(picks.shape[1:])
+        x = picks.reshape(view).expand(len(index), *leaf.shape)
+        with torch.no_grad():
+            losses = evaluate_loss(loss_fn, x, len(index), batch).to(leaf.dtype)
+        log_p = structure._perturb_log_prob(leaf.expand(len(index), *leaf.shape), x)
+        if log_p.dim() > 1 + kept:  # (sum over dim=() would sum everything)
+            log_p = log_p.sum(dim=tuple(range(1 + kept, log_p.dim())))  # (C, *independent)
+        p = log_p.exp()
+        objective = (p * losses).sum() / entries
+        (part,) = torch.autograd.grad(objective, leaf)
+        gradient += part
+        value += objective.detach()
+        mass += p.detach().sum(0)
+    if not torch.allclose(
+        mass, torch.ones_like(mass), atol=1e-4 if leaf.dtype == torch.float32 else 1e-8
+    ):
+        raise RuntimeError(
+            f"{structure!r}: probabilities of the enumerated solutions sum to "
+            f"{mass.min().item():.6g}..{mass.max().item():.6g}, not 1; enumerate and "
+            "perturb_log_prob disagree"
+        )
+    method = f"enumeration of {total} joint solution{'s' if total > 1 else ''}"
+    if entries > 1 or independent:
+        method += f" for each of {entries} independent entries"
+    return _result(gradient, value, scores, True, None, method)
+
+
+def _by_reference(
+    loss_fn: LossFn,
+    leaf: Tensor,
+    scores: Tensor,
+    structure: Structure,
+    n_reference: int,
+    generator: torch.Generator | None,
+) -> ExactGradient:
+    replicates = 16 if n_reference >= 64 else 4
+    per_replicate = n_reference // replicates
+    estimator = Reinforce(baseline="rloo")
+    estimator.check_structure(structure)
+    draws, values = [], []
+    for _ in range(replicates):
+        surrogate = estimator.estimate(
+            loss_fn, leaf, structure, n_samples=per_replicate, tau=1.0, generator=generator
+        )
+        (draw,) = torch.autograd.grad(surrogate, leaf)
+        draws.append(draw)
+        values.append(surrogate.detach())
+    stacked = torch.stack(draws)
+    gradient = stacked.mean(0)
+    standard_error = stacked.std(0) / math.sqrt(replicates)
+    method = (
+        f"reference: reinforce/rloo over {replicates * per_replicate} samples "
+        f"({structure!r} has no closed-form law of argmax(scores + G))"
+    )
+    return _result(gradient, torch.stack(values).mean(), scores, False, standard_error, method)
