@@ -4,6 +4,7 @@ Structures (what is chosen) and estimators (how gradients flow) are independent 
 estimator works on every structure that offers what it needs.
 """
 
+from pickgrad.diagnostics import DiagnosticReport, ExactGradient, diagnose, exact_gradient
 from pickgrad.estimators import (
     BASELINES,
     IMLE,
@@ -33,7 +34,9 @@ __all__ = [
     "IMLE",
     "Blackbox",
     "Constant",
+    "DiagnosticReport",
     "Estimator",
+    "ExactGradient",
     "ExponentialDecay",
     "GumbelRao",
     "GumbelRelaxed",
@@ -50,7 +53,9 @@ __all__ = [
     "Subset",
     "__version__",
     "available_estimators",
+    "diagnose",
     "estimate",
+    "exact_gradient",
     "fenchel_young_loss",
     "get_estimator",
     "register_estimator",
