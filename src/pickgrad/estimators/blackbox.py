@@ -8,15 +8,15 @@ import torch
 from torch import Tensor
 
 from pickgrad._validation import check_tau
-from pickgrad.estimators.base import Estimator, register_estimator
-from pickgrad.estimators.imle import perturb_and_map_difference
+from pickgrad.estimators.base import register_estimator
+from pickgrad.estimators.imle import PerSampleEstimator, perturb_and_map_difference
 from pickgrad.structures.base import Structure
 
 __all__ = ["Blackbox"]
 
 
 @register_estimator
-class Blackbox(Estimator):
+class Blackbox(PerSampleEstimator):
     """``blackbox``: forward ``argmax(scores)``, backward by interpolating the solver.
 
     ::
@@ -35,7 +35,9 @@ class Blackbox(Estimator):
 
     Deterministic (``tau`` and ``generator`` are not used). The gradient is zero unless
     ``lambda * |g|`` is large enough to change the argmax; the solver is never differentiated.
-    Score entries the structure ignores (``structure.active_mask``) get zero gradient.
+    Score entries the structure ignores (``structure.active_mask``) get zero gradient. Through
+    ``pickgrad.estimate``, each sample gets the gradient of its own loss (see
+    :class:`~pickgrad.estimators.imle.PerSampleEstimator`).
 
     Args:
         lambda_: lambda > 0, the interpolation strength.

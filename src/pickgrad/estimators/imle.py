@@ -23,11 +23,17 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from pickgrad._validation import check_positive_int, check_tau
-from pickgrad.estimators.base import Estimator, register_estimator
+from pickgrad.estimators.base import Estimator, LossFn, evaluate_loss, register_estimator
 from pickgrad.noise import sample_gumbel, sampling_dtype
 from pickgrad.structures.base import Structure
 
-__all__ = ["IMLE", "IMLE_NOISES", "sample_standard_gamma", "sample_sum_of_gamma"]
+__all__ = [
+    "IMLE",
+    "IMLE_NOISES",
+    "PerSampleEstimator",
+    "sample_standard_gamma",
+    "sample_sum_of_gamma",
+]
 
 #: Noise laws of ``imle``.
 IMLE_NOISES = ("gumbel", "sum-of-gamma")
@@ -201,8 +207,50 @@ def perturb_and_map_difference(
     return _PerturbAndMapDifference.apply(scores, samples, noise, structure, lambda_, mask)
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``factor``."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.factor, None
+
+
+class PerSampleEstimator(Estimator):
+    """An estimator whose backward is not linear in the incoming gradient ``g``.
+
+    ``(argmax(s) - argmax(s - lambda g)) / lambda`` changes with the scale of ``g``, so the
+    default ``estimate``, which averages the loss over ``n_samples`` and thereby divides each
+    sample's ``g`` by ``n_samples``, would shrink the step lambda with ``n_samples``. This
+    ``estimate`` instead gives each sample the gradient of its own loss and averages the
+    per-sample estimates: ``estimate(n_samples=n)`` is the mean of n independent one-sample
+    estimates, as it is for the linear estimators. A mean over batch entries inside ``loss_fn``
+    or in user code still scales ``g``, like any loss scale; lambda is tuned against it.
+    """
+
+    def estimate(
+        self,
+        loss_fn: LossFn,
+        scores: Tensor,
+        structure: Structure,
+        *,
+        n_samples: int,
+        tau: float,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        expanded = _ScaleGradient.apply(scores, 1.0 / n_samples).expand(n_samples, *scores.shape)
+        samples = self.select(expanded, structure, tau=tau, generator=generator)
+        samples = _ScaleGradient.apply(samples, float(n_samples))
+        batch_shape = tuple(scores.shape[: scores.dim() - structure.event_dims])
+        return evaluate_loss(loss_fn, samples, n_samples, batch_shape).mean()
+
+
 @register_estimator
-class IMLE(Estimator):
+class IMLE(PerSampleEstimator):
     """``imle``: perturb-and-MAP forward, target-distribution difference backward.
 
     Forward: ``x = argmax(scores + eps_1)``, a hard sample. Backward, with ``g = dL/dx`` and
@@ -216,7 +264,9 @@ class IMLE(Estimator):
     lambda (optional in the paper) so that the result scales with ``g`` like a gradient and,
     averaged over the noise, tends to ``J mu(s)^T g`` as lambda -> 0, where
     ``mu(s) = E[argmax(s + eps)]`` (the perturbed optimizer's Jacobian). Score entries the
-    structure ignores (``structure.active_mask``) get zero gradient.
+    structure ignores (``structure.active_mask``) get zero gradient. Through
+    ``pickgrad.estimate``, each sample gets the gradient of its own loss
+    (see :class:`PerSampleEstimator`).
 
     With ``noise="gumbel"`` (default) and ``noise_temperature=1`` the forward is distributed
     like every other sampling estimator's (for ``OneHot``, ``softmax(scores)``), and the mean
