@@ -79,7 +79,10 @@ class Permutation(Structure):
     * ``relax(scores, tau)``: log-domain Sinkhorn of ``scores / tau`` (entropy regulariser), with
       keyword options ``tol`` (column-sum tolerance; default 1e-5, 1e-10 in float64) and
       ``max_iter`` (default 100). Rectangular scores get a slack row (partial transport), so
-      rows sum to 1 and columns to at most 1. Differentiable by unrolling the iterations.
+      rows sum to 1 and columns to at most 1; the entropy then also counts the capacity each
+      column leaves unused (with one row this is ``sigmoid((scores - nu) / tau)`` summing to 1,
+      the ``"binary-entropy"`` relaxation of ``Subset(1)``). Differentiable by unrolling the
+      iterations.
       Applied to ``scores + G`` this is Gumbel-Sinkhorn (``gumbel-relaxed``, ``st-gumbel``).
     * ``enumerate((s, n))``: all n! / (n - s)! matchings.
     * ``log_partition`` would be the log-permanent of ``exp(scores / tau)``, #P-hard to compute,
