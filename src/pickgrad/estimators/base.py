@@ -189,6 +189,11 @@ class Estimator:
         batch_shape = tuple(scores.shape[: scores.dim() - structure.event_dims])
         return evaluate_loss(loss_fn, samples, n_samples, batch_shape).mean()
 
+    @property
+    def uses_tau(self) -> bool:
+        """Whether the ``tau`` given to ``select``/``estimate`` changes this estimator."""
+        return False
+
     def _options(self) -> dict[str, Any]:
         return {}
 
@@ -204,6 +209,10 @@ class RelaxingEstimator(Estimator):
 
     def __init__(self, *, regularizer: str | None = None) -> None:
         self.regularizer = regularizer
+
+    @property
+    def uses_tau(self) -> bool:
+        return True
 
     def relax(self, structure: Structure, scores: Tensor, tau: float) -> Tensor:
         if self.regularizer is None:

@@ -58,8 +58,8 @@ class RunResult:
     curve_values: list[float] = field(default_factory=list)
 
 
-def uses_tau(name: str) -> bool:
-    return "relax" in get_estimator(name).needs
+def uses_tau(name: str, options: dict[str, Any] | None = None) -> bool:
+    return get_estimator(name, **(options or {})).uses_tau
 
 
 def estimator_runs(names: list[str] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
@@ -98,7 +98,7 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     structure = OneHot()
     result = RunResult(
-        task.name, label, name, float(tau) if uses_tau(name) else None, task.metric, 0.0, 0.0
+        task.name, label, name, float(tau) if estimator.uses_tau else None, task.metric, 0.0, 0.0
     )
     start = time.perf_counter()
     for step in range(steps + 1):
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         for _, name, _ in runs
     }
     tuning: dict[str, dict[str, dict[str, float]]] = {}
-    tunable = [run_ for run_ in runs if uses_tau(run_[1])]
+    tunable = [run_ for run_ in runs if uses_tau(run_[1], run_[2])]
     total = len(tasks) * (len(runs) + (len(tunable) * len(TUNE_GRID) if args.tune else 0))
     progress = tqdm(total=total, desc="pickgrad demo", unit="run", disable=args.no_progress)
     if args.tune:
