@@ -92,9 +92,8 @@ def train(
     """Train a fresh selector on ``task`` with one estimator; evaluate its mode along the way."""
     selector = task.make_selector(seed)
     optimizer = torch.optim.Adam(selector.parameters(), lr=lr)
-    estimator = get_estimator(
-        name, **options
-    )  # one object for the run: the ema baseline keeps state
+    # One estimator object for the whole run: the ema baseline keeps state across steps.
+    estimator = get_estimator(name, **options)
     generator = torch.Generator().manual_seed(seed)
     structure = OneHot()
     result = RunResult(
