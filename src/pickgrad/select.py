@@ -61,7 +61,7 @@ def select(
         tensor([[0., 1., 0.]], grad_fn=<_ReplaceGradientBackward>)
         >>> (x * torch.tensor([0.0, 1.0, 0.0])).sum().backward()
         >>> scores.grad.round(decimals=3)
-        tensor([[-0.107,  0.148, -0.040]])
+        tensor([[-0.0960,  0.1320, -0.0350]])
     """
     resolved, tau_value = _prepare(scores, structure, estimator, tau, generator, options)
     return resolved.select(scores, structure, tau=tau_value, generator=generator)
