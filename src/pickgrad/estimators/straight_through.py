@@ -22,8 +22,9 @@ __all__ = ["Relaxed", "StraightThrough", "StraightThroughRelaxed"]
 class StraightThrough(Estimator):
     """``st``: forward ``argmax(scores)``, backward identity (Bengio et al., 2013).
 
-    ``dx/dscores = I``: biased, zero variance. Entries the structure ignores
-    (``structure.active_mask``) get zero gradient.
+    ``dx/dscores = I``: biased, zero variance. More exactly, the backward is the transpose of
+    ``structure.linear_objective``: entries the structure ignores (``structure.active_mask``)
+    get zero gradient, and a symmetric output sends both halves' gradients to the one score.
     """
 
     name: ClassVar[str] = "st"
@@ -32,9 +33,7 @@ class StraightThrough(Estimator):
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         hard = structure._argmax(scores.detach())
-        mask = structure.active_mask(structure.event_shape(scores), scores.device)
-        soft = scores if mask is None else scores * mask
-        return replace_gradient(hard, soft)
+        return replace_gradient(hard, structure.linear_objective(scores))
 
 
 @register_estimator

@@ -182,5 +182,16 @@ class Structure:
         """
         return None
 
+    def linear_objective(self, scores: Tensor) -> Tensor:
+        """``scores`` as a linear objective on outputs x, for straight-through backward passes.
+
+        A linear map whose argmax over hard solutions is ``argmax(scores)``; the straight-through
+        estimator's backward is its transpose. The default zeroes the entries ``active_mask``
+        ignores; ``SpanningTree`` mirrors its upper triangle, so that gradients on both ``x[i, j]``
+        and ``x[j, i]`` reach ``scores[i, j]``.
+        """
+        mask = self.active_mask(self.event_shape(scores), scores.device)
+        return scores if mask is None else scores * mask
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
