@@ -1,0 +1,178 @@
+"""``diagnose``: the figures' definitions, the advisor rule, and the renderings."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import pickgrad
+from pickgrad import OneHot, diagnose
+from pickgrad.diagnostics.report import (
+    EstimatorStats,
+    parse_estimator,
+    recommend,
+    resolve_estimators,
+)
+
+f64 = torch.float64
+SCORES = torch.tensor([[0.5, -0.2, 0.1], [1.0, 0.0, -1.0]], dtype=f64)
+COST = torch.tensor([[1.0, 3.0, -1.0], [0.0, 2.0, 1.0]], dtype=f64)
+
+
+def loss_fn(x: torch.Tensor) -> torch.Tensor:
+    return ((x * COST).sum(-1) - 1.0) ** 2  # (n, 2)
+
+
+def test_figures_follow_their_definitions() -> None:
+    report = diagnose(loss_fn, SCORES, OneHot(), ["st-gumbel", "reinforce/rloo"], n_samples=50)
+    exact = report.reference.gradient
+    for row in report.rows:
+        assert row.error is None and row.n_draws == 50
+        # mse = bias^2 + variance (R-1)/R exactly, for an exact reference.
+        assert math.isclose(row.mse, row.bias**2 + row.variance * 49 / 50, rel_tol=1e-9)
+        assert math.isclose(row.std, math.sqrt(row.variance))
+        assert math.isclose(row.noise_floor, math.sqrt(row.variance / 50))
+        assert math.isclose(row.relative_bias, row.bias / float(exact.norm()))
+        assert math.isclose(row.efficiency, row.mse * row.time_per_gradient)
+        assert -1 <= row.cosine_draw <= 1 and -1 <= row.cosine_mean <= 1
+        assert 0 <= row.sign_agreement <= 1 and row.time_per_gradient > 0
+
+
+def test_deterministic_estimator_has_zero_variance_and_its_exact_bias() -> None:
+    report = diagnose(loss_fn, SCORES, OneHot(), ["relaxed"], n_samples=5, tau=0.7)
+    row = report.rows[0]
+    leaf = SCORES.clone().requires_grad_(True)
+    pickgrad.estimate(loss_fn, leaf, OneHot(), "relaxed", n_samples=4, tau=0.7).backward()
+    assert row.variance == pytest.approx(0, abs=1e-25)
+    assert row.bias == pytest.approx(float((leaf.grad - report.reference.gradient).norm()))
+    assert row.tau == 0.7 and row.cosine_draw == pytest.approx(row.cosine_mean)
+
+
+def test_same_seed_same_report() -> None:
+    first = diagnose(loss_fn, SCORES, OneHot(), ["gumbel-rao", "reinforce/ema"], n_samples=10)
+    second = diagnose(loss_fn, SCORES, OneHot(), ["gumbel-rao", "reinforce/ema"], n_samples=10)
+    for a, b in zip(first.rows, second.rows, strict=True):
+        assert (a.bias, a.variance, a.sign_agreement) == (b.bias, b.variance, b.sign_agreement)
+
+
+def test_default_estimators_are_every_applicable_one_with_each_reinforce_baseline() -> None:
+    labels = [label for label, _ in resolve_estimators(None, OneHot())]
+    names = set(pickgrad.available_estimators(OneHot())) - {"reinforce"}
+    assert names <= set(labels)
+    assert {f"reinforce/{b}" for b in pickgrad.BASELINES} <= set(labels)
+    assert len(labels) == len(names) + len(pickgrad.BASELINES)
+    assert labels[0] == "st"
+
+
+def test_estimator_specs() -> None:
+    label, estimator = parse_estimator("gumbel-rao:n_draws=3")
+    assert label == "gumbel-rao:n_draws=3" and estimator.n_draws == 3  # type: ignore[attr-defined]
+    assert parse_estimator("reinforce/batch")[1].baseline == "batch"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="unknown estimator"):
+        parse_estimator("nope")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_estimator("gumbel-rao:n_draws")
+    with pytest.raises(ValueError, match="bad estimator spec"):
+        parse_estimator("st-gumbel:n_draws=2")
+
+
+def test_a_failing_estimator_is_reported_not_fatal() -> None:
+    report = diagnose(
+        loss_fn, SCORES, OneHot(), ["st-gumbel", "reinforce/rloo"], n_samples=5, samples_per_draw=1
+    )
+    assert report.row("st-gumbel").error is None
+    error = report.row("reinforce/rloo").error
+    assert error is not None and "n_samples >= 2" in error
+    assert report.recommendation is not None
+    assert report.recommendation.label == "st-gumbel"
+    assert "failed: ValueError" in report.to_markdown()
+
+
+def stats(label: str, mse: float, seconds: float, acceptable: bool) -> EstimatorStats:
+    row = EstimatorStats(label, label, None, 10, mse=mse, time_per_gradient=seconds)
+    row.efficiency, row.acceptable_bias = mse * seconds, acceptable
+    return row
+
+
+def test_recommendation_rule() -> None:
+    rows = [
+        stats("cheap-biased", 0.1, 1e-4, False),
+        stats("slow-good", 1.0, 1e-2, True),
+        stats("fast-noisy", 5.0, 1e-3, True),
+    ]
+    rec = recommend(rows)
+    assert rec is not None and rec.label == "fast-noisy"  # 5e-3 < 1e-2; the biased one is out
+    assert "acceptable" in rec.reason
+    none_ok = recommend([stats("a", 2.0, 1e-3, False), stats("b", 1.0, 1.0, False)])
+    assert none_ok is not None and none_ok.label == "b"
+    assert "no estimator has acceptable bias" in none_ok.reason
+    assert recommend([]) is None
+
+
+def test_reference_given_as_tensor_and_shape_checked() -> None:
+    exact = pickgrad.exact_gradient(loss_fn, SCORES, OneHot()).gradient
+    report = diagnose(loss_fn, SCORES, OneHot(), ["st"], n_samples=2, reference=exact)
+    default = diagnose(loss_fn, SCORES, OneHot(), ["st"], n_samples=2)
+    assert report.reference.method == "given" and default.reference.method != "given"
+    assert report.rows[0].bias == pytest.approx(default.rows[0].bias, rel=1e-12)
+    with pytest.raises(ValueError, match="reference must have the shape"):
+        diagnose(loss_fn, SCORES, OneHot(), ["st"], n_samples=2, reference=exact[0])
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="n_samples"):
+        diagnose(loss_fn, SCORES, OneHot(), ["st"], n_samples=1)
+    with pytest.raises(ValueError, match="tau"):
+        diagnose(loss_fn, SCORES, OneHot(), ["st"], tau=0.0)
+    with pytest.raises(TypeError, match="list of names"):
+        diagnose(loss_fn, SCORES, OneHot(), "st")  # type: ignore[arg-type]
+    with pytest.raises(NotImplementedError, match="conditional_gumbel"):
+        diagnose(lambda x: x.sum((-1,)), torch.zeros(4), pickgrad.Subset(2), ["gumbel-rao"])
+
+
+def test_reference_from_monte_carlo_widens_the_noise_floor() -> None:
+    scores = torch.tensor([0.3, -0.1, 0.4, 0.0], dtype=f64)
+    value = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=f64)
+    report = diagnose(
+        lambda x: (x @ value) ** 2, scores, pickgrad.Subset(2), ["reinforce/rloo"], n_samples=30
+    )
+    row, reference = report.rows[0], report.reference
+    assert not reference.exact and reference.noise_norm > 0
+    assert row.noise_floor**2 == pytest.approx(row.variance / 30 + reference.noise_norm**2)
+    assert row.bias < 5 * row.noise_floor
+
+
+def test_renderings(tmp_path: Path) -> None:
+    report = diagnose(
+        loss_fn,
+        SCORES,
+        OneHot(),
+        ["st-gumbel", "gumbel-rao:n_draws=2", "reinforce/rloo"],
+        n_samples=8,
+        tau=1.0,
+        tau_sweep=[0.5, 1.0],
+        name="toy",
+    )
+    # The sweep holds the temperature-dependent estimators at each tau, the main tau reused.
+    assert sorted((r.label, r.tau) for r in report.sweep) == [
+        ("gumbel-rao:n_draws=2", 0.5),
+        ("gumbel-rao:n_draws=2", 1.0),
+        ("st-gumbel", 0.5),
+        ("st-gumbel", 1.0),
+    ]
+    assert report.row("st-gumbel", 1.0) is report.row("st-gumbel")
+    markdown = report.to_markdown()
+    assert "### toy" in markdown and "| reinforce/rloo | - |" in markdown
+    assert "| st-gumbel | " in markdown and "tau=0.5 | tau=1 |" in markdown
+    assert "**Recommendation: " in markdown
+    data = json.loads(report.to_json(tmp_path / "toy.json"))
+    assert data == json.loads((tmp_path / "toy.json").read_text())
+    assert [row["label"] for row in data["rows"]] == [row.label for row in report.rows]
+    assert data["reference"]["exact"] is True and len(data["sweep"]) == 4
+    assert data["recommendation"]["label"] == report.recommendation.label  # type: ignore[union-attr]
+    report.to_png(tmp_path / "toy.png")
+    assert (tmp_path / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
