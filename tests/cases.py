@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pickgrad import OneHot, Permutation, Subset
+from pickgrad import Arborescence, OneHot, Permutation, SpanningTree, Subset
 from pickgrad.structures.base import Structure
 
 
@@ -30,4 +30,7 @@ STRUCTURE_CASES: list[StructureCase] = [
     StructureCase("subset", Subset(2), (2, 5)),
     StructureCase("permutation", Permutation(), (2, 3, 3)),
     StructureCase("permutation-rectangular", Permutation(), (3, 4)),
+    StructureCase("spanning-tree", SpanningTree(), (2, 4, 4)),
+    StructureCase("arborescence", Arborescence(), (2, 4, 4)),
+    StructureCase("arborescence-root-2", Arborescence(root=2), (3, 3)),
 ]

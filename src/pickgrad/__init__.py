@@ -25,13 +25,21 @@ from pickgrad.estimators import (
 )
 from pickgrad.schedules import Constant, ExponentialDecay, Schedule
 from pickgrad.select import estimate, select
-from pickgrad.structures import OneHot, Permutation, Structure, Subset
+from pickgrad.structures import (
+    Arborescence,
+    OneHot,
+    Permutation,
+    SpanningTree,
+    Structure,
+    Subset,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BASELINES",
     "IMLE",
+    "Arborescence",
     "Blackbox",
     "Constant",
     "DiagnosticReport",
@@ -46,6 +54,7 @@ __all__ = [
     "Reinforce",
     "Relaxed",
     "Schedule",
+    "SpanningTree",
     "StraightThrough",
     "StraightThroughGumbel",
     "StraightThroughRelaxed",

@@ -1,8 +1,18 @@
 """Discrete structures: the sets of hard solutions that pickgrad chooses from."""
 
+from pickgrad.structures.arborescence import Arborescence
 from pickgrad.structures.base import CAPABILITIES, Structure
 from pickgrad.structures.onehot import OneHot
 from pickgrad.structures.permutation import Permutation
+from pickgrad.structures.spanning_tree import SpanningTree
 from pickgrad.structures.subset import Subset
 
-__all__ = ["CAPABILITIES", "OneHot", "Permutation", "Structure", "Subset"]
+__all__ = [
+    "CAPABILITIES",
+    "Arborescence",
+    "OneHot",
+    "Permutation",
+    "SpanningTree",
+    "Structure",
+    "Subset",
+]
