@@ -111,6 +111,10 @@ def test_recommendation_rule() -> None:
     assert none_ok is not None and none_ok.label == "b"
     assert "no estimator has acceptable bias" in none_ok.reason
     assert recommend([]) is None
+    soft = stats("relaxed", 0.1, 1e-4, True)
+    soft.hard = False
+    rec = recommend([soft, *rows])
+    assert rec is not None and rec.label == "relaxed" and "not a hard choice" in rec.reason
 
 
 def test_reference_given_as_tensor_and_shape_checked() -> None:

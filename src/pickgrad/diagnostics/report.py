@@ -85,8 +85,9 @@ class EstimatorStats:
     """One estimator (at one temperature) measured against the exact gradient.
 
     Attributes are defined in the module docstring; ``tau`` is None for estimators that ignore
-    the temperature; ``error`` holds the message if the estimator failed on this problem (then
-    every figure is NaN).
+    the temperature; ``hard`` is False for estimators whose forward pass is relaxed, not hard;
+    ``error`` holds the message if the estimator failed on this problem (then every figure is
+    NaN).
     """
 
     label: str
@@ -105,6 +106,7 @@ class EstimatorStats:
     time_per_gradient: float = math.nan
     efficiency: float = math.nan
     acceptable_bias: bool = False
+    hard: bool = True
     error: str | None = None
 
     @property
@@ -268,22 +270,21 @@ class DiagnosticReport:
         import matplotlib.pyplot as plt
 
         panels = 2 if self.sweep else 1
-        figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5.0), squeeze=False)
+        figure, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5.0), squeeze=False)
         axis = axes[0][0]
         good = [row for row in self.rows if row.error is None]
         values = [v for row in good for v in (row.bias, row.std) if v > 0]
-        linthresh = (min(values) if values else 1.0) / 2
-        for row in good:
-            marker = "o" if row.acceptable_bias else "x"
-            axis.scatter(row.std, row.bias, marker=marker, s=36)
-            axis.annotate(
-                row.label,
-                (row.std, row.bias),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
         top = max(values) * 2 if values else 1.0
+        # Below the smallest visible value the axes are linear, so zero (deterministic
+        # estimators, exactly unbiased ones) is drawn rather than dropped.
+        visible = [v for v in values if v > 1e-9 * top]
+        linthresh = (min(visible) if visible else 1.0) / 2
+        colours = plt.get_cmap("tab20")
+        for index, row in enumerate(good):
+            marker = "o" if row.acceptable_bias else "x"
+            axis.scatter(
+                row.std, row.bias, marker=marker, s=40, color=colours(index % 20), label=row.label
+            )
         axis.plot([0, top], [0, top], "k--", linewidth=0.8, label="bias = std")
         axis.set_xscale("symlog", linthresh=linthresh)
         axis.set_yscale("symlog", linthresh=linthresh)
@@ -293,7 +294,7 @@ class DiagnosticReport:
             title=f"{self.problem} (o: bias ok, x: not)",
         )
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="lower right")
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         if self.sweep:
             axis = axes[0][1]
             for label in dict.fromkeys(row.label for row in self.sweep):
@@ -472,6 +473,9 @@ def _statistics(
     count = draws.shape[0]
     mean = draws.mean(0)
     variance = float(((draws - mean) ** 2).sum(1).sum() / max(count - 1, 1))
+    scale = max(float(mean.norm()), float(exact.norm()))
+    if variance <= (1e-12 * scale) ** 2:  # a deterministic estimator: only rounding in the mean
+        variance = 0.0
     row.bias = float((mean - exact).norm())
     row.noise_floor = math.sqrt(variance / count + reference_noise)
     norm = float(exact.norm())
@@ -497,6 +501,15 @@ def _statistics(
 
 def recommend(rows: Sequence[EstimatorStats]) -> Recommendation | None:
     """Apply the advisor rule (module docstring) to measured rows."""
+    recommendation = _recommend(rows)
+    if recommendation is not None:
+        best = next(row for row in rows if row.label == recommendation.label)
+        if not best.hard:
+            recommendation.reason += "; note: its forward pass is relaxed, not a hard choice"
+    return recommendation
+
+
+def _recommend(rows: Sequence[EstimatorStats]) -> Recommendation | None:
     usable = [row for row in rows if row.error is None and math.isfinite(row.mse)]
     if not usable:
         return None
@@ -622,7 +635,7 @@ def diagnose(
         for label, est, job_tau, in_sweep in jobs:
             if bar is not None:
                 bar.set_postfix_str(label if job_tau is None else f"{label} tau={job_tau:g}")
-            row = EstimatorStats(label, repr(est), job_tau, n_samples)
+            row = EstimatorStats(label, repr(est), job_tau, n_samples, hard=type(est).hard)
             try:
                 draws, seconds = _draw_gradients(
                     loss_fn,
