@@ -70,6 +70,9 @@ class Trapped(Structure):
     def active_mask(self, event_shape: tuple[int, ...], device: torch.device | None = None) -> Any:
         return self.inner.active_mask(event_shape, device)
 
+    def linear_objective(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.inner.linear_objective(scores)
+
 
 CASES = [pytest.param(case, id=case.id) for case in STRUCTURE_CASES]
 PAIRS = [
@@ -185,3 +188,30 @@ def test_fenchel_young_vanishes_at_a_reproduced_target(case: StructureCase) -> N
     loss.backward()
     assert loss.item() == 0.0
     assert torch.all(scores.grad == 0)
+
+
+@pytest.mark.parametrize(("case", "config"), PAIRS)
+def test_gradient_depends_on_the_loss_only_through_hard_solutions(
+    case: StructureCase, config: str
+) -> None:
+    # <g, x> and <A^T g, x> (A = structure.linear_objective) agree on every hard x, e.g. a
+    # SpanningTree loss may read x[j, i] instead of x[i, j]: the estimators must not tell them
+    # apart.
+    weights = _scores(case, seed=4)
+    probe = torch.zeros_like(weights, requires_grad=True)
+    (transposed,) = torch.autograd.grad(case.structure.linear_objective(probe), probe, weights)
+    solutions = case.structure.enumerate(case.event_shape, dtype=torch.float64)[:, None]
+
+    def objective(cost: torch.Tensor) -> torch.Tensor:
+        return (solutions * cost.reshape(-1, *case.event_shape)).flatten(2).sum(2)
+
+    assert torch.allclose(objective(weights), objective(transposed))
+    grads = []
+    for cost in (weights, transposed):
+        scores = _scores(case).requires_grad_()
+        x = pickgrad.select(
+            scores, case.structure, CONFIGS[config](), generator=torch.Generator().manual_seed(9)
+        )
+        (x * cost).sum().backward()
+        grads.append(scores.grad)
+    torch.testing.assert_close(grads[0], grads[1])

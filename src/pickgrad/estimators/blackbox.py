@@ -31,7 +31,10 @@ class Blackbox(PerSampleEstimator):
     lambda``. Our scores are ``s = -w``, so ``s' = s - lambda dL/dx`` and
     ``dL/ds = -dL/dw = (y(s) - y(s')) / lambda``. Sign check: for a loss linear in x, the
     target ``argmax(s')`` is a solution of lower loss, and a gradient-descent step on the scores
-    raises its scores and lowers those of the current solution.
+    raises its scores and lowers those of the current solution. ``dL/dx`` reaches the scores
+    through the transpose of ``structure.linear_objective`` (see
+    :func:`~pickgrad.estimators.imle.objective_transpose`), so that ``s'`` moves the solver's
+    objective by exactly ``-lambda <dL/dx, x>``.
 
     Deterministic (``tau`` and ``generator`` are not used). The gradient is zero unless
     ``lambda * |g|`` is large enough to change the argmax; the solver is never differentiated.

@@ -31,6 +31,7 @@ __all__ = [
     "IMLE",
     "IMLE_NOISES",
     "PerSampleEstimator",
+    "objective_transpose",
     "sample_standard_gamma",
     "sample_sum_of_gamma",
 ]
@@ -145,8 +146,25 @@ def sample_sum_of_gamma(
     return (series - math.log(n_terms) / k).to(dtype)
 
 
+def objective_transpose(structure: Structure, grad: Tensor) -> Tensor:
+    """``A^T grad`` for the linear map ``A = structure.linear_objective``.
+
+    A loss gradient ``g`` on the outputs x is the score-space direction ``A^T g``: for every hard
+    x, ``<g, x>`` equals the solver's objective ``<A^T g, x>`` up to the structure's constant
+    factor (for ``SpanningTree``, the gradients on ``x[i, j]`` and ``x[j, i]`` both reach
+    ``scores[i, j]``; by default, ignored entries are zeroed).
+    """
+    with torch.enable_grad():
+        probe = torch.zeros_like(grad, requires_grad=True)
+        (result,) = torch.autograd.grad(structure.linear_objective(probe), probe, grad)
+    return result
+
+
 class _PerturbAndMapDifference(torch.autograd.Function):
     """Forward: the first sample; backward: ``mean_m (x_m - argmax(s - lambda g + eps_m)) / lambda``.
+
+    ``g`` enters the target through :func:`objective_transpose`, so that it moves the solver's
+    objective by ``-lambda <g, x>``.
 
     Inputs besides ``scores`` carry no gradient: ``samples`` are ``argmax(s + eps_m)``,
     ``(M, *scores.shape)`` in the working dtype; ``noise`` is ``eps`` of that shape, or ``None``
@@ -172,7 +190,8 @@ class _PerturbAndMapDifference(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         scores, samples, noise = ctx.saved_tensors
         work = samples.dtype
-        target = scores.to(work) - ctx.lambda_ * grad.to(work)
+        direction = objective_transpose(ctx.structure, grad.to(work))
+        target = scores.to(work) - ctx.lambda_ * direction
         target = target.unsqueeze(0) if noise is None else target + noise
         with torch.no_grad():
             target_samples = ctx.structure._argmax(target)
@@ -263,7 +282,10 @@ class IMLE(PerSampleEstimator):
     lowers those of the current one, so it decreases a loss linear in x. Scaling: we divide by
     lambda (optional in the paper) so that the result scales with ``g`` like a gradient and,
     averaged over the noise, tends to ``J mu(s)^T g`` as lambda -> 0, where
-    ``mu(s) = E[argmax(s + eps)]`` (the perturbed optimizer's Jacobian). Score entries the
+    ``mu(s) = E[argmax(s + eps)]`` (the perturbed optimizer's Jacobian). ``g`` reaches the
+    scores through the transpose of ``structure.linear_objective`` (:func:`objective_transpose`):
+    ``g`` itself on the entries the solver reads, and for ``SpanningTree`` the gradients on
+    ``x[i, j]`` and ``x[j, i]`` together. Score entries the
     structure ignores (``structure.active_mask``) get zero gradient. Through
     ``pickgrad.estimate``, each sample gets the gradient of its own loss
     (see :class:`PerSampleEstimator`).
