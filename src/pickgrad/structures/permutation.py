@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -49,20 +51,60 @@ def log_sinkhorn(log_alpha: Tensor, *, tol: float = 1e-5, max_iter: int = 100) -
     """
     s, n = log_alpha.shape[-2:]
     log_p = log_alpha
-    row_mass: Tensor | float = 0.0
+    row_mass: Tensor | None = None
     if s < n:
         slack = torch.zeros_like(log_alpha[..., :1, :])
         log_p = torch.cat([log_alpha, slack], dim=-2)
         row_mass = torch.zeros(s + 1, 1, dtype=log_alpha.dtype, device=log_alpha.device)
         row_mass[-1] = math.log(n - s)
-    log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True) + row_mass
+
+    def normalise_rows(log_p: Tensor) -> Tensor:
+        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
+        return log_p if row_mass is None else log_p + row_mass
+
+    log_p = normalise_rows(log_p)
     for _ in range(max_iter):
         log_columns = torch.logsumexp(log_p, dim=-2, keepdim=True)
         if tol > 0 and bool((torch.expm1(log_columns).abs() <= tol).all()):
             break
-        log_p = log_p - log_columns
-        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True) + row_mass
+        log_p = normalise_rows(log_p - log_columns)
     return log_p[..., :s, :]
+
+
+#: Batch items per worker thread below which the assignments are solved in the calling thread.
+_ITEMS_PER_THREAD = 64
+_executor: ThreadPoolExecutor | None = None
+
+
+def _solve_range(cost: np.ndarray, columns: np.ndarray, start: int, stop: int) -> None:
+    from scipy.optimize import linear_sum_assignment
+
+    for item in range(start, stop):
+        columns[item] = linear_sum_assignment(cost[item])[1]
+
+
+def _solve_assignments(cost: np.ndarray, columns: np.ndarray) -> None:
+    """Fill ``columns[b]`` with the minimum-cost assignment of ``cost[b]`` for every b.
+
+    scipy's solver releases the GIL, so large batches are split over up to
+    ``torch.get_num_threads()`` threads; each item is solved exactly as in a plain loop, so the
+    result does not depend on the split.
+    """
+    global _executor
+    batch = cost.shape[0]
+    workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1, batch // _ITEMS_PER_THREAD))
+    if workers == 1:
+        _solve_range(cost, columns, 0, batch)
+        return
+    if _executor is None or _executor._max_workers < workers:
+        _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pickgrad-lsa")
+    bounds = np.linspace(0, batch, workers + 1).astype(int)
+    jobs = [
+        _executor.submit(_solve_range, cost, columns, int(start), int(stop))
+        for start, stop in itertools.pairwise(bounds)
+    ]
+    for job in jobs:
+        job.result()
 
 
 class Permutation(Structure):
@@ -73,9 +115,10 @@ class Permutation(Structure):
     of N for each of B examples.
 
     * ``argmax``: an exact linear assignment maximising ``<scores, x>``, by
-      ``scipy.optimize.linear_sum_assignment`` (Jonker-Volgenant) on each batch item in turn. On
-      a GPU the scores are copied to the CPU, solved there and the result copied back. Ties are
-      broken deterministically (the same input gives the same output).
+      ``scipy.optimize.linear_sum_assignment`` (Jonker-Volgenant) on each batch item, large
+      batches split over up to ``torch.get_num_threads()`` CPU threads. On a GPU the scores are
+      copied to the CPU, solved there and the result copied back. Ties are broken
+      deterministically (the same input gives the same output).
     * ``relax(scores, tau)``: log-domain Sinkhorn of ``scores / tau`` (entropy regulariser), with
       keyword options ``tol`` (column-sum tolerance; default 1e-5, 1e-10 in float64) and
       ``max_iter`` (default 100). Rectangular scores get a slack row (partial transport), so
@@ -114,14 +157,15 @@ class Permutation(Structure):
             )
 
     def _argmax(self, scores: Tensor) -> Tensor:
-        from scipy.optimize import linear_sum_assignment
-
         s, n = scores.shape[-2:]
-        # One conversion for the whole batch; the solver works in float64 on a cost to minimise.
-        cost = -scores.detach().to("cpu", torch.float64).reshape(-1, s, n).numpy()
+        # One conversion for the whole batch, in numpy (torch's parallel kernels would compete
+        # with the solver threads); the solver works in float64 on a cost to minimise.
+        host = scores.detach().cpu()
+        if host.dtype in (torch.float16, torch.bfloat16):
+            host = host.float()
+        cost = np.negative(host.numpy(), dtype=np.float64).reshape(-1, s, n)
         columns = np.empty((cost.shape[0], s), dtype=np.int64)
-        for item, matrix in enumerate(cost):
-            columns[item] = linear_sum_assignment(matrix)[1]
+        _solve_assignments(cost, columns)
         index = torch.from_numpy(columns).to(scores.device).reshape(*scores.shape[:-1], 1)
         return torch.zeros_like(scores).scatter_(-1, index, 1.0)
 
@@ -144,7 +188,8 @@ class Permutation(Structure):
             tol = 1e-10 if work == torch.float64 else 1e-5
         if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-        log_p = log_sinkhorn(scores.to(work) / tau, tol=tol, max_iter=max_iter)
+        z = scores.to(work)
+        log_p = log_sinkhorn(z if tau == 1.0 else z / tau, tol=tol, max_iter=max_iter)
         return log_p.exp().to(scores.dtype)
 
     def _log_partition(self, scores: Tensor, tau: float) -> Tensor:
