@@ -155,7 +155,10 @@ class Perturbed(Estimator):
 
     For ``OneHot`` with Gumbel noise ``y_sigma(s) = softmax(s / sigma)``, so this estimator is a
     Monte Carlo version of ``relaxed`` at ``tau = sigma``; with ``hard=True`` and a loss linear
-    in x, it is unbiased for ``d E[loss(x)] / d scores`` under the law of ``argmax(s + sigma Z)``.
+    in x, it is unbiased for ``d E[loss(x)] / d scores`` under the law of ``argmax(s + sigma Z)``
+    (for other losses it is biased like ``st-gumbel``: ``dL/dx`` is taken at one sample).
+    The default soft forward makes the loss see ``y_sigma(s)``, not a hard x: it is the
+    gradient of ``loss(y_sigma(s))``, a different objective from ``E[loss(x)]``.
 
     Args:
         n_perturbations: M, the number of noise draws (independent of ``estimate``'s
