@@ -116,6 +116,12 @@ def test_sigma_defaults_to_tau() -> None:
     assert torch.equal(by_tau, by_sigma)
 
 
+def test_uses_tau_only_without_sigma() -> None:
+    assert Perturbed().uses_tau
+    assert not Perturbed(sigma=0.5).uses_tau
+    assert not pickgrad.IMLE().uses_tau and not pickgrad.Blackbox().uses_tau
+
+
 def test_estimate_uses_the_perturbed_jacobian() -> None:
     # A loss linear in x: d E[<c, y_sigma(s)>] / ds = J^T c, with J the softmax Jacobian.
     scores = torch.tensor([0.2, -0.4, 0.9], dtype=torch.float64)

@@ -202,6 +202,11 @@ class Perturbed(Estimator):
             raise TypeError(f"hard must be a bool, got {type(hard).__name__} {hard!r}")
         self.hard = hard  # type: ignore[misc]  # the option overrides the class default
 
+    @property
+    def uses_tau(self) -> bool:
+        """True when ``sigma`` is None: the noise scale is then the ``tau`` of the call."""
+        return self.sigma is None
+
     def select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
