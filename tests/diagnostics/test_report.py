@@ -17,6 +17,7 @@ from pickgrad.diagnostics.report import (
     recommend,
     resolve_estimators,
 )
+from pickgrad.structures.base import Structure
 
 f64 = torch.float64
 SCORES = torch.tensor([[0.5, -0.2, 0.1], [1.0, 0.0, -1.0]], dtype=f64)
@@ -135,14 +136,21 @@ def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="list of names"):
         diagnose(loss_fn, SCORES, OneHot(), "st")  # type: ignore[arg-type]
     with pytest.raises(NotImplementedError, match="conditional_gumbel"):
-        diagnose(lambda x: x.sum((-1,)), torch.zeros(4), pickgrad.Subset(2), ["gumbel-rao"])
+        diagnose(lambda x: x.sum((-1,)), torch.zeros(4), OneHotWithoutSampler(), ["gumbel-rao"])
+
+
+class OneHotWithoutSampler(OneHot):
+    """OneHot without its conditional Gumbel sampler and closed-form law."""
+
+    _conditional_gumbel = Structure._conditional_gumbel
+    _perturb_log_prob = Structure._perturb_log_prob
 
 
 def test_reference_from_monte_carlo_widens_the_noise_floor() -> None:
     scores = torch.tensor([0.3, -0.1, 0.4, 0.0], dtype=f64)
     value = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=f64)
     report = diagnose(
-        lambda x: (x @ value) ** 2, scores, pickgrad.Subset(2), ["reinforce/rloo"], n_samples=30
+        lambda x: (x @ value) ** 2, scores, OneHotWithoutSampler(), ["reinforce/rloo"], n_samples=30
     )
     row, reference = report.rows[0], report.reference
     assert not reference.exact and reference.noise_norm > 0
