@@ -9,6 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import pickgrad
 from pickgrad import OneHot, Subset
 from pickgrad.structures.subset import capped_simplex_projection
 
@@ -240,3 +241,47 @@ def test_bad_scores_and_options():
         Subset(2).relax(torch.zeros(3), regularizer="sparsemax")
     with pytest.raises(ValueError, match="tau"):
         Subset(2).relax(torch.zeros(3), tau=0.0)
+
+
+def test_conditional_gumbel_reproduces_the_joint_law_of_noise_and_top_k():
+    # Draw (x, G) jointly; for each subset x compare statistics of the unconditional G that led
+    # to x with conditional draws given x. Tolerance: 5 standard errors of the difference.
+    scores = torch.tensor([0.5, -0.3, 1.0, 0.0], dtype=torch.float64)
+    structure = Subset(2)
+    noise = pickgrad.noise.sample_gumbel(
+        (100_000, 4),
+        dtype=torch.float64,
+        device=scores.device,
+        generator=torch.Generator().manual_seed(0),
+    )
+    picked = structure.argmax(scores + noise)
+    generator = torch.Generator().manual_seed(1)
+    for subset in structure.enumerate((4,), dtype=torch.float64):
+        joint = noise[(picked == subset).all(-1)]
+        conditional = structure.conditional_gumbel(scores, subset, 20_000, generator=generator)
+        assert torch.equal(structure.argmax(scores + conditional), subset.expand_as(conditional))
+        for transform in (lambda g: g, lambda g: g**2, lambda g: torch.exp(-g).clamp(max=50)):
+            a, b = transform(joint), transform(conditional)
+            standard_error = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
+            assert bool(((a.mean(0) - b.mean(0)).abs() < 5 * standard_error).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_conditional_gumbel_is_consistent_with_the_argmax_for_extreme_scores(dtype):
+    generator = torch.Generator().manual_seed(2)
+    scores = (30 * torch.randn(8, 7, generator=generator)).to(dtype)
+    # Arbitrary (often very unlikely) 3-subsets as the condition.
+    every = Subset(3).enumerate((7,), dtype=dtype)
+    x = every[torch.randint(len(every), (8,), generator=generator)]
+    noise = Subset(3).conditional_gumbel(scores, x, 50, generator=generator)
+    assert noise.shape == (50, 8, 7) and noise.dtype == dtype
+    assert torch.isfinite(noise).all()
+    assert torch.equal(Subset(3).argmax(scores + noise), x.expand_as(noise))
+
+
+def test_conditional_gumbel_of_the_full_set_is_plain_gumbel_noise():
+    noise = Subset(3).conditional_gumbel(torch.zeros(3), torch.ones(3), 4000)
+    assert noise.shape == (4000, 3)
+    # Standard Gumbel mean: the Euler-Mascheroni constant; variance pi^2 / 6.
+    standard_error = math.pi / math.sqrt(6) / math.sqrt(noise.numel())
+    assert abs(float(noise.mean()) - 0.5772156649) < 5 * standard_error

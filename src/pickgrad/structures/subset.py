@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pickgrad.noise import sampling_dtype
+from pickgrad.noise import sample_gumbel, sampling_dtype
 from pickgrad.structures.base import Structure
 
-__all__ = ["Subset"]
+__all__ = ["Subset", "capped_simplex_projection", "subset_conditional_gumbel", "subset_marginals"]
 
 _REGULARIZERS = ("entropy", "binary-entropy", "euclidean")
 
@@ -189,6 +189,165 @@ def capped_simplex_projection(z: Tensor, k: int) -> Tensor:
     return torch.where(free, z - nu, saturated.to(z.dtype))
 
 
+def _threshold_log_density(
+    v: Tensor, s: Tensor, chosen: Tensor, log_rest: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Unnormalised log-density ``h`` of ``v = max_{j not chosen} (s_j + G_j)`` given that every
+    chosen utility exceeds it, and its derivative ``h'``.
+
+    ``h(v) = log gumbel(v; log_rest) + sum_{i chosen} log P(s_i + G_i > v)``, with
+    ``log_rest = logsumexp`` of the unchosen scores. A Gumbel log-density plus log survival
+    functions of log-concave densities: h is concave.
+
+    Args:
+        v: ``(..., *batch)``; s, chosen: ``(*batch, n)``; log_rest: ``(*batch,)``.
+    """
+    tiny = torch.finfo(v.dtype).tiny
+    gap = v.unsqueeze(-1) - s  # (..., *batch, n)
+    x = torch.exp(-gap)
+    # log(1 - exp(-x)) and x / (exp(x) - 1), with their limits where x underflows to 0.
+    log_survival = torch.where(x > tiny, torch.log(-torch.expm1(-x.clamp_min(tiny))), -gap)
+    ratio = torch.where(x > tiny, x / torch.expm1(x.clamp_min(tiny)), torch.ones_like(x))
+    centred = v - log_rest
+    density = -centred - torch.exp(-centred) + (log_survival * chosen).sum(-1)
+    slope = -1 + torch.exp(-centred) - (ratio * chosen).sum(-1)
+    return density, slope
+
+
+def _sample_threshold(
+    s: Tensor,
+    chosen: Tensor,
+    n_draws: int,
+    generator: torch.Generator | None,
+    max_rounds: int = 1000,
+) -> Tensor:
+    """Exact draws of ``v = max_{j not chosen} (s_j + G_j)`` given that the chosen set is the
+    top-k, shape ``(n_draws, *batch)``.
+
+    Rejection from a piecewise-exponential hull of the concave log-density h: the flat line at
+    the mode m and the tangents at ``m -+ delta`` (delta about one standard deviation), which lie
+    above h because h is concave (Gilks & Wild, 1992).
+    """
+    k = chosen.sum(-1)
+    log_rest = torch.logsumexp(s.masked_fill(chosen, -math.inf), -1)
+
+    def h(v: Tensor) -> tuple[Tensor, Tensor]:
+        return _threshold_log_density(v, s, chosen, log_rest)
+
+    # h' > 0 below log_rest - log(k + 1) and < 0 above log_rest: bisect for the mode.
+    low, high = log_rest - torch.log1p(k) - 1, log_rest + 1
+    for _ in range(100):
+        middle = (low + high) / 2
+        rising = h(middle)[1] > 0
+        low, high = torch.where(rising, middle, low), torch.where(rising, high, middle)
+    mode = (low + high) / 2
+    top = h(mode)[0]
+    step = 1e-4
+    curvature = (h(mode + step)[1] - h(mode - step)[1]) / (2 * step)
+    delta = torch.rsqrt(curvature.abs().clamp_min(1e-12)).clamp(1e-3, 1e3)
+    left, right = mode - delta, mode + delta
+    (h_left, slope_left), (h_right, slope_right) = h(left), h(right)
+    # Where the tangents meet the flat line at the mode; their tails are exponential.
+    left_end = left + (top - h_left) / slope_left
+    right_start = right + (top - h_right) / slope_right
+    areas = torch.stack([1 / slope_left, right_start - left_end, -1 / slope_right], -1)
+
+    shape = (n_draws, *s.shape[:-1])
+    dtype, device = s.dtype, s.device
+    result = torch.zeros(shape, dtype=dtype, device=device)
+    pending = torch.ones(shape, dtype=torch.bool, device=device)
+    for _ in range(max_rounds):
+        piece = torch.multinomial(
+            areas.reshape(-1, 3), n_draws, replacement=True, generator=generator
+        )
+        piece = piece.T.reshape(shape)
+        exponential = torch.empty(shape, dtype=dtype, device=device).exponential_(
+            generator=generator
+        )
+        uniform = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+        accept_uniform = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+        proposal = torch.where(
+            piece == 0,
+            left_end - exponential / slope_left,
+            torch.where(
+                piece == 1,
+                left_end + uniform * (right_start - left_end),
+                right_start - exponential / slope_right,
+            ),
+        )
+        hull = top + torch.where(
+            piece == 0,
+            slope_left * (proposal - left_end),
+            torch.where(
+                piece == 1, torch.zeros_like(proposal), slope_right * (proposal - right_start)
+            ),
+        )
+        accepted = pending & (torch.log(accept_uniform) <= h(proposal)[0] - hull)
+        result = torch.where(accepted, proposal, result)
+        pending = pending & ~accepted
+        if not bool(pending.any()):
+            return result
+    raise RuntimeError(
+        "Subset.conditional_gumbel: the rejection sampler did not finish; please report"
+    )
+
+
+def subset_conditional_gumbel(
+    scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Standard Gumbel noise G drawn from its law given that the top-k of ``scores + G`` is ``x``.
+
+    With ``u = scores + G`` and ``v = max`` of the unchosen utilities, the event is
+    ``min_{chosen} u > v``. Then, exactly:
+
+    * v has density ∝ ``gumbel(v; logsumexp(unchosen scores)) * prod_{chosen} P(u_i > v)``,
+      log-concave, drawn by rejection from a piecewise-exponential hull;
+    * given v, each chosen ``u_i`` is Gumbel(s_i) truncated to ``(v, inf)`` (inverse CDF);
+    * the unchosen maximiser is drawn with probabilities ``softmax`` of the unchosen scores, takes
+      the value v, and every other unchosen ``u_j`` is Gumbel(s_j) truncated to ``(-inf, v]``
+      (``-logaddexp(-v, -(s_j + G'_j))``, Maddison et al. 2014).
+
+    Args:
+        scores: ``(*batch, n)``; x: ``(*batch, n)`` k-hot; n_draws: K.
+
+    Returns:
+        ``(K, *batch, n)`` noise ``G = u - scores``.
+    """
+    work = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    s = scores.to(work)
+    chosen = x.to(torch.bool)
+    shape = (n_draws, *s.shape)
+    if bool(chosen.all()):
+        return sample_gumbel(shape, dtype=scores.dtype, device=scores.device, generator=generator)
+    # The threshold's density is solved in float64 whatever the input: its tails are steep.
+    v = _sample_threshold(s.double(), chosen, n_draws, generator).to(work).unsqueeze(-1)
+    # Chosen: w = exp(-(u - s)) is Exp(1) truncated to [0, exp(-(v - s))], by inverse CDF:
+    # w = -log(1 - U c) with c = 1 - exp(-exp(-(v - s))), kept in log space because c
+    # underflows once v - s is large (then log w = log U + log c to within U c).
+    tiny = torch.finfo(work).tiny
+    uniform = torch.rand(shape, dtype=work, device=s.device, generator=generator).clamp_min(tiny)
+    gap = (v - s).expand(shape)
+    rate = torch.exp(-gap)
+    log_cap = torch.where(rate > tiny, torch.log(-torch.expm1(-rate.clamp_min(tiny))), -gap)
+    product = uniform * torch.exp(log_cap)
+    log_w = torch.where(
+        product > 1e-6,
+        torch.log(-torch.log1p(-product.clamp(max=1 - torch.finfo(work).eps))),
+        torch.log(uniform) + log_cap + product / 2,
+    )
+    above = s - log_w
+    # Unchosen: the maximiser by Gumbel-max over the unchosen scores, the others truncated at v.
+    gumbel = sample_gumbel(shape, dtype=work, device=s.device, generator=generator)
+    unchosen_scores = s.masked_fill(chosen, -math.inf)
+    winner = (
+        unchosen_scores + sample_gumbel(shape, dtype=work, device=s.device, generator=generator)
+    ).argmax(-1, keepdim=True)
+    is_winner = torch.zeros(shape, dtype=torch.bool, device=s.device).scatter_(-1, winner, True)
+    below = torch.where(is_winner, v.expand(shape), -torch.logaddexp(-v, -(s + gumbel)))
+    utilities = torch.where(chosen, above, below)
+    return (utilities - s).to(scores.dtype)
+
+
 class Subset(Structure):
     """Exactly k of n items: ``x`` is k-hot over the last dimension of ``(..., n)`` scores.
 
@@ -209,9 +368,10 @@ class Subset(Structure):
     * ``log_partition``: ``log e_k(exp(scores / tau))``, the elementary symmetric polynomial, in
       log space.
     * ``enumerate((n,))``: all C(n, k) k-hot vectors.
+    * ``conditional_gumbel``: exact draws of the Gumbel noise given the top-k set (see
+      :func:`subset_conditional_gumbel`), so ``gumbel-rao`` works.
     * The law of the top-k of Gumbel-perturbed scores has no cheap closed form, so
-      ``perturb_log_prob`` is not provided (``reinforce`` uses the Gumbel utilities), and neither
-      is a sampler of the noise conditional on the top-k (``gumbel-rao`` is not available).
+      ``perturb_log_prob`` is not provided (``reinforce`` uses the Gumbel utilities).
 
     Args:
         k: number of items chosen, an int >= 1 (and <= n, checked against the scores).
@@ -280,6 +440,11 @@ class Subset(Structure):
         else:
             x = capped_simplex_projection(z, k)
         return x.to(scores.dtype)
+
+    def _conditional_gumbel(
+        self, scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None
+    ) -> Tensor:
+        return subset_conditional_gumbel(scores, x, n_draws, generator)
 
     def _log_partition(self, scores: Tensor, tau: float) -> Tensor:
         work = sampling_dtype(scores.dtype)
