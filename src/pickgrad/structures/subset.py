@@ -81,6 +81,10 @@ def subset_marginals(z: Tensor, k: int) -> Tensor:
 
     Returns:
         ``(..., n)`` marginals in [0, 1] summing to k.
+
+    Example:
+        >>> subset_marginals(torch.zeros(4), 2)
+        tensor([0.5000, 0.5000, 0.5000, 0.5000])
     """
     n = z.shape[-1]
     both = _prefix_log_esp(torch.stack([z, z.flip(-1)]), k)  # (2, ..., n + 1, k + 1)
@@ -178,6 +182,10 @@ def capped_simplex_projection(z: Tensor, k: int) -> Tensor:
 
     Returns:
         ``(..., n)``, in [0, 1], summing to k.
+
+    Example:
+        >>> capped_simplex_projection(torch.tensor([2.0, 0.5, 0.2, -1.0]), 2)
+        tensor([1.0000, 0.6500, 0.3500, 0.0000])
     """
     inside = _capped_simplex_threshold(z, k)
     free = (z > inside) & (z < inside + 1)
@@ -312,6 +320,12 @@ def subset_conditional_gumbel(
 
     Returns:
         ``(K, *batch, n)`` noise ``G = u - scores``.
+
+    Example:
+        >>> scores, x = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 0.0, 1.0])
+        >>> noise = subset_conditional_gumbel(scores, x, 5, torch.Generator().manual_seed(0))
+        >>> bool((Subset(2).argmax(scores + noise) == x).all())
+        True
     """
     work = torch.float64 if scores.dtype == torch.float64 else torch.float32
     s = scores.to(work)
@@ -361,7 +375,7 @@ class Subset(Structure):
         batched; its gradient is exact (autograd through the programme, no finite differences).
       - ``"binary-entropy"``: ``sigmoid((scores - nu) / tau)`` with nu solved so the sum is k,
         the top-k with a binary-entropy regulariser; implicit-function backward.
-        Options ``tol`` (default 1e-6 in float32, 1e-12 in float64) and ``max_iter`` (100).
+        Options ``tol`` on the sum (default 1e-6 k, 1e-12 k in float64) and ``max_iter`` (100).
       - ``"euclidean"``: the projection of ``scores / tau`` onto the capped simplex
         ``{0 <= x <= 1, sum x = k}``, exact, with its exact (piecewise constant) Jacobian.
 
