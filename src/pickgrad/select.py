@@ -51,7 +51,9 @@ def select(
 
     Returns:
         ``x`` of the shape, dtype and device of ``scores``: hard (exactly 0/1) for every estimator
-        but ``relaxed`` and ``gumbel-relaxed``; ``d x / d scores`` is the estimator's.
+        whose ``hard`` attribute is True, i.e. all but ``relaxed``, ``gumbel-relaxed`` and
+        ``perturbed`` (whose default forward is the mean of its perturbed argmaxes; pass
+        ``hard=True`` for one hard sample); ``d x / d scores`` is the estimator's.
 
     Example:
         >>> import pickgrad

@@ -406,11 +406,6 @@ def resolve_estimators(
     return pairs
 
 
-def uses_tau(estimator: Estimator) -> bool:
-    """Whether the estimator's gradient depends on the temperature (it uses ``relax``)."""
-    return "relax" in type(estimator).needs
-
-
 # --- measuring --------------------------------------------------------------------------------
 
 
@@ -616,13 +611,13 @@ def diagnose(
         reference = ExactGradient(
             reference.detach(), torch.tensor(math.nan), True, torch.zeros_like(reference), "given"
         )
-    jobs = [(label, est, tau if uses_tau(est) else None, False) for label, est in pairs]
+    jobs = [(label, est, tau if est.uses_tau else None, False) for label, est in pairs]
     jobs += [
         (label, est, t, True)
         for t in sweep_taus
         if t != tau
         for label, est in pairs
-        if uses_tau(est)
+        if est.uses_tau
     ]
     warmup = 2
     bar = None
