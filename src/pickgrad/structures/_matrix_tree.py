@@ -244,18 +244,17 @@ def _laplacian(z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor, Tens
     Returns:
         ``(laplacian, weights, shift)`` with shapes ``(..., n, n)``, ``(..., n, n)``, ``(..., n)``.
     """
-    n = z.shape[-1]
     masked = z.masked_fill(~arcs, -math.inf)
     shift = masked.amax(dim=-2).detach()
     shift = torch.where(
         torch.isfinite(shift), shift, torch.zeros((), dtype=z.dtype, device=z.device)
     )
     weights = torch.exp(masked - shift[..., None, :])
-    index = torch.arange(n, device=z.device)
-    # Arcs out of the root only feed the diagonal: the root row of the minor is deleted.
-    off_diagonal = weights.masked_fill((index == root)[:, None], 0.0)
     padding = (~arcs.any(dim=-2)).to(z.dtype)  # root and absent nodes: nothing enters them
-    laplacian = torch.diag_embed(weights.sum(dim=-2) + padding) - off_diagonal
+    laplacian = -weights
+    # Arcs out of the root only feed the diagonal: the root row of the minor is deleted.
+    laplacian[..., root, :] = 0.0
+    laplacian.diagonal(dim1=-2, dim2=-1).add_(weights.sum(dim=-2) + padding)
     return laplacian, weights, shift
 
 
@@ -327,8 +326,11 @@ def arborescence_log_partition(z: Tensor, arcs: Tensor, root: int) -> Tensor:
     return _eliminate(z, arcs, root)
 
 
-def _marginals_by_inverse(z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor]:
-    """Fast marginals from the inverse of the Laplacian, with an estimate of their error."""
+def _inverse_marginals(z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Koo et al.'s marginals from the inverse of the Laplacian, with an error estimate.
+
+    Returns ``(marginals, weights, inverse, error)``; ``error`` is ``(...)``.
+    """
     n = z.shape[-1]
     laplacian, weights, _ = _laplacian(z, arcs, root)
     inverse, info = torch.linalg.inv_ex(laplacian)
@@ -338,11 +340,53 @@ def _marginals_by_inverse(z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, T
         # A[j, j] L[j, j] is the expected number of returns to j before reaching the root; the
         # subtraction above loses that factor times the rounding error (measured: < 8 n eps).
         # max_i |A[j, i]| equals A[j, j] in exact arithmetic and also flags a garbage inverse.
-        row_size = inverse.abs().amax(dim=-1)
+        low, high = torch.aminmax(inverse, dim=-1)
+        row_size = torch.maximum(high, -low)
         returns = (row_size * torch.diagonal(laplacian, dim1=-2, dim2=-1)).amax(dim=-1)
         error = 8 * n * torch.finfo(z.dtype).eps * returns
         error = torch.where(info == 0, error, torch.full_like(error, math.inf))
-    return marginals, error
+    return marginals, weights, inverse, error
+
+
+class _InverseMarginals(torch.autograd.Function):
+    """Marginals by the inverse formula with a hand-written backward (two batched matmuls).
+
+    With ``H = g * w`` and ``K[i, j] = A[j, j] - A[j, i]``: ``dL/dA = diag(sum_i H[i, :]) - H^T``,
+    ``dL/dM = -A^T (dL/dA) A^T``, and ``dL/dw[i, j] = g K + dL/dM[j, j] - dL/dM[i, j]`` (the
+    root row of ``M`` is deleted), ``dL/dz = w * dL/dw``. A backward that must itself be
+    differentiable (``create_graph=True``) goes through autograd instead.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor]:
+        marginals, weights, inverse, error = _inverse_marginals(z, arcs, root)
+        ctx.save_for_backward(z, weights, inverse)
+        ctx.arcs, ctx.root = arcs, root
+        ctx.mark_non_differentiable(error)
+        return marginals, error
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor, None, None]:
+        z, weights, inverse = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiate the autograd formula
+            marginals = _inverse_marginals(z, ctx.arcs, ctx.root)[0]
+            (grad_z,) = torch.autograd.grad(marginals, z, grad, create_graph=True)
+            return grad_z, None, None
+        transposed = inverse.transpose(-1, -2)
+        diagonal = torch.diagonal(inverse, dim1=-2, dim2=-1)
+        h = grad * weights
+        grad_inverse = torch.diag_embed(h.sum(dim=-2)) - h.transpose(-1, -2)
+        grad_laplacian = -(transposed @ grad_inverse @ transposed)
+        grad_laplacian[..., ctx.root, :] = 0.0  # the root row is not a function of w
+        grad_weights = grad * (diagonal[..., None, :] - transposed) - grad_laplacian
+        grad_weights += torch.diagonal(grad_laplacian, dim1=-2, dim2=-1)[..., None, :]
+        # (the line above also restores the root row's diagonal term, where w is 0 anyway)
+        return weights * grad_weights, None, None
+
+
+def _marginals_by_inverse(z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor]:
+    """Fast marginals from the inverse of the Laplacian, with an estimate of their error."""
+    return _InverseMarginals.apply(z, arcs, root)
 
 
 def arc_marginals(z: Tensor, arcs: Tensor, root: int) -> Tensor:

@@ -1,0 +1,299 @@
+"""Trees: batched argmax against a Python loop over networkx, and matrix-tree marginals
+(forward + backward) against the slogdet-plus-double-autograd approach and torch-struct.
+
+Run ``python benchmarks/bench_trees.py`` (add ``--quick`` for a seconds-long smoke run).
+
+* argmax: ``SpanningTree().argmax`` (vectorised Prim) and ``Arborescence().argmax`` (batched
+  Chu-Liu/Edmonds) on a whole batch, against ``networkx.maximum_spanning_tree`` /
+  ``maximum_spanning_arborescence`` called once per graph (graph built with
+  ``networkx.from_numpy_array``, as a user would). Ratio = networkx time / pickgrad time.
+* relax: ``relax(scores, tau)`` then a backward pass of ``(x * g).sum()``, against
+  (a) the approach of the published stochastic-softmax-tricks code: ``log Z`` by ``slogdet`` of
+  the Laplacian minor, marginals by ``torch.autograd.grad(..., create_graph=True)``, backward
+  through that (double autograd); written here, in the input dtype with a max-shift;
+  (b) torch-struct's ``NonProjectiveDependencyCRF(...).marginals`` (explicit inverse formula),
+  on the same problem: its n - 1 words with the root's arcs on the diagonal. torch-struct is a
+  benchmark-only dependency, imported only here (``pip install --no-deps torch-struct``).
+  Ratio = their time / pickgrad time (> 1: pickgrad is faster). Also prints the largest
+  difference between the marginals, on moderate scores where every method is accurate.
+
+Timings are the minimum over repeats (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import warnings
+from collections.abc import Callable
+
+import networkx as nx
+import numpy as np
+import torch
+
+from pickgrad import Arborescence, SpanningTree
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Minimum wall time of ``fn`` in seconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# --- argmax ---------------------------------------------------------------------------------------
+
+
+def networkx_spanning_trees(scores: np.ndarray) -> list[nx.Graph]:
+    trees = []
+    for matrix in scores:
+        graph = nx.from_numpy_array(np.triu(matrix, 1))  # randn scores are never exactly 0
+        trees.append(nx.maximum_spanning_tree(graph))
+    return trees
+
+
+def networkx_arborescences(scores: np.ndarray) -> list[nx.DiGraph]:
+    trees = []
+    for matrix in scores:
+        arcs = matrix.copy()
+        arcs[:, 0] = 0.0  # no arc into the root: zero entries are not edges
+        np.fill_diagonal(arcs, 0.0)
+        graph = nx.from_numpy_array(arcs, create_using=nx.DiGraph)
+        trees.append(nx.maximum_spanning_arborescence(graph))
+    return trees
+
+
+def bench_argmax(batch: int, n: int, repeats: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(batch, n, n, dtype=torch.float64, generator=generator)
+    array = scores.numpy()
+    for label, structure, reference in (
+        ("spanning tree", SpanningTree(), networkx_spanning_trees),
+        ("arborescence", Arborescence(), networkx_arborescences),
+    ):
+        ours = best_time(lambda s=structure: s.argmax(scores), repeats)
+        start = time.perf_counter()  # one run: seconds long, and it has no warm-up to speak of
+        trees = reference(array)
+        theirs = time.perf_counter() - start
+        # same optimum weight (ties aside, the same trees)
+        x = structure.argmax(scores)
+        weight = (torch.triu(scores, 1) * x if label == "spanning tree" else scores * x).sum(
+            (-1, -2)
+        )
+        expected = [sum(w for _, _, w in t.edges(data="weight")) for t in trees]
+        agree = bool(torch.allclose(weight, torch.tensor(expected, dtype=torch.float64)))
+        print(
+            f"argmax {label:13s} batch={batch:5d} n={n:3d}: pickgrad {ours * 1e3:9.2f} ms  "
+            f"networkx loop {theirs * 1e3:9.2f} ms  ratio {theirs / ours:7.1f}x  "
+            f"(same weights: {agree})"
+        )
+
+
+# --- relax ----------------------------------------------------------------------------------------
+
+
+def slogdet_double_autograd_arborescence(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """Marginals as the autograd gradient of slogdet of the root-deleted Laplacian (root 0)."""
+    n = scores.shape[-1]
+    z = scores / tau
+    off = ~torch.eye(n, dtype=torch.bool, device=scores.device)
+    z = z.masked_fill(~off, -math.inf)
+    z = z.masked_fill(torch.arange(n, device=scores.device) == 0, -math.inf)  # arcs into root
+    z = z - z.amax(dim=(-1, -2), keepdim=True).detach()
+    weights = torch.exp(z)
+    laplacian = torch.diag_embed(weights.sum(-2)) - weights
+    log_z = torch.linalg.slogdet(laplacian[..., 1:, 1:])[1]
+    (marginals,) = torch.autograd.grad(log_z.sum(), scores, create_graph=True)
+    return marginals * tau
+
+
+def slogdet_double_autograd_spanning_tree(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """Edge marginals as the autograd gradient of slogdet of the undirected Laplacian minor."""
+    upper = torch.triu(scores / tau, 1)
+    z = upper + upper.transpose(-1, -2)
+    z = z - z.amax(dim=(-1, -2), keepdim=True).detach()
+    off = ~torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
+    weights = torch.exp(z) * off
+    laplacian = torch.diag_embed(weights.sum(-1)) - weights
+    log_z = torch.linalg.slogdet(laplacian[..., 1:, 1:])[1]
+    (grad,) = torch.autograd.grad(log_z.sum(), scores, create_graph=True)
+    edges = torch.triu(grad * tau, 1)
+    return edges + edges.transpose(-1, -2)
+
+
+def to_torch_struct(scores: torch.Tensor) -> torch.Tensor:
+    """Our (n, n) arcs with root 0 as torch-struct's (n - 1, n - 1) words, root arcs on the diagonal."""
+    words = scores[..., 1:, 1:].clone()
+    index = torch.arange(words.shape[-1], device=scores.device)
+    words[..., index, index] = scores[..., 0, 1:]
+    return words
+
+
+def from_torch_struct(marginals: torch.Tensor) -> torch.Tensor:
+    n = marginals.shape[-1] + 1
+    out = marginals.new_zeros((*marginals.shape[:-2], n, n))
+    out[..., 1:, 1:] = marginals * (1 - torch.eye(n - 1, dtype=marginals.dtype))
+    out[..., 0, 1:] = torch.diagonal(marginals, dim1=-2, dim2=-1)
+    return out
+
+
+def torch_struct_marginals(words: torch.Tensor, tau: float) -> torch.Tensor:
+    """torch-struct's marginals; ``multiroot=True`` is the law of ``Arborescence(root=0)``."""
+    from torch_struct import NonProjectiveDependencyCRF  # benchmark-only dependency
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns about missing arg_constraints
+        return NonProjectiveDependencyCRF(words / tau, multiroot=True).marginals
+
+
+def forward_backward(
+    fn: Callable[[torch.Tensor], torch.Tensor], scores: torch.Tensor
+) -> Callable[[], None]:
+    """One forward pass and one backward pass of ``(fn(scores) * direction).sum()``."""
+    direction = torch.randn(scores.shape, generator=torch.Generator().manual_seed(1)).to(
+        scores.dtype
+    )
+
+    def run() -> None:
+        leaf = scores.detach().requires_grad_()
+        (fn(leaf) * direction).sum().backward()
+
+    return run
+
+
+def have_torch_struct() -> bool:
+    try:
+        import torch_struct  # noqa: F401
+    except ImportError as error:
+        print(f"torch-struct unavailable ({error}); pip install --no-deps torch-struct")
+        return False
+    return True
+
+
+def relax_contenders(
+    tau: float, with_torch_struct: bool
+) -> dict[str, list[tuple[str, Callable, Callable, Callable]]]:
+    """Per structure: (name, native input from our scores, marginals fn, back to our layout)."""
+    arborescence, tree = Arborescence(), SpanningTree()
+    same = lambda x: x  # noqa: E731
+    contenders: dict[str, list[tuple[str, Callable, Callable, Callable]]] = {
+        "arborescence": [
+            ("pickgrad", same, lambda s: arborescence.relax(s, tau), same),
+            (
+                "slogdet+double-autograd",
+                same,
+                lambda s: slogdet_double_autograd_arborescence(s, tau),
+                same,
+            ),
+        ],
+        "spanning tree": [
+            ("pickgrad", same, lambda s: tree.relax(s, tau), same),
+            (
+                "slogdet+double-autograd",
+                same,
+                lambda s: slogdet_double_autograd_spanning_tree(s, tau),
+                same,
+            ),
+        ],
+    }
+    if with_torch_struct:
+        contenders["arborescence"].append(
+            (
+                "torch-struct",
+                to_torch_struct,
+                lambda w: torch_struct_marginals(w, tau),
+                from_torch_struct,
+            )
+        )
+    return contenders
+
+
+def bench_relax(
+    batch: int, n: int, repeats: int, dtype: torch.dtype, tau: float, with_ts: bool
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(batch, n, n, generator=generator).to(dtype)
+    for label, entries in relax_contenders(tau, with_ts).items():
+        runs = {name: forward_backward(fn, native(scores)) for name, native, fn, _ in entries}
+        times = dict.fromkeys(runs, math.inf)
+        for run in runs.values():  # warm up
+            run()
+        for _ in range(repeats):  # interleaved, so that a burst of load hits every contender
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run()
+                times[name] = min(times[name], time.perf_counter() - start)
+        reference = entries[0][2](scores.double()).detach()
+        line = f"relax  {label:13s} batch={batch:5d} n={n:3d} {str(dtype)[6:]:7s}: "
+        line += f"pickgrad {times['pickgrad'] * 1e3:7.2f} ms"
+        for name, native, fn, back in entries[1:]:
+            leaf = native(scores).requires_grad_()
+            difference = float((back(fn(leaf).detach()).double() - reference.detach()).abs().max())
+            line += (
+                f" | {name} {times[name] * 1e3:7.2f} ms, ratio {times[name] / times['pickgrad']:4.2f}x"
+                f" (max |diff| {difference:.0e})"
+            )
+        print(line)
+
+
+def bench_wide_scores(batch: int, n: int, with_ts: bool) -> None:
+    """Accuracy when scores / tau spread over +-50: largest error against pickgrad in float64
+    (itself checked against enumeration in the tests), and how many graphs come out non-finite."""
+    generator = torch.Generator().manual_seed(0)
+    scores = (2 * torch.rand(batch, n, n, generator=generator, dtype=torch.float64) - 1) * 50
+    for label, entries in relax_contenders(1.0, with_ts).items():
+        reference = entries[0][2](scores).detach()
+        line = f"wide   {label:13s} batch={batch:5d} n={n:3d} scores in +-50:"
+        for name, native, fn, back in entries:
+            for dtype in (torch.float32, torch.float64):
+                leaf = native(scores.to(dtype)).requires_grad_()
+                try:
+                    out = back(fn(leaf).detach()).double()
+                except RuntimeError as error:  # torch.linalg.LinAlgError: singular Laplacian
+                    line += f" | {name} {str(dtype)[6:]} raised {type(error).__name__}"
+                    continue
+                bad = int((~torch.isfinite(out)).flatten(1).any(1).sum())
+                error = float(torch.nan_to_num(out - reference, nan=math.inf).abs().max())
+                line += f" | {name} {str(dtype)[6:]} max err {error:.0e}, non-finite {bad}"
+        print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1, like the single-threaded networkx loop; busy-waiting "
+        "OpenMP threads also distort timings on a shared machine)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, networkx {nx.__version__}"
+    )
+    if args.quick:
+        argmax_sizes, relax_sizes, repeats = [(64, 10), (8, 50)], [(64, 10), (8, 50)], 2
+    else:
+        argmax_sizes, relax_sizes, repeats = (
+            [(1024, 10), (64, 50)],
+            [(1024, 10), (64, 50), (16, 100)],
+            7,
+        )
+    for batch, n in argmax_sizes:
+        bench_argmax(batch, n, repeats)
+    with_ts = have_torch_struct()
+    for batch, n in relax_sizes:
+        for dtype in (torch.float32, torch.float64):
+            bench_relax(batch, n, repeats, dtype, tau=1.0, with_ts=with_ts)
+    bench_wide_scores(64 if args.quick else 512, 10, with_ts)
+
+
+if __name__ == "__main__":
+    main()
