@@ -16,6 +16,7 @@ from scipy import stats
 import pickgrad
 from pickgrad import GumbelRao, OneHot
 from pickgrad.noise import sample_gumbel
+from pickgrad.structures.base import Structure
 
 ONEHOT = OneHot()
 ALPHA = 1e-3
@@ -166,6 +167,73 @@ def test_gumbel_rao_backward_is_the_mean_jacobian_over_conditional_draws(
         lambda s: ONEHOT.relax(s + conditional, tau, regularizer=regularizer).mean(0), scores
     )
     torch.testing.assert_close(autograd_jacobian(estimator, scores), expected, atol=1e-7, rtol=1e-6)
+
+
+# --- fused fast paths against the generic composition --------------------------------------------
+
+
+class GenericOneHot(OneHot):
+    """OneHot without its fused fast paths: the estimators fall back to the generic composition."""
+
+    _fused_st_gumbel = Structure._fused_st_gumbel
+    _fused_gumbel_rao = Structure._fused_gumbel_rao
+
+
+@pytest.mark.parametrize("estimator", ["st-gumbel", "gumbel-rao"])
+@pytest.mark.parametrize("tau", [0.5, 1.0])
+@pytest.mark.parametrize(
+    ("shape", "upstream"),
+    [((2, 3, 5), "weights"), ((3000, 64), "weights"), ((4, 6), "sum")],
+    ids=["small", "several-tiles", "expanded-grad"],
+)
+def test_fused_path_equals_the_generic_composition(
+    estimator: str, tau: float, shape: tuple[int, ...], upstream: str
+) -> None:
+    fused_structure = OneHot()
+    assert fused_structure._fused_st_gumbel(torch.zeros(3), 1.0, None) is not None
+    results = []
+    for structure in (fused_structure, GenericOneHot()):
+        scores = _scores(*shape).requires_grad_()
+        x = pickgrad.select(scores, structure, estimator, tau=tau, generator=_seeded(6))
+        loss = (x * _scores(*shape, seed=9)).sum() if upstream == "weights" else x.sum()
+        loss.backward()
+        results.append((x.detach(), scores.grad))
+    (x_fused, grad_fused), (x_generic, grad_generic) = results
+    assert torch.equal(x_fused, x_generic)
+    torch.testing.assert_close(grad_fused, grad_generic, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("estimator", ["st-gumbel", "gumbel-rao"])
+def test_fused_path_in_low_precision_is_close_to_float64(
+    dtype: torch.dtype, estimator: str
+) -> None:
+    gradients = []
+    for structure, work in ((OneHot(), dtype), (GenericOneHot(), torch.float64)):
+        scores = _scores(8, 6).to(work).requires_grad_()
+        x = pickgrad.select(scores, structure, estimator, tau=0.5, generator=_seeded(6))
+        assert x.dtype == work
+        (x * _scores(8, 6, seed=9).to(work)).sum().backward()
+        gradients.append(scores.grad)
+    # Same noise and (up to rounding of the scores) the same argmax: gradients agree to the
+    # precision of the input dtype.
+    tolerance = {torch.float16: 2e-2, torch.bfloat16: 1e-1, torch.float32: 1e-5}[dtype]
+    torch.testing.assert_close(gradients[0].double(), gradients[1], atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("seeded", [True, False], ids=["generator", "global-rng"])
+def test_st_gumbel_backward_twice_through_a_retained_graph(seeded: bool) -> None:
+    # The fused backward reuses its saved softmax for the gradient; a second backward must
+    # redraw the very same noise, even when the global generator has moved on.
+    scores = _scores(5, 7).requires_grad_()
+    torch.manual_seed(3)
+    generator = _seeded(4) if seeded else None
+    x = pickgrad.select(scores, ONEHOT, "st-gumbel", tau=0.5, generator=generator)
+    loss = (x * _scores(5, 7, seed=9)).sum()
+    (first,) = torch.autograd.grad(loss, scores, retain_graph=True)
+    torch.rand(10)
+    (second,) = torch.autograd.grad(loss, scores)
+    assert torch.equal(first, second)
 
 
 # --- gumbel-rao: same mean as st-gumbel, lower variance ------------------------------------------

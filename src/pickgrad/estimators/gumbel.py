@@ -58,6 +58,10 @@ class StraightThroughGumbel(RelaxingEstimator):
     def select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
+        options = {} if self.regularizer is None else {"regularizer": self.regularizer}
+        fused = structure._fused_st_gumbel(scores, tau, generator, **options)
+        if fused is not None:
+            return fused
         perturbed = scores + _gumbel_like(scores, generator)
         hard = structure._argmax(perturbed.detach())
         return replace_gradient(hard, self.relax(structure, perturbed, tau))
@@ -99,6 +103,10 @@ class GumbelRao(RelaxingEstimator):
     ) -> Tensor:
         detached = scores.detach()
         hard = structure._argmax(detached + _gumbel_like(detached, generator))
+        options = {} if self.regularizer is None else {"regularizer": self.regularizer}
+        fused = structure._fused_gumbel_rao(scores, hard, self.n_draws, tau, generator, **options)
+        if fused is not None:
+            return fused
         noise = structure._conditional_gumbel(detached, hard, self.n_draws, generator)
         soft = self.relax(structure, scores + noise, tau).mean(0)
         return replace_gradient(hard, soft)

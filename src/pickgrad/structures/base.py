@@ -193,5 +193,38 @@ class Structure:
         mask = self.active_mask(self.event_shape(scores), scores.device)
         return scores if mask is None else scores * mask
 
+    # --- optional fused fast paths (None: the estimator uses its generic composition) ---------
+
+    def _fused_st_gumbel(
+        self,
+        scores: Tensor,
+        tau: float,
+        generator: torch.Generator | None,
+        **options: Any,
+    ) -> Tensor | None:
+        """Optional fast path of ``st-gumbel``; ``None`` (the default) when not provided.
+
+        Returns ``argmax(scores + G)`` with the gradient of ``relax(scores + G, tau, **options)``,
+        ``G`` drawn from ``generator`` exactly as ``sample_gumbel(scores.shape, ...)`` would.
+        """
+        return None
+
+    def _fused_gumbel_rao(
+        self,
+        scores: Tensor,
+        x: Tensor,
+        n_draws: int,
+        tau: float,
+        generator: torch.Generator | None,
+        **options: Any,
+    ) -> Tensor | None:
+        """Optional fast path of ``gumbel-rao``; ``None`` (the default) when not provided.
+
+        Returns ``x``'s value with the gradient ``(1/K) sum_k d relax(scores + G_k, tau) / d scores``,
+        the ``G_k`` being the draws ``_conditional_gumbel(scores, x, K, generator)`` would make from
+        the same generator state, held fixed.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -39,6 +39,126 @@ class _Sparsemax(torch.autograd.Function):
         return support * (grad - mean_on_support)
 
 
+# The backward works on at most this many tiles of rows (and at least 2**16 entries per tile):
+# its temporaries stay a small fraction of the scores, and the tiles stay in cache.
+_MAX_TILES = 8
+_MIN_TILE_ENTRIES = 1 << 16
+
+
+def _rng_state(generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """A copy of the state of ``generator`` (or of the default generator of ``device``)."""
+    if generator is not None:
+        return generator.get_state()
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.get_rng_state()
+
+
+def _perturbed_softmax_(
+    scores: Tensor, tau: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Draw ``G`` as :func:`sample_gumbel` does; return ``(index, softmax((scores + G) / tau))``.
+
+    ``index`` is ``argmax(scores + G)`` with a trailing unit dim; the softmax is computed in place
+    in the noise buffer (float32 for half types), which is the only full-size allocation.
+    """
+    work = sampling_dtype(scores.dtype)
+    buffer = torch.empty(scores.shape, dtype=work, device=scores.device)
+    buffer.exponential_(generator=generator).clamp_min_(torch.finfo(work).tiny).log_().neg_()
+    buffer.add_(scores)
+    index = buffer.argmax(-1, keepdim=True)
+    buffer.sub_(buffer.gather(-1, index))  # the row maximum sits at the argmax
+    if tau != 1.0:
+        buffer.mul_(1.0 / tau)
+    buffer.exp_()
+    return index, buffer.div_(buffer.sum(-1, keepdim=True))
+
+
+class _StraightThroughGumbelSoftmax(torch.autograd.Function):
+    """Forward ``argmax(scores + G)``; backward the Jacobian of ``softmax((scores + G) / tau)``.
+
+    Saves only the softmax. The first backward overwrites it with the gradient, tile by tile, so
+    the backward allocates no full-size temporary; a later backward (``retain_graph=True``)
+    redraws the same noise from the saved generator state.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, scores: Tensor, tau: float, generator: torch.Generator | None) -> Tensor:
+        ctx.rng_state = _rng_state(generator, scores.device)
+        ctx.device = scores.device
+        index, ctx.softmax = _perturbed_softmax_(scores.detach(), tau, generator)
+        ctx.tau = tau
+        ctx.save_for_backward(scores)
+        return torch.zeros_like(scores).scatter_(-1, index, 1.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        p = ctx.softmax
+        ctx.softmax = None
+        if p is None:  # a second backward through a retained graph: redraw the same noise
+            (scores,) = ctx.saved_tensors
+            generator = torch.Generator(device=ctx.device)
+            generator.set_state(ctx.rng_state)
+            _, p = _perturbed_softmax_(scores.detach(), ctx.tau, generator)
+        n = p.shape[-1]
+        rows = p.reshape(-1, n)
+        grad_rows = grad.reshape(-1, n)
+        step = max(-(-rows.shape[0] // _MAX_TILES), _MIN_TILE_ENTRIES // n, 1)
+        for start in range(0, rows.shape[0], step):
+            # In place: p <- p * (g - <p, g>) / tau, the softmax Jacobian applied to g.
+            p_tile, g_tile = rows[start : start + step], grad_rows[start : start + step]
+            g_tile = g_tile.to(p.dtype)
+            centred = g_tile - (p_tile * g_tile).sum(-1, keepdim=True)
+            p_tile.mul_(centred if ctx.tau == 1.0 else centred.mul_(1.0 / ctx.tau))
+        return p.to(grad.dtype), None, None
+
+
+def _conditional_softmax(
+    scores: Tensor, x: Tensor, n_draws: int, tau: float, generator: torch.Generator | None
+) -> Tensor:
+    """``softmax((scores + G_k) / tau)`` for K conditional draws ``G_k``: ``(..., K, n)``, float32+.
+
+    With ``a = softmax(scores)``, chosen item i and the exponentials ``E`` behind the Gumbel
+    noise (``G = -log E``), ``exp(z_j - z_i) = a_j E_i / (a_j E_i + E_j)`` for j != i (the
+    truncated-Gumbel sampler of ``_conditional_gumbel`` rewritten without logarithms), so the
+    relaxed points need one exponential draw and a few in-place products per entry.
+    """
+    work = sampling_dtype(scores.dtype)
+    s = scores.to(work)
+    index = x.argmax(-1, keepdim=True).unsqueeze(-2).expand(*s.shape[:-1], n_draws, 1)
+    exponential = torch.empty((*s.shape[:-1], n_draws, s.shape[-1]), dtype=work, device=s.device)
+    exponential.exponential_(generator=generator).clamp_min_(torch.finfo(work).tiny)
+    chosen = exponential.gather(-1, index)  # E_i, (..., K, 1)
+    ratio = exponential.div_(torch.softmax(s, -1).unsqueeze(-2)).div_(chosen)  # E_j / (a_j E_i)
+    weights = ratio.add_(1).reciprocal_().scatter_(-1, index, 1.0)  # exp(z_j - z_i)
+    if tau != 1.0:
+        weights.pow_(1.0 / tau)
+    return weights.div_(weights.sum(-1, keepdim=True))
+
+
+class _GumbelRaoSoftmax(torch.autograd.Function):
+    """Forward ``x``; backward ``(1/K) sum_k J_k^T grad`` with ``J_k = (diag p_k - p_k p_k^T) / tau``.
+
+    ``p_k`` are the saved relaxed points ``(..., K, n)``; the sums over items and over k weighted
+    by ``<p_k, grad>`` are batched matrix products, so the backward allocates nothing K x n.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, scores: Tensor, x: Tensor, probabilities: Tensor, tau: float) -> Tensor:
+        ctx.save_for_backward(probabilities)
+        ctx.tau = tau
+        return x.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        (p,) = ctx.saved_tensors
+        g = grad.to(p.dtype)
+        inner = p @ g.unsqueeze(-1)  # <p_k, g>: (..., K, 1)
+        weighted = (inner.transpose(-1, -2) @ p).squeeze(-2)  # sum_k <p_k, g> p_k: (..., n)
+        result = p.sum(-2).mul_(g).sub_(weighted).mul_(1.0 / (p.shape[-2] * ctx.tau))
+        return result.to(grad.dtype), None, None, None
+
+
 def sparsemax(z: Tensor) -> Tensor:
     """Sparsemax of ``z`` along the last dim: ``argmin_{p in simplex} ||p - z||^2``.
 
@@ -70,6 +190,8 @@ class OneHot(Structure):
     * ``perturb_log_prob``: ``log softmax(scores)[x]``, since ``argmax(scores + G)`` with
       standard Gumbel ``G`` is an exact sample of ``softmax(scores)``.
     * ``conditional_gumbel``: exact sampler of G given the argmax (top-down, Maddison et al. 2014).
+    * fused fast paths for ``st-gumbel`` and ``gumbel-rao`` (entropy regulariser): the same noise
+      and gradients as the generic composition, with fewer passes and less memory.
 
     Example:
         >>> s = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
@@ -107,17 +229,52 @@ class OneHot(Structure):
         self, scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None
     ) -> Tensor:
         # Given argmax = i: the max z_i = s_i + G_i is Gumbel(logsumexp(s)) and independent of i;
-        # every other z_j is Gumbel(s_j) truncated to (-inf, z_i].
+        # every other z_j is Gumbel(s_j) truncated to (-inf, z_i]. The draws are laid out
+        # (..., K, n) as in _fused_gumbel_rao, so both see the same noise from one generator state.
         work = sampling_dtype(scores.dtype)
-        s = scores.to(work)
-        chosen = x.to(torch.bool)
-        gumbel = sample_gumbel(
-            (n_draws, *s.shape), dtype=work, device=s.device, generator=generator
-        )
+        s = scores.to(work).unsqueeze(-2)
+        chosen = x.to(torch.bool).unsqueeze(-2)
+        shape = (*scores.shape[:-1], n_draws, scores.shape[-1])
+        gumbel = sample_gumbel(shape, dtype=work, device=s.device, generator=generator)
         top = torch.logsumexp(s, dim=-1, keepdim=True) + (gumbel * chosen).sum(-1, keepdim=True)
         others = -torch.logaddexp(-top, -(s + gumbel))
         noise = torch.where(chosen, top, others) - s
-        return noise.to(scores.dtype)
+        return noise.movedim(-2, 0).to(scores.dtype)
+
+    def _has_onehot_solvers(self) -> bool:
+        # The fused paths hard-code this class's argmax, softmax and conditional sampler; a
+        # subclass that redefines one of them gets the generic composition instead.
+        cls = type(self)
+        return all(
+            getattr(cls, name) is getattr(OneHot, name)
+            for name in ("_argmax", "_relax", "_conditional_gumbel")
+        )
+
+    def _fused_st_gumbel(
+        self,
+        scores: Tensor,
+        tau: float,
+        generator: torch.Generator | None,
+        regularizer: str = "entropy",
+    ) -> Tensor | None:
+        if regularizer != "entropy" or not self._has_onehot_solvers():
+            return None
+        return _StraightThroughGumbelSoftmax.apply(scores, tau, generator)
+
+    def _fused_gumbel_rao(
+        self,
+        scores: Tensor,
+        x: Tensor,
+        n_draws: int,
+        tau: float,
+        generator: torch.Generator | None,
+        regularizer: str = "entropy",
+    ) -> Tensor | None:
+        if regularizer != "entropy" or not self._has_onehot_solvers():
+            return None
+        with torch.no_grad():
+            probabilities = _conditional_softmax(scores.detach(), x, n_draws, tau, generator)
+        return _GumbelRaoSoftmax.apply(scores, x, probabilities, tau)
 
     def enumerate(
         self,
