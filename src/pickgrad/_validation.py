@@ -34,12 +34,24 @@ def check_scores(scores: Any, *, name: str = "scores", event_dims: int = 1) -> T
             f"{name} has an empty event dimension: shape {tuple(scores.shape)}; "
             "there must be at least one item to choose from"
         )
-    if scores.numel() > 0 and not bool(torch.isfinite(scores).all()):
+    if scores.numel() > 0 and not _all_finite(scores):
         bad = "NaN" if bool(torch.isnan(scores).any()) else "inf"
         raise ValueError(
             f"{name} contains {bad} values (shape {tuple(scores.shape)}); all must be finite"
         )
     return scores
+
+
+def _all_finite(scores: Tensor) -> bool:
+    """Whether every entry is finite; one reduction instead of an entrywise check when it is.
+
+    A finite sum proves every entry finite (NaN and inf propagate through a sum); only a
+    non-finite sum, which finite entries can also give by overflow, needs the entrywise check.
+    """
+    total = scores.detach().sum(
+        dtype=torch.float64 if scores.dtype == torch.float64 else torch.float32
+    )
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(scores).all())
 
 
 def check_tau(tau: Any, *, name: str = "tau") -> float:
