@@ -158,12 +158,17 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, metavar=("B", "S", "N"), default=None)
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 15)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = tuple(args.shape) if args.shape else ((256, 16, 64) if args.quick else (4096, 16, 64))
     if args.child:
         print(json.dumps({"peak_bytes": peak_memory_child(args.child, shape)}))
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 15)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(
