@@ -64,8 +64,8 @@ def _perturbed_softmax_(
     """
     work = sampling_dtype(scores.dtype)
     buffer = torch.empty(scores.shape, dtype=work, device=scores.device)
-    buffer.exponential_(generator=generator).clamp_min_(torch.finfo(work).tiny).log_().neg_()
-    buffer.add_(scores)
+    buffer.exponential_(generator=generator).clamp_min_(torch.finfo(work).tiny).log_()
+    torch.sub(scores, buffer, out=buffer)  # scores + G with G = -log E, bit for bit
     index = buffer.argmax(-1, keepdim=True)
     buffer.sub_(buffer.gather(-1, index))  # the row maximum sits at the argmax
     if tau != 1.0:
