@@ -26,7 +26,9 @@ Peak memory, measured as the extra memory one step needs on top of its inputs:
   after ``torch.cuda.reset_peak_memory_stats()``, in the same process.
 
 Run:  ``python benchmarks/bench_onehot.py`` (about a minute on 2 CPU cores), or ``--quick`` for a
-seconds-long smoke run on 256 x 16 x 64, ``--device cuda`` on a GPU.
+seconds-long smoke run on 256 x 16 x 64, ``--device cuda`` on a GPU. On a machine shared with
+other jobs, ``--threads 1`` gives steadier times: a two-thread op stalls whenever one of its
+threads is descheduled.
 """
 
 from __future__ import annotations
