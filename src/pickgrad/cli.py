@@ -26,19 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
     )
-    try:
-        from pickgrad.diagnostics import command as diagnose
-    except ImportError:  # diagnostics not built yet
-        diagnose = None
-    if diagnose is not None:
-        diagnose.add_arguments(
-            commands.add_parser(
-                "diagnose",
-                help="measure bias, variance and cost of every estimator against exact gradients",
-                description=diagnose.__doc__,
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-            )
+    from pickgrad.diagnostics import command as diagnose
+
+    diagnose.add_arguments(
+        commands.add_parser(
+            "diagnose",
+            help="measure bias, variance and cost of every estimator against exact gradients",
+            description=diagnose.__doc__,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
+    )
     return parser
 
 
