@@ -32,8 +32,20 @@ __all__ = ["DEFAULT_TAU", "RunResult", "add_arguments", "estimator_runs", "run",
 #: Temperature per task and estimator: the best of TUNE_GRID on each task's validation split
 #: (``pickgrad demo --tune``, recorded in BENCHMARKS.md). Estimators not listed use 1.0.
 DEFAULT_TAU: dict[str, dict[str, float]] = {
-    "pick-the-five": {"relaxed": 0.5, "gumbel-relaxed": 0.25, "st-gumbel": 0.25, "gumbel-rao": 0.1},
-    "critic-slots": {"relaxed": 2.0, "gumbel-relaxed": 0.5, "st-gumbel": 0.25, "gumbel-rao": 1.0},
+    "pick-the-five": {
+        "relaxed": 0.5,
+        "gumbel-relaxed": 0.25,
+        "st-gumbel": 0.25,
+        "gumbel-rao": 0.1,
+        "perturbed": 0.25,
+    },
+    "critic-slots": {
+        "relaxed": 2.0,
+        "gumbel-relaxed": 0.5,
+        "st-gumbel": 0.25,
+        "gumbel-rao": 1.0,
+        "perturbed": 2.0,
+    },
 }
 #: Temperatures that are never tuned: st-relaxed at 0.6 is the setting users report failing.
 PINNED_TAU: dict[str, float] = {"st-relaxed": 0.6}
