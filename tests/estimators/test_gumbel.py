@@ -221,6 +221,23 @@ def test_fused_path_in_low_precision_is_close_to_float64(
     torch.testing.assert_close(gradients[0].double(), gradients[1], atol=tolerance, rtol=tolerance)
 
 
+@pytest.mark.parametrize("estimator", ["st-gumbel", "gumbel-rao"])
+def test_fused_path_double_backward_equals_the_generic_composition(estimator: str) -> None:
+    # create_graph=True makes the fused backward differentiable, with the noise held fixed.
+    results = []
+    for structure in (OneHot(), GenericOneHot()):
+        scores = _scores(3, 5).requires_grad_()
+        x = pickgrad.select(scores, structure, estimator, tau=0.7, generator=_seeded(3))
+        (gradient,) = torch.autograd.grad(
+            (x * _scores(3, 5, seed=9)).sum(), scores, create_graph=True
+        )
+        (second,) = torch.autograd.grad((gradient**2).sum(), scores)
+        results.append((gradient.detach(), second))
+    assert float(results[1][1].abs().max()) > 0.01  # the second-order term is not trivially zero
+    for fused, generic in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(fused, generic, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("seeded", [True, False], ids=["generator", "global-rng"])
 def test_st_gumbel_backward_twice_through_a_retained_graph(seeded: bool) -> None:
     # The fused backward reuses its saved softmax for the gradient; a second backward must

@@ -39,9 +39,9 @@ class _Sparsemax(torch.autograd.Function):
         return support * (grad - mean_on_support)
 
 
-# The backward works on at most this many tiles of rows (and at least 2**16 entries per tile):
-# its temporaries stay a small fraction of the scores, and the tiles stay in cache.
-_MAX_TILES = 8
+# The backward works on at most this many tiles of rows (and at least 2**16 entries per tile), so
+# that its one temporary is a quarter of the scores at most, with few ops.
+_MAX_TILES = 4
 _MIN_TILE_ENTRIES = 1 << 16
 
 
@@ -52,6 +52,13 @@ def _rng_state(generator: torch.Generator | None, device: torch.device) -> Tenso
     if device.type == "cuda":
         return torch.cuda.get_rng_state(device)
     return torch.get_rng_state()
+
+
+def _replay(ctx: Any) -> torch.Generator:
+    """A generator in the state ``ctx.rng_state`` saved at forward time, on ``ctx.device``."""
+    generator = torch.Generator(device=ctx.device)
+    generator.set_state(ctx.rng_state)
+    return generator
 
 
 def _perturbed_softmax_(
@@ -93,23 +100,33 @@ class _StraightThroughGumbelSoftmax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            (scores,) = ctx.saved_tensors
+            work = sampling_dtype(scores.dtype)
+            noise = sample_gumbel(
+                scores.shape, dtype=work, device=scores.device, generator=_replay(ctx)
+            )
+            p = torch.softmax((scores.to(work) + noise) / ctx.tau, dim=-1)
+            g = grad.to(work)
+            result = p * (g - (p * g).sum(-1, keepdim=True)) / ctx.tau
+            return result.to(grad.dtype), None, None
         p = ctx.softmax
         ctx.softmax = None
         if p is None:  # a second backward through a retained graph: redraw the same noise
             (scores,) = ctx.saved_tensors
-            generator = torch.Generator(device=ctx.device)
-            generator.set_state(ctx.rng_state)
-            _, p = _perturbed_softmax_(scores.detach(), ctx.tau, generator)
+            _, p = _perturbed_softmax_(scores.detach(), ctx.tau, _replay(ctx))
         n = p.shape[-1]
         rows = p.reshape(-1, n)
-        grad_rows = grad.reshape(-1, n)
+        grad_rows = grad.reshape(-1, n).to(p.dtype)
+        # <p, g> per row as a batched matrix product: no temporary of the scores' size.
+        inner = torch.bmm(rows.unsqueeze(-2), grad_rows.unsqueeze(-1)).squeeze(-1)
         step = max(-(-rows.shape[0] // _MAX_TILES), _MIN_TILE_ENTRIES // n, 1)
         for start in range(0, rows.shape[0], step):
-            # In place: p <- p * (g - <p, g>) / tau, the softmax Jacobian applied to g.
-            p_tile, g_tile = rows[start : start + step], grad_rows[start : start + step]
-            g_tile = g_tile.to(p.dtype)
-            centred = g_tile - (p_tile * g_tile).sum(-1, keepdim=True)
-            p_tile.mul_(centred if ctx.tau == 1.0 else centred.mul_(1.0 / ctx.tau))
+            # In place: p <- p * (g - <p, g>) (then / tau), the softmax Jacobian applied to g.
+            tile = slice(start, start + step)
+            rows[tile].mul_(grad_rows[tile] - inner[tile])
+        if ctx.tau != 1.0:
+            p.mul_(1.0 / ctx.tau)
         return p.to(grad.dtype), None, None
 
 
@@ -145,17 +162,26 @@ class _GumbelRaoSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, scores: Tensor, x: Tensor, probabilities: Tensor, tau: float) -> Tensor:
-        ctx.save_for_backward(probabilities)
+        ctx.save_for_backward(probabilities, scores)
         ctx.tau = tau
         return x.detach()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        (p,) = ctx.saved_tensors
+        p, scores = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: p_k = softmax((scores + G_k) / tau) as a function of scores, the
+            # G_k held fixed, is softmax(log p_k + (scores - scores.detach()) / tau).
+            shift = (scores - scores.detach()).to(p.dtype).unsqueeze(-2) / ctx.tau
+            p = torch.softmax(p.log() + shift, dim=-1)
         g = grad.to(p.dtype)
         inner = p @ g.unsqueeze(-1)  # <p_k, g>: (..., K, 1)
         weighted = (inner.transpose(-1, -2) @ p).squeeze(-2)  # sum_k <p_k, g> p_k: (..., n)
-        result = p.sum(-2).mul_(g).sub_(weighted).mul_(1.0 / (p.shape[-2] * ctx.tau))
+        scale = 1.0 / (p.shape[-2] * ctx.tau)
+        if torch.is_grad_enabled():
+            result = (p.sum(-2) * g - weighted) * scale
+        else:
+            result = p.sum(-2).mul_(g).sub_(weighted).mul_(scale)
         return result.to(grad.dtype), None, None, None
 
 
