@@ -214,10 +214,13 @@ class RelaxingEstimator(Estimator):
     def uses_tau(self) -> bool:
         return True
 
+    @property
+    def relax_options(self) -> dict[str, Any]:
+        """Keyword options passed to ``structure.relax`` (the regularizer, when one is chosen)."""
+        return {} if self.regularizer is None else {"regularizer": self.regularizer}
+
     def relax(self, structure: Structure, scores: Tensor, tau: float) -> Tensor:
-        if self.regularizer is None:
-            return structure._relax(scores, tau)
-        return structure._relax(scores, tau, regularizer=self.regularizer)
+        return structure._relax(scores, tau, **self.relax_options)
 
     def _options(self) -> dict[str, Any]:
-        return {} if self.regularizer is None else {"regularizer": self.regularizer}
+        return self.relax_options

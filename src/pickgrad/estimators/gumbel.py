@@ -58,8 +58,7 @@ class StraightThroughGumbel(RelaxingEstimator):
     def select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
-        options = {} if self.regularizer is None else {"regularizer": self.regularizer}
-        fused = structure._fused_st_gumbel(scores, tau, generator, **options)
+        fused = structure._fused_st_gumbel(scores, tau, generator, **self.relax_options)
         if fused is not None:
             return fused
         perturbed = scores + _gumbel_like(scores, generator)
@@ -103,8 +102,9 @@ class GumbelRao(RelaxingEstimator):
     ) -> Tensor:
         detached = scores.detach()
         hard = structure._argmax(detached + _gumbel_like(detached, generator))
-        options = {} if self.regularizer is None else {"regularizer": self.regularizer}
-        fused = structure._fused_gumbel_rao(scores, hard, self.n_draws, tau, generator, **options)
+        fused = structure._fused_gumbel_rao(
+            scores, hard, self.n_draws, tau, generator, **self.relax_options
+        )
         if fused is not None:
             return fused
         noise = structure._conditional_gumbel(detached, hard, self.n_draws, generator)
