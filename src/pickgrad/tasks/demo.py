@@ -35,15 +35,15 @@ DEFAULT_TAU: dict[str, dict[str, float]] = {
     "pick-the-five": {
         "relaxed": 0.5,
         "gumbel-relaxed": 0.25,
-        "st-gumbel": 0.25,
+        "st-gumbel": 0.1,
         "gumbel-rao": 0.1,
         "perturbed": 0.25,
     },
     "critic-slots": {
         "relaxed": 2.0,
         "gumbel-relaxed": 0.5,
-        "st-gumbel": 0.25,
-        "gumbel-rao": 1.0,
+        "st-gumbel": 0.5,
+        "gumbel-rao": 0.5,
         "perturbed": 2.0,
     },
 }
