@@ -1,0 +1,41 @@
+"""Every benchmark script still runs: a seconds-long ``--quick`` smoke run of each.
+
+These check that the scripts work and print their comparison; they assert no timing.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("bench_*.py"))
+
+
+def test_every_benchmark_is_covered() -> None:
+    assert set(SCRIPTS) >= {
+        "bench_onehot.py",
+        "bench_subset.py",
+        "bench_permutation.py",
+        "bench_trees.py",
+        "bench_solvers.py",
+        "bench_diagnose.py",
+    }
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_quick_run(script: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # Each prints its comparison: a ratio like "0.96x" or "ratio ...", or the advisor's pick.
+    assert re.search(r"\d\.?\d*x\b|ratio|Recommendation", result.stdout), result.stdout[-2000:]
