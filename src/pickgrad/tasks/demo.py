@@ -172,11 +172,29 @@ def plot_curves(results: list[RunResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r.task for r in results))
+    labels = list(dict.fromkeys(r.label for r in results))
+    # One colour per estimator (the same in every panel); line style per family: solid if it
+    # uses relax, dashed for score-function, dash-dot if it needs nothing but argmax.
+    palette = plt.get_cmap("tab20").colors
+    colour = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+
+    def line_style(r: RunResult) -> str:
+        estimator = get_estimator(r.estimator)
+        if estimator.needs_loss:
+            return "--"
+        return "-" if "relax" in estimator.needs else "-."
+
     figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks) + 1.8, 4.5), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
         for r in (r for r in results if r.task == task):
-            style = "--" if r.label.startswith("reinforce") else "-"
-            axis.plot(r.curve_steps, r.curve_values, style, label=r.label, linewidth=1.4)
+            axis.plot(
+                r.curve_steps,
+                r.curve_values,
+                line_style(r),
+                color=colour[r.label],
+                label=r.label,
+                linewidth=1.4,
+            )
         metric = next(r.metric for r in results if r.task == task)
         axis.set(title=task, xlabel="training step", ylabel=f"held-out {metric}")
         if "gap" in metric:
