@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 import pickgrad
 from pickgrad import SpanningTree
-from pickgrad.estimators.base import get_estimator
 from pickgrad.structures._matrix_tree import MARGINAL_TOLERANCE, _marginals_by_inverse
 
 TREE = SpanningTree()
@@ -337,38 +336,6 @@ def test_bad_values_and_options() -> None:
 
 
 # --- estimators ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", pickgrad.available_estimators())
-def test_every_estimator_runs(name: str, generator: torch.Generator) -> None:
-    n = 5
-    scores = torch.randn(3, n, n, dtype=torch.float64, generator=generator, requires_grad=True)
-    target = torch.randn(n, n, dtype=torch.float64, generator=generator)
-    estimator = get_estimator(name)
-    if estimator.missing_capabilities(TREE):
-        with pytest.raises(NotImplementedError, match=f"{name}.*conditional_gumbel.*SpanningTree"):
-            pickgrad.select(scores, TREE, name)
-        return
-    if estimator.needs_loss:
-        surrogate = pickgrad.estimate(
-            lambda x: (x * target).sum((-1, -2)),
-            scores,
-            TREE,
-            name,
-            n_samples=4,
-            generator=generator,
-        )
-        surrogate.backward()
-    else:
-        x = pickgrad.select(scores, TREE, name, tau=0.5, generator=generator)
-        assert x.shape == scores.shape and x.dtype == scores.dtype
-        if estimator.hard:
-            assert_valid_trees(x.detach(), n)
-        (x * target).sum().backward()
-    grad = scores.grad
-    assert grad is not None and bool(torch.isfinite(grad).all())
-    assert bool((grad[:, ~TREE.active_mask((n, n))] == 0).all()), "ignored entries get no gradient"
-    assert bool(grad.abs().sum() > 0)
 
 
 def test_straight_through_sends_both_halves_to_the_upper_score() -> None:
