@@ -43,7 +43,7 @@ DEFAULT_TAU: dict[str, dict[str, float]] = {
         "relaxed": 2.0,
         "gumbel-relaxed": 0.5,
         "st-gumbel": 0.5,
-        "gumbel-rao": 0.5,
+        "gumbel-rao": 0.25,
         "perturbed": 2.0,
     },
 }
