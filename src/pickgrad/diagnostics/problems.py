@@ -77,31 +77,29 @@ class Problem:
         )
 
 
+def _demo_task(name: str, description: str, seed: int) -> Problem:
+    """A demo task of :mod:`pickgrad.tasks` at its fixed initial selector, as a Problem."""
+    from pickgrad.tasks import TASKS  # lazy: the tasks import pickgrad.nn
+
+    loss_fn, scores = TASKS[name](seed).diagnostic_problem()
+    return Problem(name, loss_fn, scores.detach(), OneHot(), description)
+
+
 def pick_the_five(seed: int = 0) -> Problem:
     """The *pick-the-five* demo task at a fixed initial selector; scores ``(4, 1, 8)``."""
-    from pickgrad.tasks.pick_five import diagnostic_problem
-
-    loss_fn, scores = diagnostic_problem(seed)
-    return Problem(
+    return _demo_task(
         "pick-the-five",
-        loss_fn,
-        scores.detach(),
-        OneHot(),
         "demo task at its initial network: 4 examples, pick the 5 among 8 items",
+        seed,
     )
 
 
 def critic_slots(seed: int = 0) -> Problem:
     """The *critic slots* demo task at a fixed initial selector; scores ``(4, 4, 16)``."""
-    from pickgrad.tasks.critic_slots import diagnostic_problem
-
-    loss_fn, scores = diagnostic_problem(seed)
-    return Problem(
+    return _demo_task(
         "critic-slots",
-        loss_fn,
-        scores.detach(),
-        OneHot(),
         "demo task at its initial network: 4 examples, 4 interacting slots of 16 items",
+        seed,
     )
 
 

@@ -18,7 +18,7 @@ from pickgrad.nn import SlotSelector
 from pickgrad.structures.onehot import OneHot
 from pickgrad.tasks.base import Task
 
-__all__ = ["CriticSlots", "diagnostic_problem"]
+__all__ = ["CriticSlots"]
 
 
 class CriticSlots(Task):
@@ -100,8 +100,3 @@ class CriticSlots(Task):
         with torch.no_grad():
             choice = OneHot().argmax(selector.score(items))
             return float((optimum - self.reward(choice @ items)).mean())
-
-
-def diagnostic_problem(seed: int = 0) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    """``(loss_fn, scores)`` of a fixed initial selector on 4 held-out examples; scores ``(4, 4, 16)``."""
-    return CriticSlots(seed).diagnostic_problem()

@@ -17,7 +17,7 @@ from torch import Tensor
 from pickgrad.nn import SlotSelector
 from pickgrad.tasks.base import Task
 
-__all__ = ["PickFive", "diagnostic_problem"]
+__all__ = ["PickFive"]
 
 _N_VALUES = 11  # item values 0..10
 _TARGET = 5
@@ -70,8 +70,3 @@ class PickFive(Task):
             scores = selector.score(self.test_items())
         picked = self._test_values.gather(1, scores[:, 0].argmax(-1, keepdim=True))
         return float((picked == _TARGET).float().mean())
-
-
-def diagnostic_problem(seed: int = 0) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    """``(loss_fn, scores)`` of a fixed initial selector on 4 held-out examples; scores ``(4, 1, 8)``."""
-    return PickFive(seed).diagnostic_problem()
