@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["sample_gumbel", "sampling_dtype"]
+__all__ = ["CounterRandom", "draw_seed", "sample_gumbel", "sampling_dtype"]
 
 
 def sampling_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -33,3 +33,75 @@ def sample_gumbel(
     exponential = torch.empty(shape, dtype=work, device=device).exponential_(generator=generator)
     gumbel = exponential.clamp_min_(torch.finfo(work).tiny).log_().neg_()
     return gumbel if work == dtype else gumbel.to(dtype)
+
+
+def draw_seed(generator: torch.Generator | None, device: torch.device | str) -> int:
+    """One 62-bit seed drawn from ``generator``, or from the default generator of ``device``."""
+    where = generator.device if generator is not None else torch.device(device)
+    return int(torch.randint(2**62, (1,), generator=generator, device=where))
+
+
+def _wrap64(value: int) -> int:
+    """``value`` modulo 2**64, as the signed int64 with the same bits."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class CounterRandom:
+    """Random numbers addressed by position: entry ``e`` of the stream depends only on
+    ``(seed, e)``, so a stream can be filled in any tiling, in any order, on any device.
+
+    The bits are SplitMix64 (Steele, Lea & Flood, OOPSLA 2014; the generator behind Java's
+    ``SplittableRandom``, which passes BigCrush): counter ``c`` gives ``mix64(seed + c * gamma)``,
+    computed with int64 tensor ops (multiplication wraps modulo 2**64; right shifts are masked to
+    act as logical shifts). Each 64-bit output feeds two entries, one per 32-bit half, whose bits
+    1 to 22 (``k``) give ``U = (2k + 1) / 2**23``: strictly inside (0, 1), exact in float32, so
+    Exponential(1) draws ``E = -log U`` have their tails cut at probability 2**-23
+    (``E <= 15.9``). Used where many draws are averaged (gumbel-rao's backward): on the CPU it is
+    2x to 3x faster than ``uniform_`` followed by ``log``, and nothing but the seed needs to be
+    kept between a forward pass and the backward pass that redraws the same numbers.
+    """
+
+    _GAMMA = 0x9E3779B97F4A7C15
+    _ROUNDS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None))
+    # Bits 0-22 as the mantissa of a float32 in [1, 2), bit 0 set to 1: 1 + (2k + 1) 2**-23.
+    _MANTISSA = 0x007FFFFF
+    _ONE_AND_LAST_BIT = 0x3F800001
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._buffers: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def _workspace(self, count: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """``(steps, z, shifted)``: ``c * gamma`` for ``c = 1 .. count`` and two int64 buffers,
+        kept between calls so that tiled fills reuse the same (cached) memory."""
+        buffers = self._buffers
+        if buffers is None or buffers[0].numel() < count or buffers[0].device != device:
+            steps = torch.arange(1, count + 1, dtype=torch.int64, device=device)
+            steps.mul_(_wrap64(self._GAMMA))
+            self._buffers = buffers = (steps, torch.empty_like(steps), torch.empty_like(steps))
+        return buffers[0][:count], buffers[1][:count], buffers[2][:count]
+
+    def log_uniform_(self, out: Tensor, offset: int = 0) -> Tensor:
+        """Fill ``out`` (contiguous, float32 or float64) with ``log U`` for stream entries
+        ``offset .. offset + out.numel() - 1`` and return it: every value is finite and < 0."""
+        first, skip = divmod(offset, 2)
+        count = (skip + out.numel() + 1) // 2
+        steps, z, shifted = self._workspace(count, out.device)
+        torch.add(steps, _wrap64(self.seed + first * self._GAMMA), out=z)
+        for shift, multiplier in self._ROUNDS:  # z ^= z >>> shift; z *= multiplier
+            torch.bitwise_right_shift(z, shift, out=shifted)
+            z.bitwise_xor_(shifted.bitwise_and_((1 << (64 - shift)) - 1))
+            if multiplier is not None:
+                z.mul_(_wrap64(multiplier))
+        lanes = z.view(torch.int32)[skip : skip + out.numel()].bitwise_and_(self._MANTISSA)
+        ones = lanes.bitwise_or_(self._ONE_AND_LAST_BIT).view(torch.float32)  # 1 + U
+        if out.dtype == torch.float32:
+            torch.sub(ones, 1.0, out=out.view(-1))
+        else:
+            out.view(-1).copy_(ones).sub_(1.0)
+        return out.log_()
+
+    def exponential_(self, out: Tensor, offset: int = 0) -> Tensor:
+        """Fill ``out`` with Exponential(1) draws ``E = -log U`` (entries as in ``log_uniform_``)."""
+        return self.log_uniform_(out, offset).neg_()

@@ -238,19 +238,41 @@ def test_fused_path_double_backward_equals_the_generic_composition(estimator: st
         torch.testing.assert_close(fused, generic, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("estimator", ["st-gumbel", "gumbel-rao"])
 @pytest.mark.parametrize("seeded", [True, False], ids=["generator", "global-rng"])
-def test_st_gumbel_backward_twice_through_a_retained_graph(seeded: bool) -> None:
-    # The fused backward reuses its saved softmax for the gradient; a second backward must
-    # redraw the very same noise, even when the global generator has moved on.
+def test_fused_backward_twice_through_a_retained_graph(seeded: bool, estimator: str) -> None:
+    # st-gumbel's fused backward reuses its saved softmax, gumbel-rao's redraws its conditional
+    # points from a seed; a second backward must see the very same noise, even when the global
+    # generator has moved on.
     scores = _scores(5, 7).requires_grad_()
     torch.manual_seed(3)
     generator = _seeded(4) if seeded else None
-    x = pickgrad.select(scores, ONEHOT, "st-gumbel", tau=0.5, generator=generator)
+    x = pickgrad.select(scores, ONEHOT, estimator, tau=0.5, generator=generator)
     loss = (x * _scores(5, 7, seed=9)).sum()
     (first,) = torch.autograd.grad(loss, scores, retain_graph=True)
     torch.rand(10)
     (second,) = torch.autograd.grad(loss, scores)
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [0.05, 1.0, 20.0])
+def test_fused_gumbel_rao_is_finite_for_extreme_scores_and_temperatures(
+    dtype: torch.dtype, tau: float
+) -> None:
+    # Scores spread over +-100 underflow softmax to exact zeros, and tau = 0.05 raises the
+    # conditional weights to the 20th power: the gradient must stay finite and sum to zero per row
+    # (the softmax Jacobian annihilates constants).
+    scores = (torch.linspace(-100, 100, 6 * 9, dtype=dtype).reshape(6, 9) * torch.randn(6, 1)).to(
+        dtype
+    )
+    scores.requires_grad_()
+    x = pickgrad.select(scores, ONEHOT, "gumbel-rao", tau=tau, n_draws=50, generator=_seeded(8))
+    (x * _scores(6, 9, seed=2).to(dtype)).sum().backward()
+    assert bool(torch.isfinite(scores.grad).all())
+    torch.testing.assert_close(
+        scores.grad.sum(-1), torch.zeros(6, dtype=dtype), atol=1e-4 / tau, rtol=0
+    )
 
 
 # --- gumbel-rao: same mean as st-gumbel, lower variance ------------------------------------------

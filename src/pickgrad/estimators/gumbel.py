@@ -84,7 +84,9 @@ class GumbelRao(RelaxingEstimator):
     Needs ``structure.conditional_gumbel``.
 
     Args:
-        n_draws: K, the number of conditional draws (memory and time grow linearly in K).
+        n_draws: K, the number of conditional draws (time grows linearly in K; so does memory,
+            except on the fused OneHot path, which redraws the K points in the backward pass
+            from a saved seed, tile by tile, and keeps nothing K x n).
 
     Reference: Paulus, Maddison & Krause, "Rao-Blackwellizing the Straight-Through Gumbel-Softmax
     Gradient Estimator", ICLR 2021.

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pickgrad.noise import sample_gumbel, sampling_dtype
+from pickgrad.noise import CounterRandom, draw_seed, sample_gumbel, sampling_dtype
 from pickgrad.structures.base import Structure
 
 __all__ = ["OneHot", "sparsemax"]
@@ -131,85 +132,102 @@ class _StraightThroughGumbelSoftmax(torch.autograd.Function):
 
 
 #: Entries per tile of the conditional sampler: the in-place passes then stay in cache.
-_CONDITIONAL_TILE = 2**20
+_CONDITIONAL_TILE = 2**19
 
 
-def _conditional_exponentials_(buffer: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Fill ``buffer`` in place with Exponential(1) draws ``E = -log U`` and return it.
+def _conditional_softmax_tiles(
+    scores: Tensor, x: Tensor, n_draws: int, tau: float, seed: int, out: Tensor | None = None
+) -> Iterator[tuple[slice, Tensor, Tensor]]:
+    """Yield ``(rows, w, total)`` per tile of rows, ``w / total = softmax((scores + G_k) / tau)``.
 
-    Used only for the conditional draws that gumbel-rao averages in its backward pass: 3x faster
-    than ``exponential_`` on the CPU, at the price of tails cut at probability ~6e-8 (``U`` is a
-    float32 uniform, 24 bits, for every dtype), which no average of gradients can notice. The
-    same generator state gives the same draws in every dtype, and filling consecutive slices
-    gives the same numbers as one fill, so tiled and whole-tensor callers agree exactly.
-    """
-    if buffer.dtype == torch.float32:
-        buffer.uniform_(generator=generator)
-    else:
-        uniform = torch.empty(buffer.shape, dtype=torch.float32, device=buffer.device)
-        buffer.copy_(uniform.uniform_(generator=generator))
-    return buffer.clamp_min_(torch.finfo(torch.float32).tiny).log_().neg_()
-
-
-def _conditional_softmax(
-    scores: Tensor, x: Tensor, n_draws: int, tau: float, generator: torch.Generator | None
-) -> Tensor:
-    """``softmax((scores + G_k) / tau)`` for K conditional draws ``G_k``: ``(..., K, n)``, float32+.
-
-    With ``a = softmax(scores)``, chosen item i and the exponentials ``E`` behind the Gumbel
-    noise (``G = -log E``), ``exp(z_j - z_i) = a_j E_i / (a_j E_i + E_j)`` for j != i (the
-    truncated-Gumbel sampler of ``_conditional_gumbel`` rewritten without logarithms), so the
-    relaxed points need one exponential draw and a few in-place products per entry, done in
-    cache-sized tiles of rows.
+    The rows are those of ``scores.reshape(-1, n)``; ``w`` is ``(r, K, n)`` and ``total`` its sum
+    over items ``(r, K, 1)``: the relaxed points, left unnormalised so that a caller that only
+    reduces them saves a pass. The ``G_k`` are K draws of the Gumbel noise conditional on the
+    argmax ``x``, from the counter-based stream seeded with ``seed`` (the same whatever the
+    tiling). With ``a = softmax(scores)``, chosen item i and the exponentials ``E`` behind the
+    noise (``G = -log E``), ``exp(z_j - z_i) = E_i / (E_i + E_j / a_j)`` for j != i (the
+    truncated-Gumbel sampler of ``_conditional_gumbel`` rewritten without logarithms); at
+    ``tau = 1`` the common factor ``E_i`` is dropped. ``w`` is a view of ``out`` ``(rows, K, n)``
+    when it is given, else of one reused buffer; the tiles are small enough to stay in cache.
     """
     work = sampling_dtype(scores.dtype)
     n = scores.shape[-1]
-    a = torch.softmax(scores.to(work), -1).reshape(-1, 1, n)
+    inverse_a = torch.softmax(scores.to(work), -1).reshape(-1, 1, n).reciprocal_()  # 1 / a_j
     index = x.argmax(-1).reshape(-1, 1, 1).expand(-1, n_draws, 1)
-    out = torch.empty((a.shape[0], n_draws, n), dtype=work, device=scores.device)
-    rows = max(1, _CONDITIONAL_TILE // (n_draws * n))
-    for start in range(0, a.shape[0], rows):
-        tile = slice(start, start + rows)
-        exponential = _conditional_exponentials_(out[tile], generator)
-        chosen = exponential.gather(-1, index[tile])  # E_i
-        ratio = exponential.div_(a[tile]).div_(chosen)  # E_j / (a_j E_i)
-        weights = ratio.add_(1).reciprocal_().scatter_(-1, index[tile], 1.0)  # exp(z_j - z_i)
-        if tau != 1.0:
-            weights.pow_(1.0 / tau)
-        weights.div_(weights.sum(-1, keepdim=True))
+    stream = CounterRandom(seed)
+    total = inverse_a.shape[0]
+    step = max(1, _CONDITIONAL_TILE // (n_draws * n))
+    buffer = None
+    if out is None:
+        buffer = torch.empty((min(step, total), n_draws, n), dtype=work, device=scores.device)
+    for start in range(0, total, step):
+        rows = slice(start, min(start + step, total))
+        tile = out[rows] if buffer is None else buffer[: rows.stop - rows.start]
+        # log U = -E: the signs cancel in every ratio below, so the negation is never computed.
+        log_u = stream.log_uniform_(tile, offset=start * n_draws * n)
+        chosen = log_u.gather(-1, index[rows])  # -E_i
+        weights = log_u.mul_(inverse_a[rows]).add_(chosen).reciprocal_()  # -1 / (E_i + E_j / a_j)
+        weights.scatter_(-1, index[rows], chosen.reciprocal())  # -1 / E_i at j = i
+        if tau != 1.0:  # scaled to exp(z_j - z_i) <= 1 first, so that the power cannot overflow
+            weights.mul_(chosen).pow_(1.0 / tau)
+        yield rows, weights, weights.sum(-1, keepdim=True)
+
+
+def _conditional_softmax(scores: Tensor, x: Tensor, n_draws: int, tau: float, seed: int) -> Tensor:
+    """All K relaxed points of :func:`_conditional_softmax_tiles` at once: ``(..., K, n)``."""
+    n = scores.shape[-1]
+    rows = scores[..., 0].numel()
+    out = torch.empty((rows, n_draws, n), dtype=sampling_dtype(scores.dtype), device=scores.device)
+    for _, weights, total in _conditional_softmax_tiles(scores, x, n_draws, tau, seed, out=out):
+        weights.div_(total)
     return out.reshape(*scores.shape[:-1], n_draws, n)
 
 
 class _GumbelRaoSoftmax(torch.autograd.Function):
     """Forward ``x``; backward ``(1/K) sum_k J_k^T grad`` with ``J_k = (diag p_k - p_k p_k^T) / tau``.
 
-    ``p_k`` are the saved relaxed points ``(..., K, n)``; the sums over items and over k weighted
-    by ``<p_k, grad>`` are batched matrix products, so the backward allocates nothing K x n.
+    ``p_k`` are the relaxed points at K conditional draws. Nothing K x n is kept between forward
+    and backward: the backward redraws the points from the seed saved at forward time, tile by
+    tile in cache, and reduces each tile against the gradient at once, so the same seed gives
+    the same gradient in every backward (``retain_graph=True`` included).
     """
 
     @staticmethod
-    def forward(ctx: Any, scores: Tensor, x: Tensor, probabilities: Tensor, tau: float) -> Tensor:
-        ctx.save_for_backward(probabilities, scores)
-        ctx.tau = tau
+    def forward(ctx: Any, scores: Tensor, x: Tensor, n_draws: int, tau: float, seed: int) -> Tensor:
+        ctx.save_for_backward(scores, x)
+        ctx.n_draws, ctx.tau, ctx.seed = n_draws, tau, seed
         return x.detach()
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        p, scores = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        scores, x = ctx.saved_tensors
+        scale = 1.0 / (ctx.n_draws * ctx.tau)
         if torch.is_grad_enabled():
             # create_graph=True: p_k = softmax((scores + G_k) / tau) as a function of scores, the
             # G_k held fixed, is softmax(log p_k + (scores - scores.detach()) / tau).
+            with torch.no_grad():
+                p = _conditional_softmax(scores, x, ctx.n_draws, ctx.tau, ctx.seed)
             shift = (scores - scores.detach()).to(p.dtype).unsqueeze(-2) / ctx.tau
             p = torch.softmax(p.log() + shift, dim=-1)
-        g = grad.to(p.dtype)
-        inner = p @ g.unsqueeze(-1)  # <p_k, g>: (..., K, 1)
-        weighted = (inner.transpose(-1, -2) @ p).squeeze(-2)  # sum_k <p_k, g> p_k: (..., n)
-        scale = 1.0 / (p.shape[-2] * ctx.tau)
-        if torch.is_grad_enabled():
-            result = (p.sum(-2) * g - weighted) * scale
-        else:
-            result = p.sum(-2).mul_(g).sub_(weighted).mul_(scale)
-        return result.to(grad.dtype), None, None, None
+            g = grad.to(p.dtype).unsqueeze(-2)
+            result = (p * (g - (p * g).sum(-1, keepdim=True))).sum(-2) * scale
+            return result.to(grad.dtype), None, None, None, None
+        n = scores.shape[-1]
+        g = grad.reshape(-1, 1, n).to(sampling_dtype(scores.dtype))
+        result = torch.empty_like(g)
+        tiles = _conditional_softmax_tiles(scores, x, ctx.n_draws, ctx.tau, ctx.seed)
+        for rows, w, total in tiles:
+            # With p_k = w_k / t_k: sum_k p_k (g - <p_k, g>) = g * sum_k w_k / t_k
+            # - sum_k (<w_k, g> / t_k^2) w_k; both sums over k in one batched product.
+            # (An elementwise product and a sum: bmm is slow for these matrix-vector products.)
+            inner = torch.mul(w, g[rows]).sum(-1, keepdim=True)  # <w_k, g>: (r, K, 1)
+            reciprocal = total.reciprocal_()
+            coefficients = torch.cat([reciprocal, inner.mul_(reciprocal).mul_(reciprocal)], -1)
+            sums = torch.bmm(coefficients.transpose(-1, -2), w)  # (r, 2, n)
+            torch.mul(g[rows], sums[:, :1], out=result[rows])
+            result[rows].sub_(sums[:, 1:])
+        result.mul_(scale)
+        return result.reshape(grad.shape).to(grad.dtype), None, None, None, None
 
 
 def sparsemax(z: Tensor) -> Tensor:
@@ -282,14 +300,16 @@ class OneHot(Structure):
         self, scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None
     ) -> Tensor:
         # Given argmax = i: the max z_i = s_i + G_i is Gumbel(logsumexp(s)) and independent of i;
-        # every other z_j is Gumbel(s_j) truncated to (-inf, z_i]. The draws are laid out
-        # (..., K, n) as in _fused_gumbel_rao, so both see the same noise from one generator state.
+        # every other z_j is Gumbel(s_j) truncated to (-inf, z_i]. The draws come from a private
+        # generator seeded from ``generator`` and are laid out (..., K, n), exactly as
+        # _fused_gumbel_rao draws them, so both see the same noise from one generator state.
         work = sampling_dtype(scores.dtype)
         s = scores.to(work).unsqueeze(-2)
         chosen = x.to(torch.bool).unsqueeze(-2)
         shape = (*scores.shape[:-1], n_draws, scores.shape[-1])
         exponential = torch.empty(shape, dtype=work, device=s.device)
-        gumbel = _conditional_exponentials_(exponential, generator).log_().neg_()
+        stream = CounterRandom(draw_seed(generator, s.device))
+        gumbel = stream.exponential_(exponential).log_().neg_()
         top = torch.logsumexp(s, dim=-1, keepdim=True) + (gumbel * chosen).sum(-1, keepdim=True)
         others = -torch.logaddexp(-top, -(s + gumbel))
         noise = torch.where(chosen, top, others) - s
@@ -326,9 +346,8 @@ class OneHot(Structure):
     ) -> Tensor | None:
         if regularizer != "entropy" or not self._has_onehot_solvers():
             return None
-        with torch.no_grad():
-            probabilities = _conditional_softmax(scores.detach(), x, n_draws, tau, generator)
-        return _GumbelRaoSoftmax.apply(scores, x, probabilities, tau)
+        seed = draw_seed(generator, scores.device)
+        return _GumbelRaoSoftmax.apply(scores, x, n_draws, tau, seed)
 
     def enumerate(
         self,
