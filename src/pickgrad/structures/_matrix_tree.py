@@ -28,15 +28,28 @@ __all__ = [
     "TreeStructure",
     "arborescence_log_partition",
     "arc_marginals",
+    "centered_log_weights",
+    "marginal_dtype",
     "max_arborescence_parents",
     "max_spanning_tree_parents",
     "parents_to_adjacency",
     "spanning_tree_edges",
 ]
 
-#: Linear algebra of the matrix-tree theorem runs in float64: the Laplacian of exp(scores / tau)
-#: is badly conditioned as soon as the scores spread over a few tens of nats.
+#: The log-partition (subtraction-free elimination) and the exact fallback of the marginals run
+#: in float64: the Laplacian of exp(scores / tau) is badly conditioned as soon as the scores
+#: spread over a few tens of nats.
 WORK_DTYPE = torch.float64
+
+
+def marginal_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the fast marginals for scores of ``dtype``: float64 for float64, else float32.
+
+    A float32 graph whose error estimate exceeds its tolerance is redone in float64 (see
+    :func:`arc_marginals`), so float32 input costs float32 linear algebra on well-conditioned
+    graphs and loses no accuracy on the others.
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # --- lengths ------------------------------------------------------------------------------------
@@ -231,36 +244,55 @@ def max_arborescence_parents(scores: Tensor, root: int, nodes: Tensor) -> Tensor
 # --- matrix-tree theorem ------------------------------------------------------------------------
 
 
-def _laplacian(z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Root-deleted Laplacian of the arc weights ``exp(z)`` on ``arcs``, padded to n x n.
+def _laplacian(z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor]:
+    """Root-deleted Laplacian of the arc weights ``exp(z)``, padded to n x n: ``(laplacian,
+    weights)``, both ``(..., n, n)``.
 
-    Each column j is shifted by ``shift[j] = max_i z[i, j]`` before exponentiating. Every
-    arborescence has exactly one arc into each non-root node, so the shift multiplies every
-    arborescence weight by the same ``exp(-sum shift)``: it leaves the marginals unchanged, keeps
-    every weight in (0, 1] and makes each column of the Laplacian hold a 1. The root and absent
-    nodes get a unit row and column, which leaves the determinant and the inverse of the minor
-    unchanged (block diagonal).
-
-    Returns:
-        ``(laplacian, weights, shift)`` with shapes ``(..., n, n)``, ``(..., n, n)``, ``(..., n)``.
+    ``z`` comes from :func:`centered_log_weights`: ``-inf`` off ``arcs``, so those weights are 0,
+    and every weight is at most 1. The root and absent nodes get a unit row and column, which
+    leaves the determinant and the inverse of the minor unchanged (block diagonal).
     """
-    masked = z.masked_fill(~arcs, -math.inf)
-    shift = masked.amax(dim=-2).detach()
-    shift = torch.where(
-        torch.isfinite(shift), shift, torch.zeros((), dtype=z.dtype, device=z.device)
-    )
-    weights = torch.exp(masked - shift[..., None, :])
+    weights = torch.exp(z)
     padding = (~arcs.any(dim=-2)).to(z.dtype)  # root and absent nodes: nothing enters them
-    laplacian = -weights
+    laplacian = weights.neg()
     # Arcs out of the root only feed the diagonal: the root row of the minor is deleted.
     laplacian[..., root, :] = 0.0
     laplacian.diagonal(dim1=-2, dim2=-1).add_(weights.sum(dim=-2) + padding)
-    return laplacian, weights, shift
+    return laplacian, weights
 
 
-#: Largest absolute error tolerated in the marginals of the fast (LU) path before a graph is
-#: recomputed by the exact elimination (see :func:`arc_marginals`).
-MARGINAL_TOLERANCE = 1e-7
+#: Largest absolute error tolerated in the marginals, per dtype of the computation, before a
+#: graph is recomputed more accurately (see :func:`arc_marginals`): ``torch.testing``'s default
+#: absolute tolerance for that dtype.
+MARGINAL_TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-5}
+
+
+def _error_factor(n: int, dtype: torch.dtype) -> float:
+    """``c`` in the error estimate ``c * eps * returns`` of the inverse formula (measured).
+
+    The error of ``A[j, j] - A[j, i]`` is the rounding error of the inverse times the expected
+    number of returns to j. In float32, against the exact elimination on the same (centered)
+    scores, over 150k random, clustered and wide-spread graphs (n = 3..50, scores / tau up to
+    +-100), every graph with ``eps * returns <= 1e-4`` erred by less than 4 eps x returns, so
+    float32 uses 8; float64 keeps its more conservative 8 n.
+    """
+    return 8.0 * n if dtype == torch.float64 else 8.0
+
+
+def centered_log_weights(scores: Tensor, arcs: Tensor, tau: float, dtype: torch.dtype) -> Tensor:
+    """``(scores - c) / tau`` in ``dtype`` on usable arcs, ``-inf`` elsewhere; ``c[j]`` is the
+    largest usable score into node j (0 where there is none).
+
+    The input that :func:`arc_marginals` expects. A constant per column does not change the
+    marginals (every arborescence has one arc into each non-root node); it makes every weight
+    ``exp(z)`` at most 1, with a 1 in each column, and centering before dividing by tau keeps
+    the rounding of the log-weights that matter (those near their column's maximum) small even
+    when ``|scores| / tau`` is large.
+    """
+    z = scores.to(dtype).masked_fill(~arcs, -math.inf)
+    shift = z.detach().amax(dim=-2, keepdim=True)
+    z = z - torch.where(torch.isfinite(shift), shift, torch.zeros((), dtype=dtype, device=z.device))
+    return z if tau == 1.0 else z * (1.0 / tau)
 
 
 def _log_add(a: Tensor, b: Tensor) -> Tensor:
@@ -326,110 +358,146 @@ def arborescence_log_partition(z: Tensor, arcs: Tensor, root: int) -> Tensor:
     return _eliminate(z, arcs, root)
 
 
-def _inverse_marginals(z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _inverse_marginals(
+    z: Tensor, arcs: Tensor, root: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Koo et al.'s marginals from the inverse of the Laplacian, with an error estimate.
 
-    Returns ``(marginals, weights, inverse, error)``; ``error`` is ``(...)``.
+    Returns ``(marginals, weights, inverse, kernel, error)``: ``kernel[i, j] = A[j, j] - A[j, i]``
+    so that ``marginals = weights * kernel``, and ``error`` ``(...)``.
     """
     n = z.shape[-1]
-    laplacian, weights, _ = _laplacian(z, arcs, root)
+    laplacian, weights = _laplacian(z, arcs, root)
     inverse, info = torch.linalg.inv_ex(laplacian)
     diagonal = torch.diagonal(inverse, dim1=-2, dim2=-1)
-    marginals = weights * (diagonal[..., None, :] - inverse.transpose(-1, -2))
+    kernel = diagonal[..., None, :] - inverse.transpose(-1, -2)
+    marginals = weights * kernel
     with torch.no_grad():
         # A[j, j] L[j, j] is the expected number of returns to j before reaching the root; the
-        # subtraction above loses that factor times the rounding error (measured: < 8 n eps).
+        # subtraction above loses that factor times the rounding error (see _error_factor).
         # max_i |A[j, i]| equals A[j, j] in exact arithmetic and also flags a garbage inverse.
         low, high = torch.aminmax(inverse, dim=-1)
         row_size = torch.maximum(high, -low)
         returns = (row_size * torch.diagonal(laplacian, dim1=-2, dim2=-1)).amax(dim=-1)
-        error = 8 * n * torch.finfo(z.dtype).eps * returns
+        error = _error_factor(n, z.dtype) * torch.finfo(z.dtype).eps * returns
+        # A check that needs no trust in the inverse: each non-root column sums to 1 exactly.
+        column_error = (marginals.sum(dim=-2) - arcs.any(dim=-2).to(z.dtype)).abs().amax(dim=-1)
+        error = torch.maximum(error, column_error)
         error = torch.where(info == 0, error, torch.full_like(error, math.inf))
-    return marginals, weights, inverse, error
+    return marginals, weights, inverse, kernel, error
 
 
 class _InverseMarginals(torch.autograd.Function):
-    """Marginals by the inverse formula with a hand-written backward (two batched matmuls).
+    """Marginals of ``scores / tau`` by the inverse formula, with a hand-written backward.
 
-    With ``H = g * w`` and ``K[i, j] = A[j, j] - A[j, i]``: ``dL/dA = diag(sum_i H[i, :]) - H^T``,
-    ``dL/dM = -A^T (dL/dA) A^T``, and ``dL/dw[i, j] = g K + dL/dM[j, j] - dL/dM[i, j]`` (the
-    root row of ``M`` is deleted), ``dL/dz = w * dL/dw``. A backward that must itself be
-    differentiable (``create_graph=True``) goes through autograd instead.
+    The forward centers the scores (:func:`centered_log_weights`) and applies
+    :func:`_inverse_marginals`. Backward, with ``H = g * w`` and ``K[i, j] = A[j, j] - A[j, i]``:
+    ``dL/dA = diag(sum_i H[i, :]) - H^T``, ``P = A^T (dL/dA) A^T = -dL/dM``, and
+    ``dL/dw[i, j] = g K + P[i, j] - P[j, j]`` (the root row of ``M`` is deleted, so ``P``'s root
+    row is dropped), ``dL/dscores = w * dL/dw / tau`` (the centering shift is a constant per
+    column, which the marginals ignore). A backward that must itself be differentiable
+    (``create_graph=True``) goes through autograd instead.
     """
 
     @staticmethod
-    def forward(ctx: Any, z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor]:
-        marginals, weights, inverse, error = _inverse_marginals(z, arcs, root)
-        ctx.save_for_backward(z, weights, inverse)
-        ctx.arcs, ctx.root = arcs, root
+    def forward(
+        ctx: Any, scores: Tensor, arcs: Tensor, root: int, tau: float
+    ) -> tuple[Tensor, Tensor]:
+        z = centered_log_weights(scores, arcs, tau, scores.dtype)
+        marginals, weights, inverse, kernel, error = _inverse_marginals(z, arcs, root)
+        ctx.save_for_backward(scores, weights, inverse, kernel)
+        ctx.arcs, ctx.root, ctx.tau = arcs, root, tau
         ctx.mark_non_differentiable(error)
         return marginals, error
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor, None, None]:
-        z, weights, inverse = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor, None, None, None]:
+        scores, weights, inverse, kernel = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: differentiate the autograd formula
+            z = centered_log_weights(scores, ctx.arcs, ctx.tau, scores.dtype)
             marginals = _inverse_marginals(z, ctx.arcs, ctx.root)[0]
-            (grad_z,) = torch.autograd.grad(marginals, z, grad, create_graph=True)
-            return grad_z, None, None
+            (grad_scores,) = torch.autograd.grad(marginals, scores, grad, create_graph=True)
+            return grad_scores, None, None, None
         transposed = inverse.transpose(-1, -2)
-        diagonal = torch.diagonal(inverse, dim1=-2, dim2=-1)
         h = grad * weights
-        grad_inverse = torch.diag_embed(h.sum(dim=-2)) - h.transpose(-1, -2)
-        grad_laplacian = -(transposed @ grad_inverse @ transposed)
-        grad_laplacian[..., ctx.root, :] = 0.0  # the root row is not a function of w
-        grad_weights = grad * (diagonal[..., None, :] - transposed) - grad_laplacian
-        grad_weights += torch.diagonal(grad_laplacian, dim1=-2, dim2=-1)[..., None, :]
-        # (the line above also restores the root row's diagonal term, where w is 0 anyway)
-        return weights * grad_weights, None, None
+        grad_inverse = h.transpose(-1, -2).neg()
+        grad_inverse.diagonal(dim1=-2, dim2=-1).add_(h.sum(dim=-2))
+        p = transposed @ grad_inverse @ transposed
+        p[..., ctx.root, :] = 0.0  # the root row is not a function of w
+        grad_weights = torch.addcmul(p, grad, kernel)
+        grad_weights -= torch.diagonal(p, dim1=-2, dim2=-1)[..., None, :]
+        grad_scores = grad_weights.mul_(weights)
+        if ctx.tau != 1.0:
+            grad_scores.mul_(1.0 / ctx.tau)
+        return grad_scores, None, None, None
 
 
-def _marginals_by_inverse(z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor]:
-    """Fast marginals from the inverse of the Laplacian, with an estimate of their error."""
-    return _InverseMarginals.apply(z, arcs, root)
+def _marginals_by_inverse(
+    scores: Tensor, arcs: Tensor, root: int, tau: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Fast marginals of ``scores / tau`` from the inverse of the Laplacian, with an estimate of
+    their error ``(...)``."""
+    return _InverseMarginals.apply(scores, arcs, root, tau)
 
 
-def arc_marginals(z: Tensor, arcs: Tensor, root: int) -> Tensor:
-    """Marginal probability of every arc under ``p(A) ∝ prod_{(i, j) in A} exp(z[i, j])``.
+def arc_marginals(
+    scores: Tensor, arcs: Tensor, root: int, tau: float = 1.0, tolerance: float | None = None
+) -> Tensor:
+    """Marginal probability of every arc under ``p(A) ∝ prod_{(i, j) in A} exp(scores[i, j] / tau)``.
 
     With ``M`` the root-deleted Laplacian and ``A = M^{-1}`` (padded so that ``A[j, root] = 0``),
     ``mu[i, j] = w[i, j] * (A[j, j] - A[j, i])`` (Koo et al. 2007), the derivative of
-    ``log det M`` in ``z[i, j]``; its backward is two matrix products, O(n^3) like the forward.
-    That formula subtracts numbers as large as the expected number of returns to j before the
-    root is reached, which explodes when a group of nodes is bound far more tightly together
-    than to the root (common at small tau). Graphs whose estimated error exceeds
-    :data:`MARGINAL_TOLERANCE` are recomputed as the gradient of the subtraction-free
-    elimination (:func:`arborescence_log_partition`), slower but exact to rounding for any
-    spread of the scores; the backward then runs through it by autograd.
+    ``log det M`` in ``z[i, j] = scores[i, j] / tau``; its backward is two matrix products,
+    O(n^3) like the forward. That formula subtracts numbers as large as the expected number of
+    returns to j before the root is reached, which explodes when a group of nodes is bound far
+    more tightly together than to the root (common at small tau). Graphs whose estimated error
+    exceeds ``tolerance`` are recomputed: float32 graphs by this function in float64, float64
+    graphs as the gradient of the subtraction-free elimination
+    (:func:`arborescence_log_partition`), slower but exact to rounding for any spread of the
+    scores (the backward then runs through it by autograd).
 
     Args:
-        z: ``(..., n, n)`` arc log-weights (float64 advised).
-        arcs: ``(..., n, n)`` boolean mask of usable arcs.
+        scores: ``(..., n, n)`` arc scores, float32 or float64 (the dtype of the computation;
+            see :func:`marginal_dtype`).
+        arcs: ``(..., n, n)`` boolean mask of usable arcs (it may broadcast over the batch).
         root: root index.
+        tau: temperature.
+        tolerance: largest absolute error accepted; default ``MARGINAL_TOLERANCE[scores.dtype]``.
 
     Returns:
         ``(..., n, n)`` marginals; every present non-root column sums to 1, masked arcs are 0.
     """
-    marginals, error = _marginals_by_inverse(z, arcs, root)
-    unreliable = ~(error <= MARGINAL_TOLERANCE)
+    if tolerance is None:
+        tolerance = MARGINAL_TOLERANCE[scores.dtype]
+    marginals, error = _marginals_by_inverse(scores, arcs, root, tau)
+    unreliable = ~(error <= tolerance)
     if not bool(unreliable.any()):
         return marginals
-    n = z.shape[-1]
-    flat_z, flat_arcs = z.reshape(-1, n, n), arcs.expand(z.shape).reshape(-1, n, n)
+    n = scores.shape[-1]
+    flat, flat_arcs = scores.reshape(-1, n, n), arcs.expand(scores.shape).reshape(-1, n, n)
     bad = unreliable.reshape(-1).nonzero().squeeze(-1)
     good = (~unreliable).reshape(-1).nonzero().squeeze(-1)
     # Recompute the reliable graphs apart, so that no NaN of a singular one reaches a backward.
-    fast, _ = _marginals_by_inverse(flat_z[good], flat_arcs[good], root)
-    with torch.enable_grad():
-        exact_z = flat_z[bad]
-        differentiable = exact_z.requires_grad
-        if not differentiable:
-            exact_z = exact_z.detach().requires_grad_()
-        log_z = _eliminate(exact_z, flat_arcs[bad], root)
-        (exact,) = torch.autograd.grad(log_z.sum(), exact_z, create_graph=differentiable)
-    exact = exact.masked_fill(~flat_arcs[bad], 0.0)
+    fast, _ = _marginals_by_inverse(flat[good], flat_arcs[good], root, tau)
+    if scores.dtype != torch.float64:  # redo in float64, to the same tolerance
+        again = arc_marginals(flat[bad].to(torch.float64), flat_arcs[bad], root, tau, tolerance)
+        again = again.to(scores.dtype)
+    else:
+        z = centered_log_weights(flat[bad], flat_arcs[bad], tau, torch.float64)
+        again = _elimination_marginals(z, flat_arcs[bad], root)
     order = torch.argsort(torch.cat([good, bad]))
-    return torch.cat([fast, exact]).index_select(0, order).reshape(z.shape)
+    return torch.cat([fast, again]).index_select(0, order).reshape(scores.shape)
+
+
+def _elimination_marginals(z: Tensor, arcs: Tensor, root: int) -> Tensor:
+    """Marginals as the gradient of the exact elimination's ``log Z`` (differentiable when
+    ``z`` requires grad)."""
+    with torch.enable_grad():
+        differentiable = z.requires_grad
+        leaf = z if differentiable else z.detach().requires_grad_()
+        log_z = _eliminate(leaf, arcs, root)
+        (exact,) = torch.autograd.grad(log_z.sum(), leaf, create_graph=differentiable)
+    return exact.masked_fill(~arcs, 0.0)
 
 
 # --- enumeration --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pickgrad.structures._matrix_tree import (
     arc_marginals,
     arc_mask,
     check_lengths,
+    marginal_dtype,
     max_arborescence_parents,
     node_mask,
     orient_from_root,
@@ -111,12 +112,12 @@ class Arborescence(TreeStructure):
         parents = max_arborescence_parents(flat, self.root, nodes)
         return parents_to_adjacency(parents, scores.dtype).reshape(scores.shape)
 
-    def _log_weights(
-        self, scores: Tensor, tau: float, lengths: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def _arcs(self, scores: Tensor, lengths: Tensor | None) -> Tensor:
+        """Usable arcs: ``(n, n)`` (broadcast over the batch) without ``lengths``, else full."""
         n = scores.shape[-1]
-        nodes = node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device)
-        return scores.to(WORK_DTYPE) / tau, arc_mask(nodes, self.root)
+        if lengths is None:
+            return arc_mask(torch.ones(n, dtype=torch.bool, device=scores.device), self.root)
+        return arc_mask(node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device), self.root)
 
     def _relax(
         self,
@@ -126,12 +127,15 @@ class Arborescence(TreeStructure):
         regularizer: str = "entropy",
     ) -> Tensor:
         self._check_regularizer(regularizer)
-        z, arcs = self._log_weights(scores, tau, lengths)
-        return arc_marginals(z, arcs, self.root).to(scores.dtype)
+        arcs = self._arcs(scores, lengths)
+        work = scores.to(marginal_dtype(scores.dtype))
+        return arc_marginals(work, arcs, self.root, tau).to(scores.dtype)
 
     def _log_partition(self, scores: Tensor, tau: float, lengths: Tensor | None = None) -> Tensor:
-        z, arcs = self._log_weights(scores, tau, lengths)
-        return arborescence_log_partition(z, arcs, self.root).to(scores.dtype)
+        z = scores.to(WORK_DTYPE) / tau
+        return arborescence_log_partition(
+            z, self._arcs(scores, lengths).expand(z.shape), self.root
+        ).to(scores.dtype)
 
     def enumerate(
         self,

@@ -11,6 +11,7 @@ from pickgrad.structures._matrix_tree import (
     arborescence_log_partition,
     arc_marginals,
     arc_mask,
+    marginal_dtype,
     max_spanning_tree_parents,
     node_mask,
     parents_to_adjacency,
@@ -91,13 +92,12 @@ class SpanningTree(TreeStructure):
         arcs = parents_to_adjacency(parents, scores.dtype)
         return (arcs + arcs.transpose(-1, -2)).reshape(scores.shape)
 
-    def _log_weights(
-        self, scores: Tensor, tau: float, lengths: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def _arcs(self, scores: Tensor, lengths: Tensor | None) -> Tensor:
+        """Usable arcs: ``(n, n)`` (broadcast over the batch) without ``lengths``, else full."""
         n = scores.shape[-1]
-        z = _symmetric(scores.to(WORK_DTYPE)) / tau
-        nodes = node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device)
-        return z, arc_mask(nodes, root=0)
+        if lengths is None:
+            return arc_mask(torch.ones(n, dtype=torch.bool, device=scores.device), root=0)
+        return arc_mask(node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device), root=0)
 
     def _relax(
         self,
@@ -107,16 +107,19 @@ class SpanningTree(TreeStructure):
         regularizer: str = "entropy",
     ) -> Tensor:
         self._check_regularizer(regularizer)
-        z, arcs = self._log_weights(scores, tau, lengths)
+        arcs = self._arcs(scores, lengths)
+        work = _symmetric(scores.to(marginal_dtype(scores.dtype)))
         # Spanning trees are the arborescences rooted at 0 of the symmetric digraph: an edge's
         # marginal is the sum of its two arcs'.
-        marginals = arc_marginals(z, arcs, root=0)
+        marginals = arc_marginals(work, arcs, 0, tau)
         edges = marginals + marginals.transpose(-1, -2)
         return edges.to(scores.dtype)
 
     def _log_partition(self, scores: Tensor, tau: float, lengths: Tensor | None = None) -> Tensor:
-        z, arcs = self._log_weights(scores, tau, lengths)
-        return arborescence_log_partition(z, arcs, root=0).to(scores.dtype)
+        z = _symmetric(scores.to(WORK_DTYPE)) / tau
+        return arborescence_log_partition(
+            z, self._arcs(scores, lengths).expand(z.shape), root=0
+        ).to(scores.dtype)
 
     def enumerate(
         self,

@@ -1,0 +1,97 @@
+"""Matrix-tree marginals for float32 and half input: float32 linear algebra on well-conditioned
+graphs, a per-graph error estimate, and a float64 redo of the graphs it does not trust."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pickgrad import Arborescence, SpanningTree
+from pickgrad.structures._matrix_tree import (
+    MARGINAL_TOLERANCE,
+    _marginals_by_inverse,
+    arc_marginals,
+    arc_mask,
+)
+
+FLOAT32_TOLERANCE = MARGINAL_TOLERANCE[torch.float32]
+STRUCTURES = [Arborescence(), Arborescence(root=2), SpanningTree()]
+
+
+def graphs(kind: str, batch: int, n: int, scale: float, seed: int) -> torch.Tensor:
+    """float32 scores: Gaussian, two clusters bound tightly inside and loosely across, or
+    uniform over [-scale, scale]."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(batch, n, n, dtype=torch.float64, generator=generator) * scale
+    if kind == "clustered":
+        group = torch.arange(n) >= n // 2
+        scores = scores + torch.where(group[:, None] == group[None, :], 2.0, -2.0) * scale
+    elif kind == "uniform":
+        scores = (2 * torch.rand(batch, n, n, dtype=torch.float64, generator=generator) - 1) * scale
+    return scores.float()
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=["arborescence", "root-2", "spanning"])
+@pytest.mark.parametrize("kind", ["gaussian", "clustered", "uniform"])
+@pytest.mark.parametrize("scale", [1.0, 10.0, 50.0])
+def test_float32_relax_is_within_its_tolerance_of_float64(
+    structure: Arborescence | SpanningTree, kind: str, scale: float
+) -> None:
+    # The float64 path is itself checked against enumeration in the structures' own tests.
+    scores = graphs(kind, 256, 7, scale, seed=int(scale))
+    for tau in (0.1, 1.0):
+        single = structure.relax(scores, tau)
+        assert single.dtype == torch.float32 and bool(torch.isfinite(single).all())
+        reference = structure.relax(scores.double(), tau)
+        torch.testing.assert_close(single.double(), reference, rtol=0, atol=FLOAT32_TOLERANCE)
+
+
+def test_the_float32_error_estimate_bounds_the_error() -> None:
+    # Every graph whose estimate is within tolerance really is, on graphs from easy to hopeless;
+    # the exact reference is the float64 path (elimination fallback included) on the same scores.
+    accepted = 0
+    for kind in ("gaussian", "clustered", "uniform"):
+        for n in (3, 6, 12):
+            for scale in (0.3, 3.0, 30.0):
+                scores = graphs(kind, 512, n, scale, seed=n)
+                arcs = arc_mask(torch.ones(n, dtype=torch.bool), 0)
+                fast, estimate = _marginals_by_inverse(scores, arcs, 0)
+                exact = arc_marginals(scores.double(), arcs, 0)
+                error = (fast.double() - exact).abs().flatten(1).amax(1)
+                trusted = estimate <= FLOAT32_TOLERANCE
+                accepted += int(trusted.sum())
+                assert bool((error[trusted] <= estimate[trusted].double() + 1e-9).all())
+    assert accepted > 5000  # the float32 path is the common case, not the exception
+
+
+@pytest.mark.parametrize("n", [10, 50])
+def test_ordinary_float32_graphs_stay_on_the_float32_path(n: int) -> None:
+    scores = torch.randn(64, n, n, generator=torch.Generator().manual_seed(n))
+    arcs = arc_mask(torch.ones(n, dtype=torch.bool), 0)
+    _, estimate = _marginals_by_inverse(scores, arcs, 0)
+    assert bool((estimate <= FLOAT32_TOLERANCE).all())
+
+
+def test_untrusted_float32_graphs_are_redone_in_float64() -> None:
+    # A heavy 2-cycle 1 <-> 2 (e^40 each way) reached from the root by e^0: hopeless in float32.
+    scores = torch.zeros(2, 4, 4)
+    scores[0, 1, 2] = scores[0, 2, 1] = 40.0
+    arcs = arc_mask(torch.ones(4, dtype=torch.bool), 0)
+    _, estimate = _marginals_by_inverse(scores, arcs, 0)
+    assert float(estimate[0]) > FLOAT32_TOLERANCE >= float(estimate[1])
+    leaf = scores.clone().requires_grad_()
+    marginals = Arborescence().relax(leaf, 1.0)
+    reference = Arborescence().relax(scores.double(), 1.0)
+    torch.testing.assert_close(marginals.double(), reference, rtol=0, atol=FLOAT32_TOLERANCE)
+    marginals.square().sum().backward()  # gradients flow through both paths
+    assert bool(torch.isfinite(leaf.grad).all()) and float(leaf.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_input_is_computed_in_float32(dtype: torch.dtype) -> None:
+    scores = torch.randn(32, 6, 6).to(dtype)
+    for structure in STRUCTURES:
+        out = structure.relax(scores, 0.5)
+        assert out.dtype == dtype
+        reference = structure.relax(scores.double(), 0.5)
+        torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-2)
