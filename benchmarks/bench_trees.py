@@ -14,8 +14,9 @@ Run ``python benchmarks/bench_trees.py`` (add ``--quick`` for a seconds-long smo
   (b) torch-struct's ``NonProjectiveDependencyCRF(...).marginals`` (explicit inverse formula),
   on the same problem: its n - 1 words with the root's arcs on the diagonal. torch-struct is a
   benchmark-only dependency, imported only here (``pip install --no-deps torch-struct``).
-  Ratio = their time / pickgrad time (> 1: pickgrad is faster). Also prints the largest
-  difference between the marginals, on moderate scores where every method is accurate.
+  Ratio = their time / pickgrad time (> 1: pickgrad is faster). Also prints each method's
+  largest difference from pickgrad's float64 marginals (float32 input: pickgrad's own float32
+  error too), on moderate scores where every method is accurate.
 
 Timings are the minimum over repeats (the machine may be shared).
 """
@@ -229,8 +230,9 @@ def bench_relax(
                 run()
                 times[name] = min(times[name], time.perf_counter() - start)
         reference = entries[0][2](scores.double()).detach()
+        own = float((entries[0][2](scores).detach().double() - reference).abs().max())
         line = f"relax  {label:13s} batch={batch:5d} n={n:3d} {str(dtype)[6:]:7s}: "
-        line += f"pickgrad {times['pickgrad'] * 1e3:7.2f} ms"
+        line += f"pickgrad {times['pickgrad'] * 1e3:7.2f} ms (max |diff| {own:.0e})"
         for name, native, fn, back in entries[1:]:
             leaf = native(scores).requires_grad_()
             difference = float((back(fn(leaf).detach()).double() - reference.detach()).abs().max())
