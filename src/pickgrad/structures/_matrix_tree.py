@@ -568,6 +568,18 @@ class TreeStructure(Structure):
     def _check_lengths(self, lengths: Any, scores: Tensor) -> Tensor | None:
         return check_lengths(lengths, scores)
 
+    @property
+    def _root(self) -> int:
+        """The root of the matrix-tree computations (spanning trees: arborescences from 0)."""
+        return 0
+
+    def _arcs(self, scores: Tensor, lengths: Tensor | None) -> Tensor:
+        """Usable arcs: ``(n, n)`` (broadcast over the batch) without ``lengths``, else full."""
+        n = scores.shape[-1]
+        if lengths is None:
+            return arc_mask(torch.ones(n, dtype=torch.bool, device=scores.device), self._root)
+        return arc_mask(node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device), self._root)
+
     def argmax(self, scores: Tensor, *, lengths: Tensor | None = None) -> Tensor:
         """The maximum-weight tree of each graph, batched; carries no gradient.
 

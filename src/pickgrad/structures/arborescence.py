@@ -114,12 +114,9 @@ class Arborescence(TreeStructure):
         parents = max_arborescence_parents(flat, self.root, nodes)
         return parents_to_adjacency(parents, scores.dtype).reshape(scores.shape)
 
-    def _arcs(self, scores: Tensor, lengths: Tensor | None) -> Tensor:
-        """Usable arcs: ``(n, n)`` (broadcast over the batch) without ``lengths``, else full."""
-        n = scores.shape[-1]
-        if lengths is None:
-            return arc_mask(torch.ones(n, dtype=torch.bool, device=scores.device), self.root)
-        return arc_mask(node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device), self.root)
+    @property
+    def _root(self) -> int:
+        return self.root
 
     def _relax(
         self,

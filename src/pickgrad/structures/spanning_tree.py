@@ -10,7 +10,6 @@ from pickgrad.structures._matrix_tree import (
     TreeStructure,
     arborescence_log_partition,
     arc_marginals,
-    arc_mask,
     marginal_dtype,
     max_spanning_tree_parents,
     node_mask,
@@ -93,13 +92,6 @@ class SpanningTree(TreeStructure):
         parents = max_spanning_tree_parents(flat, nodes)
         arcs = parents_to_adjacency(parents, scores.dtype)
         return (arcs + arcs.transpose(-1, -2)).reshape(scores.shape)
-
-    def _arcs(self, scores: Tensor, lengths: Tensor | None) -> Tensor:
-        """Usable arcs: ``(n, n)`` (broadcast over the batch) without ``lengths``, else full."""
-        n = scores.shape[-1]
-        if lengths is None:
-            return arc_mask(torch.ones(n, dtype=torch.bool, device=scores.device), root=0)
-        return arc_mask(node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device), root=0)
 
     def _relax(
         self,
