@@ -9,9 +9,11 @@ import torch
 from pickgrad import Arborescence, SpanningTree
 from pickgrad.structures._matrix_tree import (
     MARGINAL_TOLERANCE,
+    _column_max,
     _marginals_by_inverse,
     arc_marginals,
     arc_mask,
+    full_arc_mask,
 )
 
 FLOAT32_TOLERANCE = MARGINAL_TOLERANCE[torch.float32]
@@ -19,8 +21,8 @@ STRUCTURES = [Arborescence(), Arborescence(root=2), SpanningTree()]
 
 
 def graphs(kind: str, batch: int, n: int, scale: float, seed: int) -> torch.Tensor:
-    """float32 scores: Gaussian, two clusters bound tightly inside and loosely across, or
-    uniform over [-scale, scale]."""
+    """float32 scores: Gaussian, two clusters bound tightly inside and loosely across, uniform
+    over [-scale, scale], or Gaussian with each column lowered by up to 10 * scale nats."""
     generator = torch.Generator().manual_seed(seed)
     scores = torch.randn(batch, n, n, dtype=torch.float64, generator=generator) * scale
     if kind == "clustered":
@@ -28,11 +30,14 @@ def graphs(kind: str, batch: int, n: int, scale: float, seed: int) -> torch.Tens
         scores = scores + torch.where(group[:, None] == group[None, :], 2.0, -2.0) * scale
     elif kind == "uniform":
         scores = (2 * torch.rand(batch, n, n, dtype=torch.float64, generator=generator) - 1) * scale
+    elif kind == "column-gap":
+        drop = torch.rand(batch, 1, n, dtype=torch.float64, generator=generator) * 10 * scale
+        scores = scores / scale - drop
     return scores.float()
 
 
 @pytest.mark.parametrize("structure", STRUCTURES, ids=["arborescence", "root-2", "spanning"])
-@pytest.mark.parametrize("kind", ["gaussian", "clustered", "uniform"])
+@pytest.mark.parametrize("kind", ["gaussian", "clustered", "uniform", "column-gap"])
 @pytest.mark.parametrize("scale", [1.0, 10.0, 50.0])
 def test_float32_relax_is_within_its_tolerance_of_float64(
     structure: Arborescence | SpanningTree, kind: str, scale: float
@@ -50,7 +55,7 @@ def test_the_float32_error_estimate_bounds_the_error() -> None:
     # Every graph whose estimate is within tolerance really is, on graphs from easy to hopeless;
     # the exact reference is the float64 path (elimination fallback included) on the same scores.
     accepted = 0
-    for kind in ("gaussian", "clustered", "uniform"):
+    for kind in ("gaussian", "clustered", "uniform", "column-gap"):
         for n in (3, 6, 12):
             for scale in (0.3, 3.0, 30.0):
                 scores = graphs(kind, 512, n, scale, seed=n)
@@ -95,3 +100,37 @@ def test_half_input_is_computed_in_float32(dtype: torch.dtype) -> None:
         assert out.dtype == dtype
         reference = structure.relax(scores.double(), 0.5)
         torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-2)
+
+
+def test_columns_far_below_the_graphs_largest_score() -> None:
+    # One shift per graph: a column 30 nats down is still computed in float32 and accurate; one
+    # 80 nats down holds subnormal weights, is refused by the estimate and redone in float64.
+    base = torch.randn(3, 6, 6, generator=torch.Generator().manual_seed(3))
+    scores = base.clone()
+    scores[1, :, 2] -= 30.0
+    scores[2, :, 2] -= 80.0
+    arcs = arc_mask(torch.ones(6, dtype=torch.bool), 0)
+    _, estimate = _marginals_by_inverse(scores, arcs, 0)
+    assert float(estimate[1]) <= FLOAT32_TOLERANCE
+    assert float(estimate[2]) == float("inf")
+    for structure in (Arborescence(), Arborescence(root=2)):
+        out = structure.relax(scores, 1.0)
+        reference = structure.relax(scores.double(), 1.0)
+        torch.testing.assert_close(out.double(), reference, rtol=0, atol=FLOAT32_TOLERANCE)
+        # Lowering a whole column does not change the law.
+        torch.testing.assert_close(out, structure.relax(base, 1.0), rtol=0, atol=FLOAT32_TOLERANCE)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 9, 10, 17, 64, 65])
+def test_column_max_equals_amax(m: int) -> None:
+    x = torch.randn(4, m, m)
+    assert torch.equal(_column_max(x), x.amax(dim=-2))
+
+
+def test_the_cached_arc_mask_is_left_untouched() -> None:
+    mask = full_arc_mask(5, 0, torch.device("cpu"))
+    before = mask.clone()
+    leaf = torch.randn(8, 5, 5, requires_grad=True)
+    (Arborescence().relax(leaf, 0.5) ** 2).sum().backward()
+    SpanningTree().relax(leaf.detach(), 0.5)
+    assert full_arc_mask(5, 0, torch.device("cpu")) is mask and torch.equal(mask, before)

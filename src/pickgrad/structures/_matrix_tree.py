@@ -14,6 +14,7 @@ Everything here works on already-validated input and is batched over leading dim
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Any
@@ -104,6 +105,13 @@ def arc_mask(nodes: Tensor, root: int) -> Tensor:
     index = torch.arange(n, device=nodes.device)
     allowed = (index[:, None] != index[None, :]) & (index[None, :] != root)
     return nodes[..., :, None] & nodes[..., None, :] & allowed
+
+
+@functools.lru_cache(maxsize=64)
+def full_arc_mask(n: int, root: int, device: torch.device) -> Tensor:
+    """:func:`arc_mask` of a graph whose n nodes are all present, ``(n, n)``; cached (read-only:
+    the same tensor is shared by every call)."""
+    return arc_mask(torch.ones(n, dtype=torch.bool, device=device), root)
 
 
 # --- hard solutions -----------------------------------------------------------------------------
@@ -244,21 +252,42 @@ def max_arborescence_parents(scores: Tensor, root: int, nodes: Tensor) -> Tensor
 # --- matrix-tree theorem ------------------------------------------------------------------------
 
 
-def _laplacian(z: Tensor, arcs: Tensor, root: int) -> tuple[Tensor, Tensor]:
-    """Root-deleted Laplacian of the arc weights ``exp(z)``, padded to n x n: ``(laplacian,
-    weights)``, both ``(..., n, n)``.
+def _drop_root(x: Tensor, root: int, dim: int) -> Tensor:
+    """``x`` without index ``root`` along ``dim`` (a view when the root is first or last)."""
+    n = x.shape[dim]
+    if root in (0, n - 1):
+        return x.narrow(dim, 1 if root == 0 else 0, n - 1)
+    return torch.cat([x.narrow(dim, 0, root), x.narrow(dim, root + 1, n - 1 - root)], dim)
 
-    ``z`` comes from :func:`centered_log_weights`: ``-inf`` off ``arcs``, so those weights are 0,
-    and every weight is at most 1. The root and absent nodes get a unit row and column, which
-    leaves the determinant and the inverse of the minor unchanged (block diagonal).
+
+def _without_root(x: Tensor, root: int) -> Tensor:
+    """``(..., n, n)`` to ``(..., n - 1, n - 1)``: delete the root's row and column."""
+    return _drop_root(_drop_root(x, root, -1), root, -2)
+
+
+def _with_root(x: Tensor, root: int) -> Tensor:
+    """Inverse of :func:`_without_root`: insert a zero row and column at ``root``."""
+    m = x.shape[-1]
+    if root in (0, m):
+        before, after = (1, 0) if root == 0 else (0, 1)
+        return torch.nn.functional.pad(x, (before, after, before, after))
+    keep = torch.tensor([k for k in range(m + 1) if k != root], device=x.device)
+    out = x.new_zeros((*x.shape[:-2], m + 1, m + 1))
+    out[..., keep[:, None], keep] = x
+    return out
+
+
+def _laplacian_minor(weights: Tensor, has_parent: Tensor, root: int) -> Tensor:
+    """Root-deleted Laplacian ``(..., n - 1, n - 1)`` of the arc weights ``(..., n, n)``.
+
+    Absent nodes (``has_parent`` False) get a unit diagonal, which leaves the determinant and
+    the rest of the inverse unchanged (block diagonal). Arcs out of the root only feed the
+    diagonal.
     """
-    weights = torch.exp(z)
-    padding = (~arcs.any(dim=-2)).to(z.dtype)  # root and absent nodes: nothing enters them
-    laplacian = weights.neg()
-    # Arcs out of the root only feed the diagonal: the root row of the minor is deleted.
-    laplacian[..., root, :] = 0.0
-    laplacian.diagonal(dim1=-2, dim2=-1).add_(weights.sum(dim=-2) + padding)
-    return laplacian, weights
+    minor = _without_root(weights, root).neg()
+    diagonal = weights.sum(dim=-2).masked_fill_(~has_parent, 1.0)
+    minor.diagonal(dim1=-2, dim2=-1).add_(_drop_root(diagonal, root, -1))
+    return minor
 
 
 #: Largest absolute error tolerated in the marginals, per dtype of the computation, before a
@@ -271,28 +300,60 @@ def _error_factor(n: int, dtype: torch.dtype) -> float:
     """``c`` in the error estimate ``c * eps * returns`` of the inverse formula (measured).
 
     The error of ``A[j, j] - A[j, i]`` is the rounding error of the inverse times the expected
-    number of returns to j. In float32, against the exact elimination on the same (centered)
-    scores, over 150k random, clustered and wide-spread graphs (n = 3..50, scores / tau up to
-    +-100), every graph with ``eps * returns <= 1e-4`` erred by less than 4 eps x returns, so
-    float32 uses 8; float64 keeps its more conservative 8 n.
+    number of returns to j. In float32, against the exact elimination, over 287k Gaussian,
+    clustered, uniform and column-gapped graphs (n = 3..50, scores up to +-100;
+    ``python benchmarks/measure_tree_error.py``), every graph with ``eps * returns <= 1e-4`` and
+    no column gap erred by at most 4.2 eps x returns, so float32 uses 8; float64 keeps its more
+    conservative 8 n.
     """
     return 8.0 * n if dtype == torch.float64 else 8.0
 
 
+#: ``c`` in the extra error ``c * eps * gap`` of a graph whose lowest column lies ``gap`` nats
+#: below its shift (see :func:`shifted_weights`): each of that column's log-weights is rounded
+#: to about ``eps * gap``. With it, the whole estimate exceeded the real error of every accepted
+#: graph at least 1.8-fold in ``benchmarks/measure_tree_error.py`` (largest error / estimate
+#: 0.56 over 287k graphs).
+_GAP_FACTOR = 1.0
+
+
 def centered_log_weights(scores: Tensor, arcs: Tensor, tau: float, dtype: torch.dtype) -> Tensor:
     """``(scores - c) / tau`` in ``dtype`` on usable arcs, ``-inf`` elsewhere; ``c[j]`` is the
-    largest usable score into node j (0 where there is none).
+    largest usable score into node j (a column with none stays all -inf).
 
-    The input that :func:`arc_marginals` expects. A constant per column does not change the
+    The input of the exact fallback, :func:`_elimination_marginals`. A constant per column does not change the
     marginals (every arborescence has one arc into each non-root node); it makes every weight
     ``exp(z)`` at most 1, with a 1 in each column, and centering before dividing by tau keeps
     the rounding of the log-weights that matter (those near their column's maximum) small even
     when ``|scores| / tau`` is large.
     """
     z = scores.to(dtype).masked_fill(~arcs, -math.inf)
-    shift = z.detach().amax(dim=-2, keepdim=True)
-    z = z - torch.where(torch.isfinite(shift), shift, torch.zeros((), dtype=dtype, device=z.device))
+    # Columns with no usable arc (shift -inf) stay -inf: -inf minus the lowest finite number.
+    shift = z.detach().amax(dim=-2, keepdim=True).clamp_min(torch.finfo(dtype).min)
+    z = z - shift
     return z if tau == 1.0 else z * (1.0 / tau)
+
+
+def shifted_weights(scores: Tensor, arcs: Tensor, tau: float) -> Tensor:
+    """``exp((scores - c) / tau)`` on usable arcs, 0 elsewhere; ``c`` is the largest usable score
+    of each graph, so every weight is at most 1 (in the dtype of ``scores``).
+
+    The input of the inverse formula. One shift per graph rather than per column (which
+    :func:`centered_log_weights` uses for the exact path) costs a few fast passes instead of
+    reductions and broadcasts along 10-element rows, and loses nothing in the linear algebra:
+    scaling a column of the Laplacian scales the matching row of its inverse and leaves partial
+    pivoting's choices alone. What it costs, a column lying far below the graph's largest
+    score, is measured by :func:`_inverse_marginals`: rounding of its log-weights, and
+    subnormal weights.
+    """
+    dtype = scores.dtype
+    bias = torch.where(arcs, torch.zeros((), dtype=dtype, device=scores.device), -math.inf)
+    shift = (scores.detach() + bias).amax(dim=(-2, -1), keepdim=True)
+    z = scores - shift.clamp_min(torch.finfo(dtype).min)  # a graph with no arc has shift -inf
+    if tau != 1.0:
+        z = z * (1.0 / tau)
+    # Entries off the arcs may be positive (or inf): cut them before exp, zero them after.
+    return torch.exp(z.clamp_max(0.0)) * arcs
 
 
 def _log_add(a: Tensor, b: Tensor) -> Tensor:
@@ -358,44 +419,71 @@ def arborescence_log_partition(z: Tensor, arcs: Tensor, root: int) -> Tensor:
     return _eliminate(z, arcs, root)
 
 
+def _column_max(x: Tensor) -> Tensor:
+    """``x.amax(dim=-2)`` for ``x`` ``(..., m, m)``; up to m = 64 as a pairwise maximum of
+    halves, which measured about twice as fast there (torch's reduction over a short strided
+    dimension is slow)."""
+    if x.shape[-2] > 64:
+        return x.amax(dim=-2)
+    while x.shape[-2] > 1:
+        half = x.shape[-2] // 2
+        top = torch.maximum(x[..., :half, :], x[..., half : 2 * half, :])
+        if x.shape[-2] % 2:  # fold the odd row in
+            top[..., 0, :] = torch.maximum(top[..., 0, :], x[..., -1, :])
+        x = top
+    return x[..., 0, :]
+
+
 def _inverse_marginals(
-    z: Tensor, arcs: Tensor, root: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    weights: Tensor, arcs: Tensor, root: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Koo et al.'s marginals from the inverse of the Laplacian, with an error estimate.
 
-    Returns ``(marginals, weights, inverse, kernel, error)``: ``kernel[i, j] = A[j, j] - A[j, i]``
-    so that ``marginals = weights * kernel``, and ``error`` ``(...)``.
+    Args:
+        weights: ``(..., n, n)`` from :func:`shifted_weights`.
+
+    Returns ``(marginals, inverse, kernel, error)``: ``inverse`` of the root-deleted minor,
+    ``kernel[i, j] = A[j, j] - A[j, i]`` with ``A`` the inverse padded with a zero root row and
+    column, so that ``marginals = weights * kernel``, and ``error`` ``(...)``.
     """
-    n = z.shape[-1]
-    laplacian, weights = _laplacian(z, arcs, root)
-    inverse, info = torch.linalg.inv_ex(laplacian)
-    diagonal = torch.diagonal(inverse, dim1=-2, dim2=-1)
-    kernel = diagonal[..., None, :] - inverse.transpose(-1, -2)
+    n, dtype = weights.shape[-1], weights.dtype
+    has_parent = arcs.any(dim=-2)  # False for the root and absent nodes
+    minor = _laplacian_minor(weights, has_parent, root)
+    inverse, info = torch.linalg.inv_ex(minor)
+    # LAPACK returns the inverse column-major: its transpose is the contiguous one.
+    transposed = _with_root(inverse.transpose(-1, -2), root)  # A[root, :] = A[:, root] = 0
+    kernel = torch.diagonal(transposed, dim1=-2, dim2=-1)[..., None, :] - transposed
     marginals = weights * kernel
     with torch.no_grad():
+        eps = torch.finfo(dtype).eps
         # A[j, j] L[j, j] is the expected number of returns to j before reaching the root; the
         # subtraction above loses that factor times the rounding error (see _error_factor).
         # max_i |A[j, i]| equals A[j, j] in exact arithmetic and also flags a garbage inverse.
-        low, high = torch.aminmax(inverse, dim=-1)
-        row_size = torch.maximum(high, -low)
-        returns = (row_size * torch.diagonal(laplacian, dim1=-2, dim2=-1)).amax(dim=-1)
-        error = _error_factor(n, z.dtype) * torch.finfo(z.dtype).eps * returns
+        diagonal = torch.diagonal(minor, dim1=-2, dim2=-1)
+        returns = (_column_max(inverse.transpose(-1, -2).abs()) * diagonal).amax(dim=-1)
+        error = _error_factor(n, dtype) * eps * returns
         # A check that needs no trust in the inverse: each non-root column sums to 1 exactly.
-        column_error = (marginals.sum(dim=-2) - arcs.any(dim=-2).to(z.dtype)).abs().amax(dim=-1)
+        column_error = (marginals.sum(dim=-2) - has_parent.to(dtype)).abs().amax(dim=-1)
         error = torch.maximum(error, column_error)
-        error = torch.where(info == 0, error, torch.full_like(error, math.inf))
-    return marginals, weights, inverse, kernel, error
+        # A column whose weights sum to s lies about -log(s) below the graph's shift: its
+        # log-weights carry that much more rounding (see _GAP_FACTOR), and below tiny / eps
+        # the weights that matter may be subnormal.
+        smallest = diagonal.amin(dim=-1)
+        error += _GAP_FACTOR * eps * smallest.log().neg().clamp_min(0.0)
+        trusted = (info == 0) & (smallest >= torch.finfo(dtype).tiny / eps)
+        error = torch.where(trusted, error, torch.full_like(error, math.inf))
+    return marginals, inverse, kernel, error
 
 
 class _InverseMarginals(torch.autograd.Function):
     """Marginals of ``scores / tau`` by the inverse formula, with a hand-written backward.
 
-    The forward centers the scores (:func:`centered_log_weights`) and applies
-    :func:`_inverse_marginals`. Backward, with ``H = g * w`` and ``K[i, j] = A[j, j] - A[j, i]``:
-    ``dL/dA = diag(sum_i H[i, :]) - H^T``, ``P = A^T (dL/dA) A^T = -dL/dM``, and
-    ``dL/dw[i, j] = g K + P[i, j] - P[j, j]`` (the root row of ``M`` is deleted, so ``P``'s root
-    row is dropped), ``dL/dscores = w * dL/dw / tau`` (the centering shift is a constant per
-    column, which the marginals ignore). A backward that must itself be differentiable
+    The forward applies :func:`_inverse_marginals` to :func:`shifted_weights`. Backward, with ``H = g * w``, ``A`` the inverse of the minor
+    ``M`` padded with a zero root row and column, and ``K[i, j] = A[j, j] - A[j, i]``:
+    ``dL/dA = diag(sum_i H[i, :]) - H^T``, ``P = A^T (dL/dA) A^T = -dL/dM`` (zero on the root's
+    row and column: the root row of the Laplacian is deleted, and nothing enters the root), and
+    ``dL/dw[i, j] = g K + P[i, j] - P[j, j]``, ``dL/dscores = w * dL/dw / tau`` (the centering
+    shift is a constant per graph, which the marginals ignore). A backward that must itself be differentiable
     (``create_graph=True``) goes through autograd instead.
     """
 
@@ -403,8 +491,8 @@ class _InverseMarginals(torch.autograd.Function):
     def forward(
         ctx: Any, scores: Tensor, arcs: Tensor, root: int, tau: float
     ) -> tuple[Tensor, Tensor]:
-        z = centered_log_weights(scores, arcs, tau, scores.dtype)
-        marginals, weights, inverse, kernel, error = _inverse_marginals(z, arcs, root)
+        weights = shifted_weights(scores, arcs, tau)
+        marginals, inverse, kernel, error = _inverse_marginals(weights, arcs, root)
         ctx.save_for_backward(scores, weights, inverse, kernel)
         ctx.arcs, ctx.root, ctx.tau = arcs, root, tau
         ctx.mark_non_differentiable(error)
@@ -414,16 +502,16 @@ class _InverseMarginals(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor, None, None, None]:
         scores, weights, inverse, kernel = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: differentiate the autograd formula
-            z = centered_log_weights(scores, ctx.arcs, ctx.tau, scores.dtype)
-            marginals = _inverse_marginals(z, ctx.arcs, ctx.root)[0]
+            weights = shifted_weights(scores, ctx.arcs, ctx.tau)
+            marginals = _inverse_marginals(weights, ctx.arcs, ctx.root)[0]
             (grad_scores,) = torch.autograd.grad(marginals, scores, grad, create_graph=True)
             return grad_scores, None, None, None
-        transposed = inverse.transpose(-1, -2)
         h = grad * weights
-        grad_inverse = h.transpose(-1, -2).neg()
-        grad_inverse.diagonal(dim1=-2, dim2=-1).add_(h.sum(dim=-2))
-        p = transposed @ grad_inverse @ transposed
-        p[..., ctx.root, :] = 0.0  # the root row is not a function of w
+        # P^T = A (dL/dM)^T A on the minor, with (dL/dM)^T = h minus its column sums on the
+        # diagonal; contiguous operands keep the batched products fast.
+        grad_minor = _without_root(h, ctx.root).neg()
+        grad_minor.diagonal(dim1=-2, dim2=-1).add_(_drop_root(h.sum(dim=-2), ctx.root, -1))
+        p = _with_root((inverse @ grad_minor @ inverse).transpose(-1, -2), ctx.root)
         grad_weights = torch.addcmul(p, grad, kernel)
         grad_weights -= torch.diagonal(p, dim1=-2, dim2=-1)[..., None, :]
         grad_scores = grad_weights.mul_(weights)
@@ -445,14 +533,15 @@ def arc_marginals(
 ) -> Tensor:
     """Marginal probability of every arc under ``p(A) ∝ prod_{(i, j) in A} exp(scores[i, j] / tau)``.
 
-    With ``M`` the root-deleted Laplacian and ``A = M^{-1}`` (padded so that ``A[j, root] = 0``),
-    ``mu[i, j] = w[i, j] * (A[j, j] - A[j, i])`` (Koo et al. 2007), the derivative of
+    With ``M`` the root-deleted Laplacian and ``A = M^{-1}`` (padded with a zero root row and
+    column), ``mu[i, j] = w[i, j] * (A[j, j] - A[j, i])`` (Koo et al. 2007), the derivative of
     ``log det M`` in ``z[i, j] = scores[i, j] / tau``; its backward is two matrix products,
     O(n^3) like the forward. That formula subtracts numbers as large as the expected number of
     returns to j before the root is reached, which explodes when a group of nodes is bound far
-    more tightly together than to the root (common at small tau). Graphs whose estimated error
-    exceeds ``tolerance`` are recomputed: float32 graphs by this function in float64, float64
-    graphs as the gradient of the subtraction-free elimination
+    more tightly together than to the root (common at small tau), and it rounds the weights of
+    a column lying far below the graph's largest score (:func:`shifted_weights`). Graphs whose
+    estimated error exceeds ``tolerance`` are recomputed: float32 graphs by this function in
+    float64, float64 graphs as the gradient of the subtraction-free elimination
     (:func:`arborescence_log_partition`), slower but exact to rounding for any spread of the
     scores (the backward then runs through it by autograd).
 
@@ -577,7 +666,7 @@ class TreeStructure(Structure):
         """Usable arcs: ``(n, n)`` (broadcast over the batch) without ``lengths``, else full."""
         n = scores.shape[-1]
         if lengths is None:
-            return arc_mask(torch.ones(n, dtype=torch.bool, device=scores.device), self._root)
+            return full_arc_mask(n, self._root, scores.device)
         return arc_mask(node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device), self._root)
 
     def argmax(self, scores: Tensor, *, lengths: Tensor | None = None) -> Tensor:
