@@ -284,10 +284,11 @@ def _laplacian_minor(weights: Tensor, has_parent: Tensor, root: int) -> Tensor:
     the rest of the inverse unchanged (block diagonal). Arcs out of the root only feed the
     diagonal.
     """
-    minor = _without_root(weights, root).neg()
+    # Built whole and then cut: a contiguous pass, and LAPACK copies its input anyway.
+    laplacian = weights.neg()
     diagonal = weights.sum(dim=-2).masked_fill_(~has_parent, 1.0)
-    minor.diagonal(dim1=-2, dim2=-1).add_(_drop_root(diagonal, root, -1))
-    return minor
+    laplacian.diagonal(dim1=-2, dim2=-1).add_(diagonal)
+    return _without_root(laplacian, root)
 
 
 #: Largest absolute error tolerated in the marginals, per dtype of the computation, before a
@@ -509,8 +510,9 @@ class _InverseMarginals(torch.autograd.Function):
         h = grad * weights
         # P^T = A (dL/dM)^T A on the minor, with (dL/dM)^T = h minus its column sums on the
         # diagonal; contiguous operands keep the batched products fast.
-        grad_minor = _without_root(h, ctx.root).neg()
-        grad_minor.diagonal(dim1=-2, dim2=-1).add_(_drop_root(h.sum(dim=-2), ctx.root, -1))
+        grad_laplacian = h.neg()
+        grad_laplacian.diagonal(dim1=-2, dim2=-1).add_(h.sum(dim=-2))
+        grad_minor = _without_root(grad_laplacian, ctx.root)
         p = _with_root((inverse @ grad_minor @ inverse).transpose(-1, -2), ctx.root)
         grad_weights = torch.addcmul(p, grad, kernel)
         grad_weights -= torch.diagonal(p, dim1=-2, dim2=-1)[..., None, :]
