@@ -1,7 +1,8 @@
 """Trees: batched argmax against a Python loop over networkx, and matrix-tree marginals
 (forward + backward) against the slogdet-plus-double-autograd approach and torch-struct.
 
-Run ``python benchmarks/bench_trees.py`` (add ``--quick`` for a seconds-long smoke run).
+Run ``python benchmarks/bench_trees.py`` (add ``--quick`` for a seconds-long smoke run, or
+``--relax BATCH N`` to time only relax at one size).
 
 * argmax: ``SpanningTree().argmax`` (vectorised Prim) and ``Arborescence().argmax`` (batched
   Chu-Liu/Edmonds) on a whole batch, against ``networkx.maximum_spanning_tree`` /
@@ -275,11 +276,23 @@ def main() -> None:
         help="torch threads (default 1, like the single-threaded networkx loop; busy-waiting "
         "OpenMP threads also distort timings on a shared machine)",
     )
+    parser.add_argument(
+        "--relax",
+        type=int,
+        nargs=2,
+        metavar=("BATCH", "N"),
+        help="time only relax at this batch size and n (both dtypes), with 15 repeats",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, networkx {nx.__version__}"
     )
+    if args.relax:
+        batch, n = args.relax
+        for dtype in (torch.float32, torch.float64):
+            bench_relax(batch, n, 15, dtype, tau=1.0, with_ts=have_torch_struct())
+        return
     if args.quick:
         argmax_sizes, relax_sizes, repeats = [(64, 10), (8, 50)], [(64, 10), (8, 50)], 2
     else:

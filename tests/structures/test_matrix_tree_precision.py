@@ -60,7 +60,7 @@ def test_the_float32_error_estimate_bounds_the_error() -> None:
             for scale in (0.3, 3.0, 30.0):
                 scores = graphs(kind, 512, n, scale, seed=n)
                 arcs = arc_mask(torch.ones(n, dtype=torch.bool), 0)
-                fast, estimate = _marginals_by_inverse(scores, arcs, 0)
+                fast, estimate = _marginals_by_inverse(scores, arcs)
                 exact = arc_marginals(scores.double(), arcs, 0)
                 error = (fast.double() - exact).abs().flatten(1).amax(1)
                 trusted = estimate <= FLOAT32_TOLERANCE
@@ -73,7 +73,7 @@ def test_the_float32_error_estimate_bounds_the_error() -> None:
 def test_ordinary_float32_graphs_stay_on_the_float32_path(n: int) -> None:
     scores = torch.randn(64, n, n, generator=torch.Generator().manual_seed(n))
     arcs = arc_mask(torch.ones(n, dtype=torch.bool), 0)
-    _, estimate = _marginals_by_inverse(scores, arcs, 0)
+    _, estimate = _marginals_by_inverse(scores, arcs)
     assert bool((estimate <= FLOAT32_TOLERANCE).all())
 
 
@@ -82,7 +82,7 @@ def test_untrusted_float32_graphs_are_redone_in_float64() -> None:
     scores = torch.zeros(2, 4, 4)
     scores[0, 1, 2] = scores[0, 2, 1] = 40.0
     arcs = arc_mask(torch.ones(4, dtype=torch.bool), 0)
-    _, estimate = _marginals_by_inverse(scores, arcs, 0)
+    _, estimate = _marginals_by_inverse(scores, arcs)
     assert float(estimate[0]) > FLOAT32_TOLERANCE >= float(estimate[1])
     leaf = scores.clone().requires_grad_()
     marginals = Arborescence().relax(leaf, 1.0)
@@ -110,7 +110,7 @@ def test_columns_far_below_the_graphs_largest_score() -> None:
     scores[1, :, 2] -= 30.0
     scores[2, :, 2] -= 80.0
     arcs = arc_mask(torch.ones(6, dtype=torch.bool), 0)
-    _, estimate = _marginals_by_inverse(scores, arcs, 0)
+    _, estimate = _marginals_by_inverse(scores, arcs)
     assert float(estimate[1]) <= FLOAT32_TOLERANCE
     assert float(estimate[2]) == float("inf")
     for structure in (Arborescence(), Arborescence(root=2)):
@@ -134,3 +134,15 @@ def test_the_cached_arc_mask_is_left_untouched() -> None:
     (Arborescence().relax(leaf, 0.5) ** 2).sum().backward()
     SpanningTree().relax(leaf.detach(), 0.5)
     assert full_arc_mask(5, 0, torch.device("cpu")) is mask and torch.equal(mask, before)
+
+
+@pytest.mark.parametrize("root", [0, 2, 4])
+def test_gradcheck_of_the_inverse_path_with_lengths(root: int) -> None:
+    # The hand-written backward (root 0, and other roots relabelled to 0) and its double backward.
+    scores = torch.randn(3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    scores.requires_grad_()
+    lengths = torch.tensor([5, root + 1, 5])
+    structure = Arborescence(root=root)
+    relax = lambda s: structure.relax(s, 0.6, lengths=lengths)  # noqa: E731
+    assert torch.autograd.gradcheck(relax, (scores,))
+    assert torch.autograd.gradgradcheck(relax, (scores,), fast_mode=True)

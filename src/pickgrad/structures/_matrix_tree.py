@@ -252,43 +252,18 @@ def max_arborescence_parents(scores: Tensor, root: int, nodes: Tensor) -> Tensor
 # --- matrix-tree theorem ------------------------------------------------------------------------
 
 
-def _drop_root(x: Tensor, root: int, dim: int) -> Tensor:
-    """``x`` without index ``root`` along ``dim`` (a view when the root is first or last)."""
-    n = x.shape[dim]
-    if root in (0, n - 1):
-        return x.narrow(dim, 1 if root == 0 else 0, n - 1)
-    return torch.cat([x.narrow(dim, 0, root), x.narrow(dim, root + 1, n - 1 - root)], dim)
-
-
-def _without_root(x: Tensor, root: int) -> Tensor:
-    """``(..., n, n)`` to ``(..., n - 1, n - 1)``: delete the root's row and column."""
-    return _drop_root(_drop_root(x, root, -1), root, -2)
-
-
-def _with_root(x: Tensor, root: int) -> Tensor:
-    """Inverse of :func:`_without_root`: insert a zero row and column at ``root``."""
-    m = x.shape[-1]
-    if root in (0, m):
-        before, after = (1, 0) if root == 0 else (0, 1)
-        return torch.nn.functional.pad(x, (before, after, before, after))
-    keep = torch.tensor([k for k in range(m + 1) if k != root], device=x.device)
-    out = x.new_zeros((*x.shape[:-2], m + 1, m + 1))
-    out[..., keep[:, None], keep] = x
-    return out
-
-
-def _laplacian_minor(weights: Tensor, has_parent: Tensor, root: int) -> Tensor:
-    """Root-deleted Laplacian ``(..., n - 1, n - 1)`` of the arc weights ``(..., n, n)``.
+def _laplacian_minor(weights: Tensor, has_parent: Tensor) -> Tensor:
+    """Laplacian of the arc weights ``(..., n, n)`` without the root's row and column (root 0):
+    a strided ``(..., n - 1, n - 1)`` view, which LAPACK and BLAS take as it is.
 
     Absent nodes (``has_parent`` False) get a unit diagonal, which leaves the determinant and
     the rest of the inverse unchanged (block diagonal). Arcs out of the root only feed the
     diagonal.
     """
-    # Built whole and then cut: a contiguous pass, and LAPACK copies its input anyway.
     laplacian = weights.neg()
     diagonal = weights.sum(dim=-2).masked_fill_(~has_parent, 1.0)
     laplacian.diagonal(dim1=-2, dim2=-1).add_(diagonal)
-    return _without_root(laplacian, root)
+    return laplacian[..., 1:, 1:]
 
 
 #: Largest absolute error tolerated in the marginals, per dtype of the computation, before a
@@ -435,13 +410,12 @@ def _column_max(x: Tensor) -> Tensor:
     return x[..., 0, :]
 
 
-def _inverse_marginals(
-    weights: Tensor, arcs: Tensor, root: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Koo et al.'s marginals from the inverse of the Laplacian, with an error estimate.
+def _inverse_marginals(weights: Tensor, arcs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Koo et al.'s marginals from the inverse of the Laplacian (root 0), with an error estimate.
 
     Args:
         weights: ``(..., n, n)`` from :func:`shifted_weights`.
+        arcs: ``(..., n, n)`` usable arcs (it may broadcast over the batch).
 
     Returns ``(marginals, inverse, kernel, error)``: ``inverse`` of the root-deleted minor,
     ``kernel[i, j] = A[j, j] - A[j, i]`` with ``A`` the inverse padded with a zero root row and
@@ -449,11 +423,19 @@ def _inverse_marginals(
     """
     n, dtype = weights.shape[-1], weights.dtype
     has_parent = arcs.any(dim=-2)  # False for the root and absent nodes
-    minor = _laplacian_minor(weights, has_parent, root)
+    minor = _laplacian_minor(weights, has_parent)
     inverse, info = torch.linalg.inv_ex(minor)
     # LAPACK returns the inverse column-major: its transpose is the contiguous one.
-    transposed = _with_root(inverse.transpose(-1, -2), root)  # A[root, :] = A[:, root] = 0
-    kernel = torch.diagonal(transposed, dim1=-2, dim2=-1)[..., None, :] - transposed
+    transposed = inverse.transpose(-1, -2)
+    returns_to = torch.diagonal(transposed, dim1=-2, dim2=-1)  # A[j, j]
+    if torch.is_grad_enabled() and transposed.requires_grad:  # the double backward's path
+        kernel = torch.cat([returns_to[..., None, :], returns_to[..., None, :] - transposed], -2)
+        kernel = torch.nn.functional.pad(kernel, (1, 0))
+    else:  # the same, written in place
+        kernel = weights.new_empty(weights.shape)
+        torch.sub(returns_to[..., None, :], transposed, out=kernel[..., 1:, 1:])
+        kernel[..., 0, 1:] = returns_to  # A[j, root] = 0
+        kernel[..., :, 0] = 0.0  # nothing enters the root
     marginals = weights * kernel
     with torch.no_grad():
         eps = torch.finfo(dtype).eps
@@ -477,57 +459,60 @@ def _inverse_marginals(
 
 
 class _InverseMarginals(torch.autograd.Function):
-    """Marginals of ``scores / tau`` by the inverse formula, with a hand-written backward.
+    """Marginals of ``scores / tau`` (root 0) by the inverse formula, with a hand-written
+    backward.
 
-    The forward applies :func:`_inverse_marginals` to :func:`shifted_weights`. Backward, with ``H = g * w``, ``A`` the inverse of the minor
-    ``M`` padded with a zero root row and column, and ``K[i, j] = A[j, j] - A[j, i]``:
-    ``dL/dA = diag(sum_i H[i, :]) - H^T``, ``P = A^T (dL/dA) A^T = -dL/dM`` (zero on the root's
-    row and column: the root row of the Laplacian is deleted, and nothing enters the root), and
-    ``dL/dw[i, j] = g K + P[i, j] - P[j, j]``, ``dL/dscores = w * dL/dw / tau`` (the centering
-    shift is a constant per graph, which the marginals ignore). A backward that must itself be differentiable
-    (``create_graph=True``) goes through autograd instead.
+    The forward applies :func:`_inverse_marginals` to :func:`shifted_weights`. Backward, with
+    ``H = g * w``, ``A`` the inverse of the minor ``M`` padded with a zero root row and column,
+    and ``K[i, j] = A[j, j] - A[j, i]``: ``dL/dA = diag(sum_i H[i, :]) - H^T``,
+    ``P = A^T (dL/dA) A^T = -dL/dM`` (zero on the root's row and column: the root row of the
+    Laplacian is deleted, and nothing enters the root), and
+    ``dL/dw[i, j] = g K + P[i, j] - P[j, j]``, ``dL/dscores = w * dL/dw / tau`` (the shift is a
+    constant per graph, which the marginals ignore). A backward that must itself be
+    differentiable (``create_graph=True``) goes through autograd instead.
     """
 
     @staticmethod
-    def forward(
-        ctx: Any, scores: Tensor, arcs: Tensor, root: int, tau: float
-    ) -> tuple[Tensor, Tensor]:
+    def forward(ctx: Any, scores: Tensor, arcs: Tensor, tau: float) -> tuple[Tensor, Tensor]:
         weights = shifted_weights(scores, arcs, tau)
-        marginals, inverse, kernel, error = _inverse_marginals(weights, arcs, root)
+        marginals, inverse, kernel, error = _inverse_marginals(weights, arcs)
         ctx.save_for_backward(scores, weights, inverse, kernel)
-        ctx.arcs, ctx.root, ctx.tau = arcs, root, tau
+        ctx.arcs, ctx.tau = arcs, tau
         ctx.mark_non_differentiable(error)
         return marginals, error
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor, None, None]:
         scores, weights, inverse, kernel = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: differentiate the autograd formula
             weights = shifted_weights(scores, ctx.arcs, ctx.tau)
-            marginals = _inverse_marginals(weights, ctx.arcs, ctx.root)[0]
+            marginals = _inverse_marginals(weights, ctx.arcs)[0]
             (grad_scores,) = torch.autograd.grad(marginals, scores, grad, create_graph=True)
-            return grad_scores, None, None, None
+            return grad_scores, None, None
         h = grad * weights
         # P^T = A (dL/dM)^T A on the minor, with (dL/dM)^T = h minus its column sums on the
-        # diagonal; contiguous operands keep the batched products fast.
+        # diagonal; P is zero on the root's row and column, so it only touches the minor.
         grad_laplacian = h.neg()
         grad_laplacian.diagonal(dim1=-2, dim2=-1).add_(h.sum(dim=-2))
-        grad_minor = _without_root(grad_laplacian, ctx.root)
-        p = _with_root((inverse @ grad_minor @ inverse).transpose(-1, -2), ctx.root)
-        grad_weights = torch.addcmul(p, grad, kernel)
-        grad_weights -= torch.diagonal(p, dim1=-2, dim2=-1)[..., None, :]
+        p_transposed = inverse @ grad_laplacian[..., 1:, 1:] @ inverse
+        grad_weights = grad * kernel
+        grad_weights[..., 1:, 1:] += p_transposed.transpose(-1, -2)
+        grad_weights[..., :, 1:] -= torch.diagonal(p_transposed, dim1=-2, dim2=-1)[..., None, :]
         grad_scores = grad_weights.mul_(weights)
         if ctx.tau != 1.0:
             grad_scores.mul_(1.0 / ctx.tau)
-        return grad_scores, None, None, None
+        return grad_scores, None, None
 
 
-def _marginals_by_inverse(
-    scores: Tensor, arcs: Tensor, root: int, tau: float = 1.0
-) -> tuple[Tensor, Tensor]:
-    """Fast marginals of ``scores / tau`` from the inverse of the Laplacian, with an estimate of
-    their error ``(...)``."""
-    return _InverseMarginals.apply(scores, arcs, root, tau)
+def _marginals_by_inverse(scores: Tensor, arcs: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Fast marginals of ``scores / tau`` (root 0) from the inverse of the Laplacian, with an
+    estimate of their error ``(...)``."""
+    return _InverseMarginals.apply(scores, arcs, tau)
+
+
+def _relabel(x: Tensor, order: Tensor) -> Tensor:
+    """``x[..., order, :][..., :, order]``: node ``order[k]`` becomes node k."""
+    return x.index_select(-2, order).index_select(-1, order)
 
 
 def arc_marginals(
@@ -545,7 +530,8 @@ def arc_marginals(
     estimated error exceeds ``tolerance`` are recomputed: float32 graphs by this function in
     float64, float64 graphs as the gradient of the subtraction-free elimination
     (:func:`arborescence_log_partition`), slower but exact to rounding for any spread of the
-    scores (the backward then runs through it by autograd).
+    scores (the backward then runs through it by autograd). Another root is first relabelled
+    node 0.
 
     Args:
         scores: ``(..., n, n)`` arc scores, float32 or float64 (the dtype of the computation;
@@ -560,22 +546,29 @@ def arc_marginals(
     """
     if tolerance is None:
         tolerance = MARGINAL_TOLERANCE[scores.dtype]
-    marginals, error = _marginals_by_inverse(scores, arcs, root, tau)
+    n = scores.shape[-1]
+    if root != 0:  # relabel the nodes so that the root is node 0, the case computed below
+        order = torch.tensor([root] + [k for k in range(n) if k != root], device=scores.device)
+        back = torch.argsort(order)
+        moved = arc_marginals(
+            _relabel(scores, order), _relabel(arcs, order), 0, tau, tolerance=tolerance
+        )
+        return _relabel(moved, back)
+    marginals, error = _marginals_by_inverse(scores, arcs, tau)
     unreliable = ~(error <= tolerance)
     if not bool(unreliable.any()):
         return marginals
-    n = scores.shape[-1]
     flat, flat_arcs = scores.reshape(-1, n, n), arcs.expand(scores.shape).reshape(-1, n, n)
     bad = unreliable.reshape(-1).nonzero().squeeze(-1)
     good = (~unreliable).reshape(-1).nonzero().squeeze(-1)
     # Recompute the reliable graphs apart, so that no NaN of a singular one reaches a backward.
-    fast, _ = _marginals_by_inverse(flat[good], flat_arcs[good], root, tau)
+    fast, _ = _marginals_by_inverse(flat[good], flat_arcs[good], tau)
     if scores.dtype != torch.float64:  # redo in float64, to the same tolerance
-        again = arc_marginals(flat[bad].to(torch.float64), flat_arcs[bad], root, tau, tolerance)
+        again = arc_marginals(flat[bad].to(torch.float64), flat_arcs[bad], 0, tau, tolerance)
         again = again.to(scores.dtype)
     else:
         z = centered_log_weights(flat[bad], flat_arcs[bad], tau, torch.float64)
-        again = _elimination_marginals(z, flat_arcs[bad], root)
+        again = _elimination_marginals(z, flat_arcs[bad], 0)
     order = torch.argsort(torch.cat([good, bad]))
     return torch.cat([fast, again]).index_select(0, order).reshape(scores.shape)
 
