@@ -57,7 +57,7 @@ def measure(kind: str, sizes: list[int], scales: list[float], batch: int) -> Non
         arcs = arc_mask(torch.ones(n, dtype=torch.bool), 0)
         for scale in scales:
             scores = draw(kind, batch, n, scale, generator)
-            fast, estimate = _marginals_by_inverse(scores.float(), arcs, 0)
+            fast, estimate = _marginals_by_inverse(scores.float(), arcs)
             exact = _elimination_marginals(
                 centered_log_weights(scores, arcs, 1.0, torch.float64), arcs.expand(scores.shape), 0
             )
