@@ -504,7 +504,9 @@ class _InverseMarginals(torch.autograd.Function):
         return grad_scores, None, None
 
 
-def _marginals_by_inverse(scores: Tensor, arcs: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
+def _marginals_by_inverse(
+    scores: Tensor, arcs: Tensor, *, tau: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """Fast marginals of ``scores / tau`` (root 0) from the inverse of the Laplacian, with an
     estimate of their error ``(...)``."""
     return _InverseMarginals.apply(scores, arcs, tau)
@@ -554,7 +556,7 @@ def arc_marginals(
             _relabel(scores, order), _relabel(arcs, order), 0, tau, tolerance=tolerance
         )
         return _relabel(moved, back)
-    marginals, error = _marginals_by_inverse(scores, arcs, tau)
+    marginals, error = _marginals_by_inverse(scores, arcs, tau=tau)
     unreliable = ~(error <= tolerance)
     if not bool(unreliable.any()):
         return marginals
@@ -562,7 +564,7 @@ def arc_marginals(
     bad = unreliable.reshape(-1).nonzero().squeeze(-1)
     good = (~unreliable).reshape(-1).nonzero().squeeze(-1)
     # Recompute the reliable graphs apart, so that no NaN of a singular one reaches a backward.
-    fast, _ = _marginals_by_inverse(flat[good], flat_arcs[good], tau)
+    fast, _ = _marginals_by_inverse(flat[good], flat_arcs[good], tau=tau)
     if scores.dtype != torch.float64:  # redo in float64, to the same tolerance
         again = arc_marginals(flat[bad].to(torch.float64), flat_arcs[bad], 0, tau, tolerance)
         again = again.to(scores.dtype)
