@@ -290,8 +290,9 @@ def main() -> None:
     )
     if args.relax:
         batch, n = args.relax
+        with_ts = have_torch_struct()
         for dtype in (torch.float32, torch.float64):
-            bench_relax(batch, n, 15, dtype, tau=1.0, with_ts=have_torch_struct())
+            bench_relax(batch, n, 15, dtype, tau=1.0, with_ts=with_ts)
         return
     if args.quick:
         argmax_sizes, relax_sizes, repeats = [(64, 10), (8, 50)], [(64, 10), (8, 50)], 2

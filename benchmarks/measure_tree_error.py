@@ -27,9 +27,11 @@ import torch
 from pickgrad.structures._matrix_tree import (
     MARGINAL_TOLERANCE,
     _elimination_marginals,
+    _laplacian_minor,
     _marginals_by_inverse,
     arc_mask,
     centered_log_weights,
+    shifted_weights,
 )
 
 EPS = torch.finfo(torch.float32).eps
@@ -62,13 +64,10 @@ def measure(kind: str, sizes: list[int], scales: list[float], batch: int) -> Non
                 centered_log_weights(scores, arcs, 1.0, torch.float64), arcs.expand(scores.shape), 0
             )
             error = (fast.double() - exact).abs().flatten(1).amax(1)
-            # The two terms of the estimate, recomputed in float64 from the exact marginals'
-            # inputs: returns from the float64 inverse, gap from the column sums.
-            weights = torch.exp(scores - scores.masked_fill(~arcs, -torch.inf).amax((-2, -1), True))
-            weights = weights * arcs
-            minor = weights[:, 1:, 1:].neg()
-            column = weights.sum(-2)[:, 1:]
-            minor.diagonal(dim1=-2, dim2=-1).add_(column)
+            # The two terms of the estimate, recomputed in float64 by the library's own steps:
+            # returns from the float64 inverse, gap from the column sums.
+            minor = _laplacian_minor(shifted_weights(scores, arcs, 1.0), arcs.any(dim=-2))
+            column = torch.diagonal(minor, dim1=-2, dim2=-1)
             inverse = torch.linalg.inv_ex(minor)[0]  # singular graphs: non-finite, skipped
             returns = (torch.diagonal(inverse, dim1=-2, dim2=-1) * column).amax(-1)
             gap = column.amin(-1).log().neg().clamp_min(0.0)

@@ -297,11 +297,11 @@ def centered_log_weights(scores: Tensor, arcs: Tensor, tau: float, dtype: torch.
     """``(scores - c) / tau`` in ``dtype`` on usable arcs, ``-inf`` elsewhere; ``c[j]`` is the
     largest usable score into node j (a column with none stays all -inf).
 
-    The input of the exact fallback, :func:`_elimination_marginals`. A constant per column does not change the
-    marginals (every arborescence has one arc into each non-root node); it makes every weight
-    ``exp(z)`` at most 1, with a 1 in each column, and centering before dividing by tau keeps
-    the rounding of the log-weights that matter (those near their column's maximum) small even
-    when ``|scores| / tau`` is large.
+    The input of the exact fallback, :func:`_elimination_marginals`. A constant per column does
+    not change the marginals (every arborescence has one arc into each non-root node); it makes
+    every weight ``exp(z)`` at most 1, with a 1 in each column, and centering before dividing by
+    tau keeps the rounding of the log-weights that matter (those near their column's maximum)
+    small even when ``|scores| / tau`` is large.
     """
     z = scores.to(dtype).masked_fill(~arcs, -math.inf)
     # Columns with no usable arc (shift -inf) stay -inf: -inf minus the lowest finite number.
@@ -339,6 +339,11 @@ def _log_add(a: Tensor, b: Tensor) -> Tensor:
     return top + torch.log(torch.exp(a - top) + torch.exp(b - top))
 
 
+def _relabel(x: Tensor, order: Tensor) -> Tensor:
+    """``x[..., order, :][..., :, order]``: node ``order[k]`` becomes node k."""
+    return x.index_select(-2, order).index_select(-1, order)
+
+
 def _eliminate(z: Tensor, arcs: Tensor, root: int) -> Tensor:
     """``log Z`` by subtraction-free elimination (Grassmann, Taksar & Heyman 1985), in log space.
 
@@ -361,7 +366,7 @@ def _eliminate(z: Tensor, arcs: Tensor, root: int) -> Tensor:
         has_parent, absent
     )
     order = torch.tensor([k for k in range(n) if k != root] + [root], device=z.device)
-    log_w = log_w.index_select(-2, order).index_select(-1, order)
+    log_w = _relabel(log_w, order)
     log_pad = log_pad.index_select(-1, order)
     total = torch.zeros(z.shape[:-2], dtype=z.dtype, device=z.device)
     for step in range(n - 1):
@@ -443,7 +448,7 @@ def _inverse_marginals(weights: Tensor, arcs: Tensor) -> tuple[Tensor, Tensor, T
         # subtraction above loses that factor times the rounding error (see _error_factor).
         # max_i |A[j, i]| equals A[j, j] in exact arithmetic and also flags a garbage inverse.
         diagonal = torch.diagonal(minor, dim1=-2, dim2=-1)
-        returns = (_column_max(inverse.transpose(-1, -2).abs()) * diagonal).amax(dim=-1)
+        returns = (_column_max(transposed.abs()) * diagonal).amax(dim=-1)
         error = _error_factor(n, dtype) * eps * returns
         # A check that needs no trust in the inverse: each non-root column sums to 1 exactly.
         column_error = (marginals.sum(dim=-2) - has_parent.to(dtype)).abs().amax(dim=-1)
@@ -510,11 +515,6 @@ def _marginals_by_inverse(
     """Fast marginals of ``scores / tau`` (root 0) from the inverse of the Laplacian, with an
     estimate of their error ``(...)``."""
     return _InverseMarginals.apply(scores, arcs, tau)
-
-
-def _relabel(x: Tensor, order: Tensor) -> Tensor:
-    """``x[..., order, :][..., :, order]``: node ``order[k]`` becomes node k."""
-    return x.index_select(-2, order).index_select(-1, order)
 
 
 def arc_marginals(
