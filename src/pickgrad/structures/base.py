@@ -43,14 +43,27 @@ class Structure:
 
     event_dims: ClassVar[int] = 1
 
+    #: Capabilities this structure declares impossible, each with the reason (e.g. the permanent
+    #: for ``log_partition`` of a matching). ``supports`` is False for them and the public method
+    #: raises ``NotImplementedError`` with the reason.
+    unsupported: ClassVar[dict[str, str]] = {}
+
     # --- capabilities -------------------------------------------------------------------------
 
     def supports(self, capability: str) -> bool:
         """Whether this structure implements ``capability`` (one of :data:`CAPABILITIES`)."""
         if capability not in CAPABILITIES:
             raise ValueError(f"unknown capability {capability!r}; known: {', '.join(CAPABILITIES)}")
+        if capability in self.unsupported:
+            return False
         private = "_" + capability if capability != "enumerate" else "enumerate"
         return getattr(type(self), private) is not getattr(Structure, private)
+
+    def _raise_unsupported(self, capability: str) -> None:
+        if capability in self.unsupported:
+            raise NotImplementedError(
+                f"{type(self).__name__} does not support {capability}: {self.unsupported[capability]}"
+            )
 
     # --- validation ---------------------------------------------------------------------------
 
@@ -99,6 +112,7 @@ class Structure:
     def log_partition(self, scores: Tensor, tau: float = 1.0) -> Tensor:
         """``log sum_x exp(<scores, x> / tau)`` over every hard solution x; shape ``(*batch,)``."""
         self.validate(scores)
+        self._raise_unsupported("log_partition")
         return self._log_partition(scores, check_tau(tau))
 
     def perturb_log_prob(self, scores: Tensor, x: Tensor) -> Tensor:
@@ -150,6 +164,19 @@ class Structure:
         raise NotImplementedError(f"{type(self).__name__} does not implement enumerate")
 
     # --- to implement in subclasses (inputs already validated) --------------------------------
+
+    def _is_solution(self, x: Tensor) -> Tensor:
+        """Boolean ``(*batch,)``: whether each ``x`` is a hard solution of this structure.
+
+        Every solution of a structure has the same number of ones, so a 0/1 ``x`` is a solution
+        exactly when it is its own argmax (``<x, y>`` peaks at ``y = x`` and nowhere else).
+        Structures may override this with a cheaper direct check.
+        """
+        dims = tuple(range(x.dim() - self.event_dims, x.dim()))
+        binary = ((x == 0) | (x == 1)).all(dim=dims) if dims else (x == 0) | (x == 1)
+        with torch.no_grad():
+            vertex = (self._argmax(x.detach()) == x).all(dim=dims)
+        return binary & vertex
 
     def _argmax(self, scores: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement argmax")
