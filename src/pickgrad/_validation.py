@@ -7,12 +7,53 @@ was expected, so that bad input never turns into a silent NaN further down.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_generator", "check_positive_int", "check_scores", "check_tau"]
+__all__ = [
+    "check_generator",
+    "check_positive_int",
+    "check_scores",
+    "check_tau",
+    "set_validation",
+    "validation",
+    "value_checks_enabled",
+]
+
+_validate_values = True
+
+
+def set_validation(enabled: bool) -> None:
+    """Switch the value checks (NaN, inf, ranges) on or off for the whole process.
+
+    Shape, dtype and option checks always run. With value checks off, no entry point reads a
+    tensor value back to Python, so hot paths make no device-to-host sync.
+    """
+    global _validate_values
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    _validate_values = enabled
+
+
+@contextmanager
+def validation(enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_validation`; restores the previous setting on exit."""
+    global _validate_values
+    previous = _validate_values
+    set_validation(enabled)
+    try:
+        yield
+    finally:
+        _validate_values = previous
+
+
+def value_checks_enabled() -> bool:
+    """Whether value checks should run now: switched on, and not inside a compiled graph."""
+    return _validate_values and not torch.compiler.is_compiling()
 
 
 def check_scores(scores: Any, *, name: str = "scores", event_dims: int = 1) -> Tensor:
@@ -34,7 +75,7 @@ def check_scores(scores: Any, *, name: str = "scores", event_dims: int = 1) -> T
             f"{name} has an empty event dimension: shape {tuple(scores.shape)}; "
             "there must be at least one item to choose from"
         )
-    if scores.numel() > 0 and not _all_finite(scores):
+    if value_checks_enabled() and scores.numel() > 0 and not _all_finite(scores):
         bad = "NaN" if bool(torch.isnan(scores).any()) else "inf"
         raise ValueError(
             f"{name} contains {bad} values (shape {tuple(scores.shape)}); all must be finite"
