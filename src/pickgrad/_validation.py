@@ -19,6 +19,7 @@ __all__ = [
     "check_positive_int",
     "check_scores",
     "check_tau",
+    "compute_dtype",
     "set_validation",
     "validation",
     "value_checks_enabled",
@@ -54,6 +55,22 @@ def validation(enabled: bool) -> Iterator[None]:
 def value_checks_enabled() -> bool:
     """Whether value checks should run now: switched on, and not inside a compiled graph."""
     return _validate_values and not torch.compiler.is_compiling()
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype scores of ``dtype`` are computed in: float32 for float16/bfloat16, else ``dtype``.
+
+    Half types have too little range for ``scores / tau``, exponentials and sums over an event
+    (float16 overflows above 65504), so every structure and estimator upcasts them to float32,
+    computes, and returns its result in the input dtype.
+
+    Example:
+        >>> compute_dtype(torch.float16), compute_dtype(torch.bfloat16)
+        (torch.float32, torch.float32)
+        >>> compute_dtype(torch.float64)
+        torch.float64
+    """
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def check_scores(scores: Any, *, name: str = "scores", event_dims: int = 1) -> Tensor:

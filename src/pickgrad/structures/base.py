@@ -12,6 +12,8 @@ underscore methods directly, so hot paths check their input only once.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -48,6 +50,20 @@ class Structure:
     #: raises ``NotImplementedError`` with the reason.
     unsupported: ClassVar[dict[str, str]] = {}
 
+    #: The keyword options ``relax`` (and ``_relax``) accept, e.g. ``("regularizer",)``. Any other
+    #: keyword is a ``TypeError`` from :meth:`check_relax_options`; each structure checks the
+    #: option *values* itself, inside ``_relax``. A subclass that defines ``_relax`` without
+    #: declaring this gets the named parameters of its ``_relax`` after ``scores`` and ``tau``.
+    relax_option_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "relax_option_names" not in cls.__dict__ and "_relax" in cls.__dict__:
+            parameters = list(inspect.signature(cls.__dict__["_relax"]).parameters.values())[3:]
+            cls.relax_option_names = tuple(
+                p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            )
+
     # --- capabilities -------------------------------------------------------------------------
 
     def supports(self, capability: str) -> bool:
@@ -72,6 +88,34 @@ class Structure:
         check_scores(scores, name=name, event_dims=self.event_dims)
         self._check_event_shape(tuple(scores.shape[scores.dim() - self.event_dims :]), name=name)
         return scores
+
+    def check_relax_options(self, options: Mapping[str, Any]) -> None:
+        """Raise ``TypeError`` if ``options`` holds a keyword this structure's ``relax`` does not take.
+
+        Only the names are checked (the values are checked by ``_relax``). Estimators call this
+        when they are paired with a structure, so a misspelt option fails before any work.
+
+        Example:
+            >>> from pickgrad import OneHot
+            >>> OneHot().check_relax_options({"regularizer": "sparsemax"})  # fine
+            >>> OneHot().check_relax_options({"regulariser": "sparsemax"})
+            Traceback (most recent call last):
+            ...
+            TypeError: unknown relax option 'regulariser' for OneHot(); valid options: regularizer
+        """
+        if not isinstance(options, Mapping):
+            raise TypeError(f"relax options must be a mapping, got {type(options).__name__}")
+        unknown = [name for name in options if name not in self.relax_option_names]
+        if unknown:
+            valid = (
+                ", ".join(self.relax_option_names)
+                or f"none ({type(self).__name__}.relax takes no options)"
+            )
+            plural = "s" if len(unknown) > 1 else ""
+            raise TypeError(
+                f"unknown relax option{plural} {', '.join(map(repr, unknown))} for {self!r}; "
+                f"valid options: {valid}"
+            )
 
     def _check_event_shape(self, event_shape: tuple[int, ...], *, name: str) -> None:
         """Raise ``ValueError`` if ``event_shape`` is not valid for this structure."""
@@ -107,6 +151,7 @@ class Structure:
             ``(*batch, *event)`` tensor, differentiable in ``scores``.
         """
         self.validate(scores)
+        self.check_relax_options(options)
         return self._relax(scores, check_tau(tau), **options)
 
     def log_partition(self, scores: Tensor, tau: float = 1.0) -> Tensor:

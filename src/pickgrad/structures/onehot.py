@@ -275,6 +275,7 @@ class OneHot(Structure):
     """
 
     event_dims = 1
+    relax_option_names = ("regularizer",)
 
     def _argmax(self, scores: Tensor) -> Tensor:
         index = scores.argmax(dim=-1, keepdim=True)
