@@ -2,6 +2,7 @@
 
 from pickgrad.structures.arborescence import Arborescence
 from pickgrad.structures.base import CAPABILITIES, Structure
+from pickgrad.structures.edges import edge_index, edges_to_matrix, matrix_to_edges
 from pickgrad.structures.onehot import OneHot
 from pickgrad.structures.permutation import Permutation
 from pickgrad.structures.spanning_tree import SpanningTree
@@ -15,4 +16,7 @@ __all__ = [
     "SpanningTree",
     "Structure",
     "Subset",
+    "edge_index",
+    "edges_to_matrix",
+    "matrix_to_edges",
 ]

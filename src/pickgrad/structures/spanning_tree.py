@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -10,12 +12,14 @@ from pickgrad.structures._matrix_tree import (
     TreeStructure,
     arborescence_log_partition,
     arc_marginals,
+    check_lengths,
     marginal_dtype,
     max_spanning_tree_parents,
     node_mask,
     parents_to_adjacency,
     spanning_tree_edges,
 )
+from pickgrad.structures.edges import edges_to_matrix, matrix_to_edges, nodes_from_edges
 
 __all__ = ["SpanningTree"]
 
@@ -51,8 +55,18 @@ class SpanningTree(TreeStructure):
       ``lengths[b]`` nodes only (1 <= lengths[b] <= n) and the padded entries of the output
       are 0, so graphs of different sizes share a batch. Estimators do not pass ``lengths``.
 
+    * ``edge_list=True``: scores and outputs are edge lists ``(..., m)``, ``m = n (n - 1) / 2``,
+      one entry per vertex pair in the order of :func:`~pickgrad.structures.edge_index` (the
+      strict upper triangle, row-major): ``x[..., k] = 1`` iff edge k is in the tree. Every
+      method (``lengths`` included) and so every estimator works in that form; the results are
+      those of the matrix form read through :func:`~pickgrad.structures.matrix_to_edges`.
+
     There is no exact sampler of the Gumbel noise given the perturbed argmax, so ``gumbel-rao``
     is not available; ``reinforce`` uses the Gumbel utilities' density.
+
+    Args:
+        edge_list: take scores ``(..., m)`` and return outputs ``(..., m)`` instead of
+            ``(..., n, n)`` (default False).
 
     Reference: Paulus, Choi, Tarlow, Krause & Maddison, "Gradient Estimation with Stochastic
     Softmax Tricks", NeurIPS 2020 (spanning trees as a stochastic softmax trick).
@@ -69,22 +83,63 @@ class SpanningTree(TreeStructure):
                 [0., 1., 0.]])
         >>> SpanningTree().relax(torch.zeros(3, 3)).sum() / 2  # n - 1 edges in expectation
         tensor(2.)
+        >>> SpanningTree(edge_list=True).argmax(torch.tensor([3.0, 1.0, 2.0]))  # (0,1),(0,2),(1,2)
+        tensor([1., 0., 1.])
     """
+
+    def __init__(self, edge_list: bool = False) -> None:
+        if not isinstance(edge_list, bool):
+            raise TypeError(
+                f"edge_list must be a bool, got {type(edge_list).__name__} {edge_list!r}"
+            )
+        self.edge_list = edge_list
+        # Edge lists occupy one trailing dimension, matrices two.
+        self.event_dims = 1 if edge_list else 2  # type: ignore[misc]
+
+    # --- edge lists: every method runs on the matrix form ---------------------------------------
+
+    def _check_event_shape(self, event_shape: tuple[int, ...], *, name: str) -> None:
+        if not self.edge_list:
+            super()._check_event_shape(event_shape, name=name)
+            return
+        nodes_from_edges(event_shape[-1], name=name)
+
+    def _check_lengths(self, lengths: Any, scores: Tensor) -> Tensor | None:
+        if not self.edge_list or lengths is None:
+            return check_lengths(lengths, scores)
+        n = nodes_from_edges(scores.shape[-1])
+        # A view shaped like the matrix form, for the batch shape and the node count only.
+        return check_lengths(lengths, scores[..., :1, None].expand(*scores.shape[:-1], n, n))
+
+    def _to_matrix(self, scores: Tensor) -> Tensor:
+        return edges_to_matrix(scores) if self.edge_list else scores
+
+    def _from_matrix(self, x: Tensor) -> Tensor:
+        return matrix_to_edges(x) if self.edge_list else x
 
     def active_mask(
         self, event_shape: tuple[int, ...], device: torch.device | None = None
-    ) -> Tensor:
-        """The strict upper triangle: the entries that score an edge."""
+    ) -> Tensor | None:
+        """The strict upper triangle: the entries that score an edge (``None`` for edge lists:
+        every entry scores an edge)."""
+        if self.edge_list:
+            return None
         n = event_shape[-1]
         return torch.ones((n, n), dtype=torch.bool, device=device).triu(diagonal=1)
 
     def linear_objective(self, scores: Tensor) -> Tensor:
         """``scores`` mirrored from the strict upper triangle: ``x -> <objective, x> / 2`` is the
         tree's score, so a straight-through gradient on ``x[i, j]`` and ``x[j, i]`` both reach
-        ``scores[i, j]`` (i < j)."""
-        return _symmetric(scores)
+        ``scores[i, j]`` (i < j). For edge lists, ``scores`` itself (``<scores, x>`` is the
+        tree's score)."""
+        return scores if self.edge_list else _symmetric(scores)
 
     def _argmax(self, scores: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if self.edge_list:
+            return matrix_to_edges(self._matrix_argmax(edges_to_matrix(scores), lengths))
+        return self._matrix_argmax(scores, lengths)
+
+    def _matrix_argmax(self, scores: Tensor, lengths: Tensor | None) -> Tensor:
         n = scores.shape[-1]
         batch = scores.shape[:-2]
         flat = _symmetric(scores.reshape(-1, n, n))
@@ -101,6 +156,11 @@ class SpanningTree(TreeStructure):
         regularizer: str = "entropy",
     ) -> Tensor:
         self._check_regularizer(regularizer)
+        if self.edge_list:
+            return matrix_to_edges(self._matrix_relax(edges_to_matrix(scores), tau, lengths))
+        return self._matrix_relax(scores, tau, lengths)
+
+    def _matrix_relax(self, scores: Tensor, tau: float, lengths: Tensor | None) -> Tensor:
         arcs = self._arcs(scores, lengths)
         work = _symmetric(scores.to(marginal_dtype(scores.dtype)))
         # Spanning trees are the arborescences rooted at 0 of the symmetric digraph: an edge's
@@ -110,6 +170,7 @@ class SpanningTree(TreeStructure):
         return edges.to(scores.dtype)
 
     def _log_partition(self, scores: Tensor, tau: float, lengths: Tensor | None = None) -> Tensor:
+        scores = self._to_matrix(scores)
         z = _symmetric(scores.to(WORK_DTYPE)) / tau
         return arborescence_log_partition(
             z, self._arcs(scores, lengths).expand(z.shape), root=0
@@ -122,7 +183,8 @@ class SpanningTree(TreeStructure):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """Every spanning tree on n nodes: ``(n ** (n - 2), n, n)`` symmetric adjacencies.
+        """Every spanning tree on n nodes: ``(n ** (n - 2), n, n)`` symmetric adjacencies, or
+        ``(n ** (n - 2), m)`` edge lists with ``edge_list=True`` (``event_shape = (m,)``).
 
         Ordered as the Pruefer sequences that encode them (lexicographically).
 
@@ -132,7 +194,18 @@ class SpanningTree(TreeStructure):
                     [2., 0., 2.],
                     [2., 2., 0.]])
         """
-        n = self._check_enumerate_shape(event_shape)
+        if self.edge_list:
+            event_shape = tuple(event_shape)
+            if len(event_shape) != 1:
+                raise ValueError(f"event_shape must be (m,) for edge lists, got {event_shape}")
+            n = nodes_from_edges(event_shape[0], name="event_shape")
+            return matrix_to_edges(self._enumerate_matrices(n, dtype, device))
+        return self._enumerate_matrices(self._check_enumerate_shape(event_shape), dtype, device)
+
+    @staticmethod
+    def _enumerate_matrices(
+        n: int, dtype: torch.dtype, device: torch.device | str | None
+    ) -> Tensor:
         trees = spanning_tree_edges(n)
         out = torch.zeros((len(trees), n, n), dtype=dtype, device=device)
         for index, edges in enumerate(trees):
@@ -141,4 +214,4 @@ class SpanningTree(TreeStructure):
         return out
 
     def __repr__(self) -> str:
-        return "SpanningTree()"
+        return "SpanningTree(edge_list=True)" if self.edge_list else "SpanningTree()"
