@@ -3,47 +3,99 @@
 An estimator decides what the forward pass returns (a hard solution, or a relaxed point) and
 what gradient flows back to the scores. It is written against the ``Structure`` protocol only:
 it declares the capabilities it ``needs`` and never looks at the structure's class.
+
+Every estimator works on float16 and bfloat16 scores by computing in float32
+(:func:`pickgrad._validation.compute_dtype`) and returning the input dtype; every option is
+checked when the estimator is built, and an unknown option is a ``TypeError`` that names the
+option, the estimator and the valid options.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import functools
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
+from pickgrad._validation import compute_dtype, value_checks_enabled
 from pickgrad.structures.base import Structure
 
 __all__ = [
     "Estimator",
     "LossFn",
+    "RelaxingEstimator",
     "available_estimators",
+    "check_loss_values",
     "evaluate_loss",
     "get_estimator",
+    "known_relax_option_names",
+    "option_bool",
+    "option_choice",
+    "option_fraction",
+    "option_positive_int",
+    "option_positive_real",
     "register_estimator",
     "replace_gradient",
+    "resolve_estimator_name",
 ]
 
 #: ``loss_fn`` maps samples ``(n_samples, *scores.shape)`` to ``(n_samples,)`` or ``(n_samples, *batch)``.
 LossFn = Callable[[Tensor], Tensor]
 
 _REGISTRY: dict[str, type[Estimator]] = {}
+_ALIASES: dict[str, str] = {}
+_warned_stateful = False
 
 E = TypeVar("E", bound="type[Estimator]")
 
 
 def register_estimator(cls: E) -> E:
-    """Class decorator: make ``cls`` available by its ``name`` in ``select`` and ``estimate``."""
+    """Class decorator: make ``cls`` available by its ``name`` (and its ``aliases``).
+
+    An alias is a second name for the same class, never a second class: ``get_estimator`` builds
+    the same object for both names.
+    """
     name = cls.name
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"an estimator named {name!r} is already registered: {_REGISTRY[name]}")
+    taken = {**_REGISTRY, **{alias: _REGISTRY[target] for alias, target in _ALIASES.items()}}
+    for key in (name, *cls.aliases):
+        if key in taken and taken[key] is not cls:
+            raise ValueError(f"an estimator named {key!r} is already registered: {taken[key]}")
     _REGISTRY[name] = cls
+    for alias in cls.aliases:
+        _ALIASES[alias] = name
     return cls
 
 
+def resolve_estimator_name(name: str) -> str:
+    """The registered name that ``name`` stands for (itself, or the target of an alias).
+
+    Example:
+        >>> resolve_estimator_name("concrete"), resolve_estimator_name("st-gumbel")
+        ('gumbel-relaxed', 'st-gumbel')
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"estimator name must be a str, got {type(name).__name__}")
+    if name in _REGISTRY:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    known = list(_REGISTRY) + list(_ALIASES)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown estimator {name!r}; known: {', '.join(known)}{hint}")
+
+
 def available_estimators(
-    structure: Structure | None = None, *, pathwise_only: bool = False
+    structure: Structure | None = None,
+    *,
+    pathwise_only: bool = False,
+    include_aliases: bool = False,
 ) -> list[str]:
     """Names of the registered estimators, in registration order.
 
@@ -51,24 +103,50 @@ def available_estimators(
         structure: if given, only the estimators whose needs this structure meets.
         pathwise_only: if True, leave out estimators that need the loss value (usable through
             ``estimate`` only), so that every name returned works with ``select``.
+        include_aliases: if True, the aliases (``gumbel-softmax``, ``concrete``) follow the
+            registered names. By default each estimator is listed once, under its own name, so
+            that a loop over the list runs each estimator once.
+
+    Example:
+        >>> "concrete" in available_estimators()
+        False
+        >>> available_estimators(include_aliases=True)[-2:]
+        ['gumbel-softmax', 'concrete']
     """
-    names = []
-    for name, cls in _REGISTRY.items():
+
+    def keep(cls: type[Estimator]) -> bool:
         if pathwise_only and cls.needs_loss:
-            continue
-        if structure is not None and cls.missing_capabilities(structure):
-            continue
-        names.append(name)
+            return False
+        return structure is None or not cls.missing_capabilities(structure)
+
+    names = [name for name, cls in _REGISTRY.items() if keep(cls)]
+    if include_aliases:
+        names += [alias for alias, target in _ALIASES.items() if keep(_REGISTRY[target])]
     return names
 
 
-def get_estimator(estimator: str | Estimator, **options: Any) -> Estimator:
+def get_estimator(
+    estimator: str | Estimator, *, warn_stateful: bool = True, **options: Any
+) -> Estimator:
     """Resolve an estimator name (with its options) or pass an ``Estimator`` object through.
+
+    A name builds a fresh object. For an estimator that keeps state between calls (the ``ema``
+    baseline, NVIL's running normalisation), a fresh object every call starts from zero every
+    call, so the first such request warns (a ``UserWarning``, once per process) and says to keep
+    one object; code that does keep the object it gets passes ``warn_stateful=False``.
+
+    Args:
+        estimator: a registered name, an alias, or an ``Estimator`` (returned as it is).
+        warn_stateful: warn (once per process) when the name builds a stateful estimator.
+        **options: the estimator's constructor options (only with a name).
 
     Example:
         >>> get_estimator("gumbel-rao", n_draws=4)
         GumbelRao(n_draws=4)
+        >>> get_estimator("gumbel-softmax")
+        GumbelRelaxed()
     """
+    global _warned_stateful
     if isinstance(estimator, Estimator):
         if options:
             raise TypeError(
@@ -78,13 +156,125 @@ def get_estimator(estimator: str | Estimator, **options: Any) -> Estimator:
         return estimator
     if not isinstance(estimator, str):
         raise TypeError(f"estimator must be a name or an Estimator, got {type(estimator).__name__}")
-    if estimator not in _REGISTRY:
-        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(_REGISTRY)}")
-    cls = _REGISTRY[estimator]
-    try:
-        return cls(**options)
-    except TypeError as error:
-        raise TypeError(f"bad options for estimator {estimator!r}: {error}") from None
+    cls = _REGISTRY[resolve_estimator_name(estimator)]
+    resolved = cls(**options)
+    if warn_stateful and resolved.stateful and not _warned_stateful:
+        _warned_stateful = True
+        warnings.warn(
+            f"estimator {estimator!r} with {_format_options(options)} keeps state between calls, "
+            "but a name builds a fresh object (with empty state) on every call of select/estimate; "
+            f"build one object and keep it, e.g. est = pickgrad.{cls.__name__}"
+            f"({_format_options(options)}), and pass est instead of the name",
+            UserWarning,
+            stacklevel=2,
+        )
+    return resolved
+
+
+@functools.cache
+def _constructor_options(cls: type) -> tuple[tuple[str, ...], bool]:
+    """``(names of the keyword options, whether it takes **relax_options)`` of ``cls.__init__``."""
+    if cls.__init__ is object.__init__:
+        return (), False
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    names = tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _format_options(options: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in options.items())
+
+
+def known_relax_option_names() -> tuple[str, ...]:
+    """Every relax option name declared by a structure class defined so far (sorted).
+
+    Relaxing estimators accept these at construction; the structure they meet checks its own
+    names in :meth:`Estimator.check_structure`.
+    """
+    names: set[str] = set()
+    pending = [Structure]
+    while pending:
+        cls = pending.pop()
+        names.update(getattr(cls, "relax_option_names", ()))
+        pending.extend(cls.__subclasses__())
+    return tuple(sorted(names))
+
+
+# --- option checks: each error names the option, the estimator, the value and the range -----
+
+
+def _bad_option(estimator: str, option: str, expected: str, value: Any) -> str:
+    return f"option {option!r} of estimator {estimator!r} must be {expected}, got {value!r}"
+
+
+def option_positive_int(value: Any, option: str, estimator: str) -> int:
+    """``value`` if it is an int >= 1 (not a bool); otherwise TypeError/ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(_bad_option(estimator, option, "an int >= 1", value))
+    if value < 1:
+        raise ValueError(_bad_option(estimator, option, "an int >= 1", value))
+    return value
+
+
+def option_positive_real(value: Any, option: str, estimator: str) -> float:
+    """``value`` as a float if it is a finite real number > 0 (not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(_bad_option(estimator, option, "a finite real number > 0", value))
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(_bad_option(estimator, option, "a finite real number > 0", value))
+    return float(value)
+
+
+def option_fraction(value: Any, option: str, estimator: str) -> float:
+    """``value`` as a float if it is a real number in [0, 1) (a decay rate)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(_bad_option(estimator, option, "a real number in [0, 1)", value))
+    if not 0.0 <= value < 1.0:
+        raise ValueError(_bad_option(estimator, option, "a real number in [0, 1)", value))
+    return float(value)
+
+
+def option_bool(value: Any, option: str, estimator: str) -> bool:
+    """``value`` if it is a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(_bad_option(estimator, option, "a bool", value))
+    return value
+
+
+def option_choice(value: Any, option: str, estimator: str, choices: Iterable[str]) -> str:
+    """``value`` if it is one of ``choices``."""
+    choices = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(_bad_option(estimator, option, f"one of {choices}", value))
+    if value not in choices:
+        raise ValueError(_bad_option(estimator, option, f"one of {choices}", value))
+    return value
+
+
+def check_loss_values(losses: Tensor) -> None:
+    """Raise ``ValueError`` if ``losses`` holds NaN or infinite entries (a value check).
+
+    Runs only when :func:`pickgrad._validation.value_checks_enabled`; one reduction when every
+    entry is finite.
+    """
+    if not value_checks_enabled() or losses.numel() == 0:
+        return
+    detached = losses.detach()
+    if bool(
+        torch.isfinite(
+            detached.sum(dtype=torch.float64 if detached.dtype == torch.float64 else torch.float32)
+        )
+    ):
+        return
+    nan = int(torch.isnan(detached).sum())
+    plus = int((detached == math.inf).sum())
+    minus = int((detached == -math.inf).sum())
+    if nan + plus + minus == 0:
+        return  # finite entries whose sum overflowed
+    raise ValueError(
+        f"loss_fn returned non-finite losses: {nan} NaN, {plus} +inf and {minus} -inf of "
+        f"{detached.numel()} entries (shape {tuple(detached.shape)}); every loss must be finite"
+    )
 
 
 class _ReplaceGradient(torch.autograd.Function):
@@ -110,7 +300,10 @@ def replace_gradient(hard: Tensor, soft: Tensor) -> Tensor:
 def evaluate_loss(
     loss_fn: LossFn, samples: Tensor, n_samples: int, batch_shape: tuple[int, ...]
 ) -> Tensor:
-    """Call ``loss_fn`` on ``samples`` and check that its output is ``(n_samples, *batch[:m])``."""
+    """Call ``loss_fn`` on ``samples``; check its output is ``(n_samples, *batch[:m])`` and finite.
+
+    The finiteness check (:func:`check_loss_values`) is a value check.
+    """
     losses = loss_fn(samples)
     if not isinstance(losses, Tensor):
         raise TypeError(f"loss_fn must return a tensor, got {type(losses).__name__}")
@@ -120,22 +313,59 @@ def evaluate_loss(
             f"loss_fn must return losses shaped (n_samples,) or (n_samples, *batch) with "
             f"n_samples={n_samples} and batch={batch_shape}; got {shape}"
         )
+    check_loss_values(losses)
     return losses
 
 
 class Estimator:
     """Base class of gradient estimators.
 
-    Subclasses set ``name`` (the registry key), ``needs`` (structure capabilities), ``hard``
-    (whether the forward pass is a hard solution) and ``needs_loss`` (True for score-function
-    estimators, which work only through :func:`pickgrad.estimate`), and implement ``select``
-    and/or ``estimate`` on validated input.
+    Subclasses set ``name`` (the registry key), ``aliases`` (other registry names of the same
+    class), ``needs`` (structure capabilities), ``hard`` (whether the forward pass is a hard
+    solution) and ``needs_loss`` (True for score-function estimators, which work only through
+    :func:`pickgrad.estimate`), and implement ``_select`` and/or ``_estimate`` on validated input
+    in the compute dtype. The public :meth:`select` and :meth:`estimate` run half-precision
+    scores in float32 and return the input dtype.
+
+    Options are keyword arguments of the constructor, each checked there; an unknown option is
+    a ``TypeError`` naming it, the estimator and the valid options (see :meth:`option_names`).
     """
 
     name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = ("argmax",)
     hard: ClassVar[bool] = True
     needs_loss: ClassVar[bool] = False
+
+    def __new__(cls, *args: Any, **options: Any) -> Any:
+        cls._check_option_names(options)
+        return super().__new__(cls)
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The keyword options of the constructor (relaxing estimators also take relax options)."""
+        return _constructor_options(cls)[0]
+
+    @classmethod
+    def _check_option_names(cls, options: dict[str, Any]) -> None:
+        own, takes_relax_options = _constructor_options(cls)
+        unknown = [key for key in options if key not in own]
+        relax = known_relax_option_names() if unknown and takes_relax_options else ()
+        unknown = [key for key in unknown if key not in relax]
+        if not unknown:
+            return
+        valid = ", ".join(own) or "none"
+        if takes_relax_options:
+            valid = f"{', '.join(own)}; " if own else ""
+            valid += f"relax options (checked against the structure): {', '.join(relax)}"
+        close = difflib.get_close_matches(unknown[0], (*own, *relax), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        label = cls.name or cls.__name__
+        raise TypeError(
+            f"bad options for estimator {label!r}: unknown option"
+            f"{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{hint}; "
+            f"valid options: {valid}"
+        )
 
     @classmethod
     def missing_capabilities(cls, structure: Structure) -> list[str]:
@@ -155,6 +385,16 @@ class Estimator:
                 f"which {structure!r} does not provide"
             )
 
+    @property
+    def stateful(self) -> bool:
+        """Whether this object keeps state between calls (so it must be kept, not rebuilt)."""
+        return False
+
+    @property
+    def takes_baseline_values(self) -> bool:
+        """Whether :meth:`estimate` takes ``baseline_values`` (a learned baseline)."""
+        return False
+
     def select(
         self,
         scores: Tensor,
@@ -163,11 +403,15 @@ class Estimator:
         tau: float,
         generator: torch.Generator | None,
     ) -> Tensor:
-        """Return ``x`` with this estimator's forward value and gradient (input already validated)."""
-        raise ValueError(
-            f"estimator {self.name!r} needs the loss value to form its gradient; "
-            "use pickgrad.estimate(loss_fn, scores, structure, ...) instead of pickgrad.select"
-        )
+        """Return ``x`` with this estimator's forward value and gradient (input already validated).
+
+        Half-precision ``scores`` are computed in float32; ``x`` has the dtype of ``scores``.
+        """
+        work = compute_dtype(scores.dtype)
+        if work == scores.dtype:
+            return self._select(scores, structure, tau=tau, generator=generator)
+        x = self._select(scores.to(work), structure, tau=tau, generator=generator)
+        return x.to(scores.dtype)
 
     def estimate(
         self,
@@ -178,12 +422,65 @@ class Estimator:
         n_samples: int,
         tau: float,
         generator: torch.Generator | None,
+        baseline_values: Tensor | None = None,
     ) -> Tensor:
         """Scalar surrogate: value = mean loss over the samples, gradient = this estimator's.
 
-        The default is pathwise: draw ``n_samples`` outputs of :meth:`select` and average the loss.
+        ``loss_fn`` sees samples ``(n_samples, *scores.shape)`` in the dtype of ``scores``
+        (computed in float32 for half types). It must return finite losses: NaN or inf is a
+        ``ValueError`` naming ``loss_fn`` (a value check, see
+        :func:`pickgrad.set_validation`). ``baseline_values`` is only for estimators whose
+        :attr:`takes_baseline_values` is True (``Reinforce(baseline="learned")``); for others it
+        is a ``TypeError``.
         """
-        samples = self.select(
+        if baseline_values is not None and not self.takes_baseline_values:
+            raise TypeError(
+                f"estimator {self!r} does not take baseline_values (only "
+                "Reinforce(baseline='learned') does); leave baseline_values out"
+            )
+        if self.takes_baseline_values and baseline_values is None:
+            raise TypeError(
+                f"estimator {self!r} needs baseline_values: a tensor of per-example baselines "
+                "from your network, broadcastable to the losses' batch shape"
+            )
+        work = compute_dtype(scores.dtype)
+        if work != scores.dtype:
+            dtype = scores.dtype
+
+            def user_loss(x: Tensor, loss_fn: LossFn = loss_fn) -> Tensor:
+                return loss_fn(x.to(dtype))
+
+            loss_fn, scores = user_loss, scores.to(work)
+        extra = {} if baseline_values is None else {"baseline_values": baseline_values}
+        return self._estimate(
+            loss_fn, scores, structure, n_samples=n_samples, tau=tau, generator=generator, **extra
+        )
+
+    def _select(
+        self,
+        scores: Tensor,
+        structure: Structure,
+        *,
+        tau: float,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        raise ValueError(
+            f"estimator {self.name!r} needs the loss value to form its gradient; "
+            "use pickgrad.estimate(loss_fn, scores, structure, ...) instead of pickgrad.select"
+        )
+
+    def _estimate(
+        self,
+        loss_fn: LossFn,
+        scores: Tensor,
+        structure: Structure,
+        *,
+        n_samples: int,
+        tau: float,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """The default is pathwise: draw ``n_samples`` outputs of ``_select``, average the loss."""
+        samples = self._select(
             scores.expand(n_samples, *scores.shape), structure, tau=tau, generator=generator
         )
         batch_shape = tuple(scores.shape[: scores.dim() - structure.event_dims])
@@ -203,12 +500,27 @@ class Estimator:
 
 
 class RelaxingEstimator(Estimator):
-    """An estimator that uses ``structure.relax``; ``regularizer`` is passed on to it if given."""
+    """An estimator that uses ``structure.relax``; every relax option is passed on to it.
+
+    Relax options are the keywords of the structure's ``relax`` (``regularizer`` for every
+    structure; ``max_iter``, ``tol`` for Sinkhorn, ...: see each structure's
+    ``relax_option_names``). The constructor accepts any name some structure declares;
+    :meth:`check_structure` checks them against the structure the estimator meets, before any
+    work, and the structure checks their values in its ``relax``.
+
+    Args:
+        **relax_options: keyword options of ``structure.relax``, e.g. ``regularizer="sparsemax"``.
+    """
 
     needs: ClassVar[tuple[str, ...]] = ("argmax", "relax")
 
-    def __init__(self, *, regularizer: str | None = None) -> None:
-        self.regularizer = regularizer
+    def __init__(self, **relax_options: Any) -> None:
+        self._relax_options = dict(relax_options)
+
+    @property
+    def regularizer(self) -> str | None:
+        """The chosen regularizer of the relaxation, or None for the structure's default."""
+        return self._relax_options.get("regularizer")
 
     @property
     def uses_tau(self) -> bool:
@@ -216,11 +528,22 @@ class RelaxingEstimator(Estimator):
 
     @property
     def relax_options(self) -> dict[str, Any]:
-        """Keyword options passed to ``structure.relax`` (the regularizer, when one is chosen)."""
-        return {} if self.regularizer is None else {"regularizer": self.regularizer}
+        """Keyword options passed to ``structure.relax`` (a copy)."""
+        return dict(self._relax_options)
+
+    def check_structure(self, structure: Structure) -> None:
+        """Also check the relax option names against ``structure.relax_option_names``."""
+        super().check_structure(structure)
+        try:
+            structure.check_relax_options(self._relax_options)
+        except TypeError as error:
+            raise TypeError(
+                f"estimator {self.name!r} with {structure!r}: {error} (the estimator's own "
+                f"options: {', '.join(self.option_names()) or 'none'})"
+            ) from None
 
     def relax(self, structure: Structure, scores: Tensor, tau: float) -> Tensor:
-        return structure._relax(scores, tau, **self.relax_options)
+        return structure._relax(scores, tau, **self._relax_options)
 
     def _options(self) -> dict[str, Any]:
         return self.relax_options

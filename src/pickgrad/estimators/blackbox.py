@@ -7,8 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_tau
-from pickgrad.estimators.base import register_estimator
+from pickgrad.estimators.base import option_positive_real, register_estimator
 from pickgrad.estimators.imle import PerSampleEstimator, perturb_and_map_difference
 from pickgrad.structures.base import Structure
 
@@ -63,9 +62,9 @@ class Blackbox(PerSampleEstimator):
     needs: ClassVar[tuple[str, ...]] = ("argmax",)
 
     def __init__(self, lambda_: float = 10.0) -> None:
-        self.lambda_ = check_tau(lambda_, name="lambda_")
+        self.lambda_ = option_positive_real(lambda_, "lambda_", self.name)
 
-    def select(
+    def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         return perturb_and_map_difference(scores, structure, None, self.lambda_)

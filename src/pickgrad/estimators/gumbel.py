@@ -14,8 +14,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_positive_int
-from pickgrad.estimators.base import RelaxingEstimator, register_estimator, replace_gradient
+from pickgrad.estimators.base import (
+    RelaxingEstimator,
+    option_positive_int,
+    register_estimator,
+    replace_gradient,
+)
 from pickgrad.noise import sample_gumbel
 from pickgrad.structures.base import Structure
 
@@ -32,14 +36,22 @@ def _gumbel_like(scores: Tensor, generator: torch.Generator | None) -> Tensor:
 class GumbelRelaxed(RelaxingEstimator):
     """``gumbel-relaxed``: ``relax(scores + G, tau)``, forward and backward; the output is not hard.
 
-    For ``OneHot`` this is the (soft) Gumbel-softmax / Concrete sample.
+    For ``OneHot`` this is the (soft) Gumbel-softmax / Concrete sample (Jang et al. 2017;
+    Maddison et al. 2017), so ``gumbel-softmax`` and ``concrete`` are aliases of this estimator.
+    PyTorch's ``F.gumbel_softmax(logits, tau)`` is this estimator on ``OneHot``;
+    ``F.gumbel_softmax(logits, tau, hard=True)`` is ``st-gumbel``.
+
+    Args:
+        **relax_options: options of ``structure.relax`` (``regularizer``; ``max_iter``, ``tol``
+            for ``Permutation``; see the structure's ``relax_option_names``).
     """
 
     name: ClassVar[str] = "gumbel-relaxed"
+    aliases: ClassVar[tuple[str, ...]] = ("gumbel-softmax", "concrete")
     needs: ClassVar[tuple[str, ...]] = ("relax",)
     hard: ClassVar[bool] = False
 
-    def select(
+    def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         return self.relax(structure, scores + _gumbel_like(scores, generator), tau)
@@ -49,13 +61,18 @@ class GumbelRelaxed(RelaxingEstimator):
 class StraightThroughGumbel(RelaxingEstimator):
     """``st-gumbel``: forward ``argmax(scores + G)``, backward through ``relax(scores + G, tau)``.
 
-    Straight-through Gumbel-softmax for ``OneHot``. Biased for tau > 0; the bias shrinks and the
-    variance grows as tau -> 0.
+    Straight-through Gumbel-softmax for ``OneHot`` (PyTorch's
+    ``F.gumbel_softmax(hard=True)``). Biased for tau > 0; the bias shrinks and the variance grows
+    as tau -> 0.
+
+    Args:
+        **relax_options: options of ``structure.relax`` (``regularizer``; ``max_iter``, ``tol``
+            for ``Permutation``; see the structure's ``relax_option_names``).
     """
 
     name: ClassVar[str] = "st-gumbel"
 
-    def select(
+    def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         fused = structure._fused_st_gumbel(scores, tau, generator, **self.relax_options)
@@ -87,6 +104,8 @@ class GumbelRao(RelaxingEstimator):
         n_draws: K, the number of conditional draws (time grows linearly in K; so does memory,
             except on the fused OneHot path, which redraws the K points in the backward pass
             from a saved seed, tile by tile, and keeps nothing K x n).
+        **relax_options: options of ``structure.relax`` (``regularizer``; ``max_iter``, ``tol``
+            for ``Permutation``; see the structure's ``relax_option_names``).
 
     Reference: Paulus, Maddison & Krause, "Rao-Blackwellizing the Straight-Through Gumbel-Softmax
     Gradient Estimator", ICLR 2021.
@@ -95,11 +114,11 @@ class GumbelRao(RelaxingEstimator):
     name: ClassVar[str] = "gumbel-rao"
     needs: ClassVar[tuple[str, ...]] = ("argmax", "relax", "conditional_gumbel")
 
-    def __init__(self, n_draws: int = 10, *, regularizer: str | None = None) -> None:
-        super().__init__(regularizer=regularizer)
-        self.n_draws = check_positive_int(n_draws, name="n_draws")
+    def __init__(self, n_draws: int = 10, **relax_options: Any) -> None:
+        super().__init__(**relax_options)
+        self.n_draws = option_positive_int(n_draws, "n_draws", self.name)
 
-    def select(
+    def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         detached = scores.detach()

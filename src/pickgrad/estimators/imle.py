@@ -22,8 +22,16 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from pickgrad._validation import check_positive_int, check_tau
-from pickgrad.estimators.base import Estimator, LossFn, evaluate_loss, register_estimator
+from pickgrad._validation import check_positive_int
+from pickgrad.estimators.base import (
+    Estimator,
+    LossFn,
+    evaluate_loss,
+    option_choice,
+    option_positive_int,
+    option_positive_real,
+    register_estimator,
+)
 from pickgrad.noise import sample_gumbel, sampling_dtype
 from pickgrad.structures.base import Structure
 
@@ -251,7 +259,7 @@ class PerSampleEstimator(Estimator):
     or in user code still scales ``g``, like any loss scale; lambda is tuned against it.
     """
 
-    def estimate(
+    def _estimate(
         self,
         loss_fn: LossFn,
         scores: Tensor,
@@ -262,7 +270,7 @@ class PerSampleEstimator(Estimator):
         generator: torch.Generator | None,
     ) -> Tensor:
         expanded = _ScaleGradient.apply(scores, 1.0 / n_samples).expand(n_samples, *scores.shape)
-        samples = self.select(expanded, structure, tau=tau, generator=generator)
+        samples = self._select(expanded, structure, tau=tau, generator=generator)
         samples = _ScaleGradient.apply(samples, float(n_samples))
         batch_shape = tuple(scores.shape[: scores.dim() - structure.event_dims])
         return evaluate_loss(loss_fn, samples, n_samples, batch_shape).mean()
@@ -339,14 +347,14 @@ class IMLE(PerSampleEstimator):
         noise_k: int = 1,
         n_terms: int = 10,
     ) -> None:
-        self.lambda_ = check_tau(lambda_, name="lambda_")
-        self.n_perturbations = check_positive_int(n_perturbations, name="n_perturbations")
-        if noise not in IMLE_NOISES:
-            raise ValueError(f"noise must be one of {IMLE_NOISES}, got {noise!r}")
-        self.noise = noise
-        self.noise_temperature = check_tau(noise_temperature, name="noise_temperature")
-        self.noise_k = check_positive_int(noise_k, name="noise_k")
-        self.n_terms = check_positive_int(n_terms, name="n_terms")
+        self.lambda_ = option_positive_real(lambda_, "lambda_", self.name)
+        self.n_perturbations = option_positive_int(n_perturbations, "n_perturbations", self.name)
+        self.noise = option_choice(noise, "noise", self.name, IMLE_NOISES)
+        self.noise_temperature = option_positive_real(
+            noise_temperature, "noise_temperature", self.name
+        )
+        self.noise_k = option_positive_int(noise_k, "noise_k", self.name)
+        self.n_terms = option_positive_int(n_terms, "n_terms", self.name)
 
     def sample_noise(
         self, shape: tuple[int, ...], scores: Tensor, generator: torch.Generator | None
@@ -366,7 +374,7 @@ class IMLE(PerSampleEstimator):
             )
         return eps if self.noise_temperature == 1.0 else eps * self.noise_temperature
 
-    def select(
+    def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         noise = self.sample_noise((self.n_perturbations, *scores.shape), scores, generator)

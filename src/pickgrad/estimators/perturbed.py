@@ -27,12 +27,19 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from pickgrad._validation import check_positive_int, check_tau
-from pickgrad.estimators.base import Estimator, register_estimator
+from pickgrad._validation import value_checks_enabled
+from pickgrad.estimators.base import (
+    Estimator,
+    option_bool,
+    option_choice,
+    option_positive_int,
+    option_positive_real,
+    register_estimator,
+)
 from pickgrad.noise import sample_gumbel, sampling_dtype
 from pickgrad.structures.base import Structure
 
-__all__ = ["PERTURBED_NOISES", "Perturbed", "perturbed_samples"]
+__all__ = ["PERTURBED_NOISES", "Perturbed", "check_noise_scale", "perturbed_samples"]
 
 #: Noise laws of the perturbed optimizer and the Fenchel-Young loss.
 PERTURBED_NOISES = ("gumbel", "normal")
@@ -43,6 +50,23 @@ def check_noise(noise: Any) -> str:
     if noise not in PERTURBED_NOISES:
         raise ValueError(f"noise must be one of {PERTURBED_NOISES}, got {noise!r}")
     return noise
+
+
+def check_noise_scale(scores: Tensor, sigma: float, option: str, estimator: str) -> None:
+    """Raise ``ValueError`` if ``scores / sigma`` overflows the dtype of ``scores`` (value check).
+
+    The backward pass divides by sigma; a sigma this small would turn it into inf.
+    """
+    if not value_checks_enabled() or scores.numel() == 0:
+        return
+    limit = torch.finfo(scores.dtype).max
+    largest = float(scores.detach().abs().max())
+    if largest / sigma >= limit or 1.0 / sigma >= limit:
+        raise ValueError(
+            f"{option}={sigma!r} of estimator {estimator!r} is too small for these scores: "
+            f"max |scores| / {option} = {largest:.3g} / {sigma!r} overflows {scores.dtype} "
+            f"(largest finite value {limit:.3g}); use a larger {option}"
+        )
 
 
 def sample_noise(
@@ -195,22 +219,21 @@ class Perturbed(Estimator):
         noise: str = "gumbel",
         hard: bool = False,
     ) -> None:
-        self.n_perturbations = check_positive_int(n_perturbations, name="n_perturbations")
-        self.sigma = None if sigma is None else check_tau(sigma, name="sigma")
-        self.noise = check_noise(noise)
-        if not isinstance(hard, bool):
-            raise TypeError(f"hard must be a bool, got {type(hard).__name__} {hard!r}")
-        self.hard = hard  # type: ignore[misc]  # the option overrides the class default
+        self.n_perturbations = option_positive_int(n_perturbations, "n_perturbations", self.name)
+        self.sigma = None if sigma is None else option_positive_real(sigma, "sigma", self.name)
+        self.noise = option_choice(noise, "noise", self.name, PERTURBED_NOISES)
+        self.hard = option_bool(hard, "hard", self.name)  # type: ignore[misc]  # overrides the class default
 
     @property
     def uses_tau(self) -> bool:
         """True when ``sigma`` is None: the noise scale is then the ``tau`` of the call."""
         return self.sigma is None
 
-    def select(
+    def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         sigma = tau if self.sigma is None else self.sigma
+        check_noise_scale(scores, sigma, "sigma" if self.sigma is not None else "tau", self.name)
         samples, z = perturbed_samples(
             scores,
             structure,

@@ -29,7 +29,7 @@ class StraightThrough(Estimator):
 
     name: ClassVar[str] = "st"
 
-    def select(
+    def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         hard = structure._argmax(scores.detach())
@@ -42,11 +42,15 @@ class StraightThroughRelaxed(RelaxingEstimator):
 
     With ``OneHot`` this is straight-through with a softmax backward at temperature tau. It is
     deterministic; without noise the scores can drift until they are equal (see the demo).
+
+    Args:
+        **relax_options: options of ``structure.relax`` (``regularizer``; ``max_iter``, ``tol``
+            for ``Permutation``; see the structure's ``relax_option_names``).
     """
 
     name: ClassVar[str] = "st-relaxed"
 
-    def select(
+    def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         hard = structure._argmax(scores.detach())
@@ -55,13 +59,18 @@ class StraightThroughRelaxed(RelaxingEstimator):
 
 @register_estimator
 class Relaxed(RelaxingEstimator):
-    """``relaxed``: forward and backward through ``relax(scores, tau)``; the output is not hard."""
+    """``relaxed``: forward and backward through ``relax(scores, tau)``; the output is not hard.
+
+    Args:
+        **relax_options: options of ``structure.relax`` (``regularizer``; ``max_iter``, ``tol``
+            for ``Permutation``; see the structure's ``relax_option_names``).
+    """
 
     name: ClassVar[str] = "relaxed"
     needs: ClassVar[tuple[str, ...]] = ("relax",)
     hard: ClassVar[bool] = False
 
-    def select(
+    def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         return self.relax(structure, scores, tau)
