@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = [
+    "UsageError",
     "check_writable_dir",
     "finite_float",
     "nonnegative_int",
@@ -32,6 +33,14 @@ __all__ = [
     "positive_int",
     "probability",
 ]
+
+
+class UsageError(Exception):
+    """A user mistake found after parsing (a bad combination of flags, an unknown name).
+
+    ``pickgrad``'s ``main`` prints it as one ``pickgrad <command>: error: ...`` line and exits
+    with status 2, as argparse does for a bad flag.
+    """
 
 
 def _parse_float(text: str) -> float:

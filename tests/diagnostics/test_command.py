@@ -77,17 +77,29 @@ def test_user_problem_from_module_function(
     assert data["reference"]["exact"] is True
 
 
-def test_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="cannot import module 'no_such_module_xyz'"):
-        main(["diagnose", "--problem", "no_such_module_xyz:make", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="has no function 'nope'"):
-        main(["diagnose", "--problem", "json:nope", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="unknown problem 'bernouli'"):
-        main(["diagnose", "--problem", "bernouli", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="unknown estimator"):
-        main(["diagnose", "--problem", "bernoulli", "--estimators", "nope", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--n-samples must be >= 2"):
-        main(["diagnose", "--n-samples", "1", "--out", str(tmp_path)])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--problem", "no_such_module_xyz:make"], "cannot import module 'no_such_module_xyz'"),
+        (["--problem", "json:nope"], "has no function 'nope'"),
+        (["--problem", "bernouli"], "unknown problem 'bernouli'"),
+        (["--problem", "bernoulli", "--estimators", "nope"], "unknown estimator"),
+    ],
+)
+def test_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    assert main(["diagnose", *arguments, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pickgrad diagnose: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_n_samples_below_two_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["diagnose", "--n-samples", "1"])
+    assert info.value.code == 2
+    assert "--n-samples: expected an integer >= 2, got '1'" in capsys.readouterr().err
 
 
 def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,6 +119,9 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         "--out",
         "--quick",
         "--threads",
+        "--allow-soft",
+        "--rank-by",
+        "--resume",
         "--no-progress",
         "--list",
         "module:function",

@@ -14,6 +14,8 @@ from pickgrad import OneHot, diagnose
 from pickgrad.diagnostics.report import (
     EstimatorStats,
     parse_estimator,
+    rank,
+    rank_rows,
     recommend,
     resolve_estimators,
 )
@@ -93,29 +95,143 @@ def test_a_failing_estimator_is_reported_not_fatal() -> None:
     assert "failed: ValueError" in report.to_markdown()
 
 
-def stats(label: str, mse: float, seconds: float, acceptable: bool) -> EstimatorStats:
-    row = EstimatorStats(label, label, None, 10, mse=mse, time_per_gradient=seconds)
-    row.efficiency, row.acceptable_bias = mse * seconds, acceptable
+def stats(
+    label: str, mse: float, cost: float, acceptable: bool, *, hard: bool = True
+) -> EstimatorStats:
+    row = EstimatorStats(label, label, None, 10, mse=mse, time_per_gradient=cost * 1e-3)
+    row.relative_cost, row.efficiency = cost, mse * cost * 1e-3
+    row.acceptable_bias, row.hard = acceptable, hard
     return row
 
 
 def test_recommendation_rule() -> None:
     rows = [
-        stats("cheap-biased", 0.1, 1e-4, False),
-        stats("slow-good", 1.0, 1e-2, True),
-        stats("fast-noisy", 5.0, 1e-3, True),
+        stats("cheap-biased", 0.1, 1.0, False),
+        stats("slow-good", 1.0, 10.0, True),
+        stats("fast-noisy", 5.0, 1.0, True),
     ]
+    # Default: lowest MSE among the acceptable ones (equal loss evaluations); the biased one last.
     rec = recommend(rows)
-    assert rec is not None and rec.label == "fast-noisy"  # 5e-3 < 1e-2; the biased one is out
-    assert "acceptable" in rec.reason
-    none_ok = recommend([stats("a", 2.0, 1e-3, False), stats("b", 1.0, 1.0, False)])
+    assert rec is not None and rec.label == "slow-good" and "acceptable" in rec.reason
+    assert [row.label for row in rank_rows(rows)] == ["slow-good", "fast-noisy", "cheap-biased"]
+    # At equal wall-clock time: MSE x relative cost, 5 < 10.
+    rec = recommend(rows, rank_by="mse-time")
+    assert rec is not None and rec.label == "fast-noisy"
+    none_ok = recommend([stats("a", 2.0, 1.0, False), stats("b", 1.0, 1000.0, False)])
     assert none_ok is not None and none_ok.label == "b"
-    assert "no estimator has acceptable bias" in none_ok.reason
+    assert "no hard-forward estimator has acceptable bias" in none_ok.reason
     assert recommend([]) is None
-    soft = stats("relaxed", 0.1, 1e-4, True)
-    soft.hard = False
-    rec = recommend([soft, *rows])
+    with pytest.raises(ValueError, match="rank_by must be one of"):
+        recommend(rows, rank_by="time")
+
+
+def test_hard_by_default() -> None:
+    soft = stats("relaxed", 0.1, 1.0, True, hard=False)
+    rows = [soft, stats("st-gumbel", 1.0, 1.0, True), stats("reinforce/rloo", 2.0, 1.0, True)]
+    rec = recommend(rows)
+    assert rec is not None and rec.label == "st-gumbel"
+    assert "relaxed, whose forward pass is relaxed, would rank first" in rec.reason
+    assert "allow_soft=True" in rec.reason
+    assert soft not in rank_rows(rows)
+    rec = recommend(rows, allow_soft=True)
     assert rec is not None and rec.label == "relaxed" and "not a hard choice" in rec.reason
+    assert recommend([soft]) is None
+    assert recommend([soft], allow_soft=True) is not None
+
+
+def test_rank_is_the_one_function_of_advisor_and_demo() -> None:
+    items = [("relaxed", 0.1), ("st-gumbel", 0.5), ("reinforce", 0.3), ("st", 0.3)]
+    ranked = rank(items, key=lambda item: item[1], hard=lambda item: item[0] != "relaxed")
+    assert ranked == [("reinforce", 0.3), ("st", 0.3), ("st-gumbel", 0.5)]  # ties keep order
+    everything = rank(items, key=lambda item: item[1], hard=lambda _: False, allow_soft=True)
+    assert everything[0] == ("relaxed", 0.1)
+
+
+def test_diagnose_default_is_hard_and_allow_soft_switches() -> None:
+    # A linear loss: relaxed's gradient is exact (bias 0, variance 0), the best MSE of all.
+    cost = torch.tensor([1.0, 3.0, -1.0, 0.5], dtype=f64)
+    scores = torch.tensor([0.2, -0.4, 0.9, 0.0], dtype=f64)
+    estimators = ["relaxed", "reinforce/rloo", "st-gumbel"]
+    hard = diagnose(lambda x: x @ cost, scores, OneHot(), estimators, n_samples=30)
+    soft = diagnose(lambda x: x @ cost, scores, OneHot(), estimators, n_samples=30, allow_soft=True)
+    assert not hard.row("relaxed").hard and hard.row("st-gumbel").hard
+    assert hard.recommendation is not None and hard.recommendation.label != "relaxed"
+    assert soft.recommendation is not None and soft.recommendation.label == "relaxed"
+    assert hard.settings["allow_soft"] is False and soft.settings["allow_soft"] is True
+    assert "relaxed (tau=1), whose forward pass is relaxed" in hard.recommendation.reason
+    with pytest.raises(TypeError, match="allow_soft must be a bool"):
+        diagnose(lambda x: x @ cost, scores, OneHot(), ["st"], allow_soft="yes")  # type: ignore[arg-type]
+
+
+def test_perturbed_hard_option_counts_as_hard() -> None:
+    cost = torch.tensor([1.0, 3.0, -1.0], dtype=f64)
+    report = diagnose(
+        lambda x: x @ cost,
+        torch.zeros(3, dtype=f64),
+        OneHot(),
+        ["perturbed", "perturbed:hard=true"],
+        n_samples=4,
+    )
+    assert not report.row("perturbed").hard and report.row("perturbed:hard=true").hard
+
+
+def test_cost_is_reported_with_threads_and_a_reference_op() -> None:
+    report = diagnose(loss_fn, SCORES, OneHot(), ["st", "gumbel-rao"], n_samples=10)
+    assert report.settings["threads"] == torch.get_num_threads()
+    reference = report.settings["reference_seconds"]
+    assert reference > 0
+    for row in report.rows:
+        assert math.isclose(row.relative_cost, row.time_per_gradient / reference)
+    markdown = report.to_markdown()
+    assert f"times at {torch.get_num_threads()} torch thread(s)" in markdown
+    assert "cost (x st)" in markdown
+
+
+def test_explanations_say_why_from_the_measured_figures() -> None:
+    from pickgrad.diagnostics.problems import pick_the_five
+
+    problem = pick_the_five()
+    report = diagnose(
+        problem.loss_fn,
+        problem.scores,
+        problem.structure,
+        ["imle", "blackbox", "st", "st-relaxed", "reinforce/rloo"],
+        n_samples=20,
+    )
+    assert report.recommendation is not None
+    assert report.recommendation.label == "reinforce/rloo"
+    imle = report.row("imle")
+    assert not imle.acceptable_bias and imle.cosine_mean < 0
+    assert imle.explanation is not None
+    assert imle.explanation.startswith(
+        f"mean gradient points away from the exact one: cosine {imle.cosine_mean:.2f}"
+    )
+    assert "not linear in x, which imle and blackbox assume" in imle.explanation
+    assert imle.explanation.endswith("try reinforce/rloo")
+    for label in ("blackbox", "st", "st-relaxed"):
+        row = report.row(label)
+        assert not row.acceptable_bias and row.explanation is not None
+        assert f"relative bias {row.relative_bias:.2g}" in row.explanation
+    assert "at tau=1 in place of the argmax" in (report.row("st-relaxed").explanation or "")
+    assert report.row("reinforce/rloo").explanation is None
+    markdown = report.to_markdown()
+    assert "Why not the others:" in markdown and f"- imle: {imle.explanation}" in markdown
+    assert json.loads(report.to_json())["rows"][0]["explanation"] == imle.explanation
+
+
+def test_failures_are_explained() -> None:
+    report = diagnose(
+        loss_fn, SCORES, OneHot(), ["st-gumbel", "reinforce/rloo"], n_samples=5, samples_per_draw=1
+    )
+    explanation = report.row("reinforce/rloo").explanation
+    assert explanation is not None and explanation.startswith("failed with ValueError: ")
+    assert "n_samples >= 2" in explanation and explanation.endswith("try st-gumbel at tau=1")
+    assert not report.all_failed
+    broken = diagnose(
+        loss_fn, SCORES, OneHot(), ["reinforce/rloo"], n_samples=5, samples_per_draw=1
+    )
+    assert broken.all_failed and broken.recommendation is None
+    assert "none (every estimator failed)" in broken.to_markdown()
 
 
 def test_reference_given_as_tensor_and_shape_checked() -> None:

@@ -10,7 +10,11 @@ with the exact gradient ``g`` (see :func:`pickgrad.exact_gradient`):
 * ``cosine_draw = mean_r cos(d_r, g)``, ``cosine_mean = cos(mean_r d_r, g)``;
 * ``sign_agreement``: share of coordinates where ``sign(d_r) == sign(g)``, averaged over draws,
   over the coordinates where ``g`` is nonzero (resolved: ``|g| > 2 se`` for a reference);
-* ``time_per_gradient``: mean wall time of one ``estimate`` + backward, in seconds;
+* ``time_per_gradient``: mean wall time of one ``estimate`` + backward, in seconds, at the
+  caller's torch thread setting (``torch.get_num_threads()``, recorded in the report's settings);
+* ``relative_cost``: ``time_per_gradient`` over the time of a fixed reference op measured in the
+  same run, the cheapest hard gradient of this loss (``st``: one argmax, the loss on the same
+  number of samples, one backward), so that it does not move with the machine's load as much;
 * ``efficiency = mse * time_per_gradient``: the MSE reachable in one second of averaging is
   ``efficiency`` (averaging k draws divides the variance by k), so lower is better.
 
@@ -22,9 +26,17 @@ estimated, ``||se||^2`` is subtracted from ``mse``, and bias is resolved only do
 **Advisor rule.** An estimator's bias is *acceptable* when
 ``bias <= max(0.2 * ||g||, 3 * noise_floor)``: either small against the gradient itself
 (relative bias at most 20%, so the mean points within about 12 degrees of ``g``) or not
-distinguishable from zero with these draws. The recommendation is the lowest ``mse * time``
-among estimators with acceptable bias (any temperature of the sweep counts); if none qualifies,
-the lowest ``mse``, and the report says why.
+distinguishable from zero with these draws. Only estimators whose forward pass is a hard choice
+are candidates, unless ``allow_soft=True`` says the loss accepts relaxed inputs (``relaxed``,
+``gumbel-relaxed`` and the default ``perturbed`` feed it points of the convex hull). Candidates
+are ranked by :func:`rank` with the key ``(bias not acceptable, mse)`` for ``rank_by="mse"``
+(the default: every estimator gets the same number of loss evaluations per draw, which is the
+budget a training loop with a fixed number of steps and samples gives it), or
+``(bias not acceptable, mse * relative_cost)`` for ``rank_by="mse-time"`` (a fixed wall-clock
+budget; this depends on the machine). The recommendation is the first; with no acceptable bias
+it is simply the lowest MSE, and the report says so. The ranking ignores raw times, so it does
+not change with the thread count. Every estimator whose bias is not acceptable, or that failed,
+gets a one-line ``explanation`` from what was measured and what to try instead.
 """
 
 from __future__ import annotations
@@ -32,10 +44,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -44,17 +57,25 @@ from pickgrad._validation import check_positive_int, check_tau
 from pickgrad.diagnostics.exact import DEFAULT_MAX_ENUMERATION, ExactGradient, exact_gradient
 from pickgrad.estimators.base import Estimator, LossFn, available_estimators, get_estimator
 from pickgrad.estimators.reinforce import BASELINES
+from pickgrad.estimators.straight_through import StraightThrough
 from pickgrad.select import estimate
 from pickgrad.structures.base import Structure
 
 __all__ = [
     "ACCEPTABLE_RELATIVE_BIAS",
+    "RANK_BY",
     "RESOLUTION_Z",
     "DiagnosticReport",
     "EstimatorStats",
     "Recommendation",
+    "advisor_key",
     "diagnose",
+    "explain",
+    "kept_estimator",
     "parse_estimator",
+    "rank",
+    "rank_rows",
+    "recommend",
     "resolve_estimators",
 ]
 
@@ -62,6 +83,8 @@ __all__ = [
 ACCEPTABLE_RELATIVE_BIAS = 0.2
 #: Bias within this many noise floors of zero is not resolved, hence acceptable.
 RESOLUTION_Z = 3.0
+#: Ranking keys of the advisor (see the module docstring).
+RANK_BY = ("mse", "mse-time")
 
 #: Row order of the default estimators: DESIGN.md's table; estimators registered later come last.
 _ORDER = (
@@ -77,6 +100,8 @@ _ORDER = (
     "blackbox",
 )
 
+_T = TypeVar("_T")
+
 EstimatorsArg = Sequence[str | Estimator | tuple[str, Estimator]] | Mapping[str, Estimator] | None
 
 
@@ -87,13 +112,15 @@ class EstimatorStats:
     Attributes are defined in the module docstring; ``tau`` is None for estimators that ignore
     the temperature; ``hard`` is False for estimators whose forward pass is relaxed, not hard;
     ``error`` holds the message if the estimator failed on this problem (then every figure is
-    NaN).
+    NaN); ``explanation`` is one line on why the bias is not acceptable or why it failed, and
+    what to try instead (None when the bias is acceptable); ``name`` is the registry name.
     """
 
     label: str
     estimator: str
     tau: float | None
     n_draws: int
+    name: str = ""
     bias: float = math.nan
     noise_floor: float = math.nan
     relative_bias: float = math.nan
@@ -104,10 +131,12 @@ class EstimatorStats:
     cosine_mean: float = math.nan
     sign_agreement: float = math.nan
     time_per_gradient: float = math.nan
+    relative_cost: float = math.nan
     efficiency: float = math.nan
     acceptable_bias: bool = False
     hard: bool = True
     error: str | None = None
+    explanation: str | None = None
 
     @property
     def tau_text(self) -> str:
@@ -134,8 +163,11 @@ class DiagnosticReport:
         reference: the exact (or reference) gradient every row is measured against.
         rows: one :class:`EstimatorStats` per estimator at the main temperature ``tau``.
         sweep: extra rows, the temperature-dependent estimators at each ``tau_sweep`` value.
-        recommendation: the advisor's choice (None if every estimator failed).
-        settings: ``n_draws``, ``samples_per_draw``, ``tau``, ``tau_sweep``, ``seed``.
+        recommendation: the advisor's choice (None if no candidate ran: every estimator
+            failed, or only soft-forward ones ran and ``allow_soft`` is False).
+        settings: ``n_draws``, ``samples_per_draw``, ``tau``, ``tau_sweep``, ``seed``,
+            ``threads`` (torch's CPU threads during the timing), ``allow_soft``, ``rank_by``,
+            ``reference_seconds`` (the reference op of ``relative_cost``).
     """
 
     problem: str
@@ -146,6 +178,22 @@ class DiagnosticReport:
     sweep: list[EstimatorStats] = field(default_factory=list)
     recommendation: Recommendation | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def all_failed(self) -> bool:
+        """True when every estimator raised an error on this problem."""
+        return all(row.error is not None for row in [*self.rows, *self.sweep])
+
+    def ranking(self) -> list[EstimatorStats]:
+        """The advisor's candidates, best first (:func:`rank_rows` with this report's settings)."""
+        return rank_rows(
+            self._candidates(),
+            allow_soft=bool(self.settings.get("allow_soft", False)),
+            rank_by=str(self.settings.get("rank_by", "mse")),
+        )
+
+    def _candidates(self) -> list[EstimatorStats]:
+        return self.rows + [row for row in self.sweep if all(row is not r for r in self.rows)]
 
     def row(self, label: str, tau: float | None = None) -> EstimatorStats:
         """The row of ``label`` (at the main tau, or at ``tau`` from the sweep)."""
@@ -187,6 +235,8 @@ class DiagnosticReport:
                 "rule": {
                     "acceptable_relative_bias": ACCEPTABLE_RELATIVE_BIAS,
                     "resolution_z": RESOLUTION_Z,
+                    "rank_by": self.settings.get("rank_by", "mse"),
+                    "allow_soft": self.settings.get("allow_soft", False),
                 },
                 "rows": [asdict(row) for row in self.rows],
                 "sweep": [asdict(row) for row in self.sweep],
@@ -214,21 +264,27 @@ class DiagnosticReport:
             f"{self.structure}, scores {tuple(self.scores_shape)}; gradient: {reference.method} "
             f"({kind}); ||exact|| = {float(reference.gradient.double().norm()):.4g}, "
             f"E[loss] = {float(reference.value):.4g}; {settings.get('n_draws')} draws of "
-            f"{settings.get('samples_per_draw')} samples per estimator, seed {settings.get('seed')}.",
+            f"{settings.get('samples_per_draw')} samples per estimator, seed {settings.get('seed')}; "
+            f"times at {settings.get('threads')} torch thread(s), cost relative to one st gradient "
+            f"({float(settings.get('reference_seconds', math.nan)) * 1e3:.3g} ms).",
             "",
-            "| estimator | tau | bias | noise floor | rel. bias | std | MSE | cos(draw) | cos(mean) "
-            "| sign agr. | ms/grad | MSE x time | bias ok |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| estimator | tau | forward | bias | noise floor | rel. bias | std | MSE | cos(draw) "
+            "| cos(mean) | sign agr. | ms/grad | cost (x st) | bias ok |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in self.rows:
+            forward = "hard" if row.hard else "soft"
             if row.error is not None:
-                lines.append(f"| {row.label} | {row.tau_text} | failed: {row.error} |" + " |" * 10)
+                lines.append(
+                    f"| {row.label} | {row.tau_text} | {forward} | failed: {row.error} |"
+                    + " |" * 10
+                )
                 continue
             lines.append(
-                f"| {row.label} | {row.tau_text} | {row.bias:.3g} | {row.noise_floor:.3g} "
-                f"| {row.relative_bias:.3g} | {row.std:.3g} | {row.mse:.3g} "
+                f"| {row.label} | {row.tau_text} | {forward} | {row.bias:.3g} "
+                f"| {row.noise_floor:.3g} | {row.relative_bias:.3g} | {row.std:.3g} | {row.mse:.3g} "
                 f"| {row.cosine_draw:.3f} | {row.cosine_mean:.3f} | {row.sign_agreement:.3f} "
-                f"| {row.time_per_gradient * 1e3:.3g} | {row.efficiency:.3g} "
+                f"| {row.time_per_gradient * 1e3:.3g} | {row.relative_cost:.3g} "
                 f"| {'yes' if row.acceptable_bias else 'no'} |"
             )
         if self.sweep:
@@ -255,11 +311,24 @@ class DiagnosticReport:
             lines.append("\\* bias not acceptable.")
         lines.append("")
         if self.recommendation is None:
-            lines.append("**Recommendation:** none (every estimator failed).")
+            if self.all_failed:
+                lines.append("**Recommendation:** none (every estimator failed).")
+            else:
+                lines.append(
+                    "**Recommendation:** none (no estimator with a hard forward pass ran; "
+                    "pass allow_soft=True / --allow-soft if the loss accepts relaxed inputs)."
+                )
         else:
             rec = self.recommendation
             tau = "" if rec.tau is None else f" at tau={rec.tau:g}"
             lines.append(f"**Recommendation: {rec.label}{tau}** ({rec.reason}).")
+        ranked = self.ranking()
+        if ranked:
+            lines += ["", "Ranking: " + ", ".join(_setting(row) for row in ranked) + "."]
+        why = [row for row in self._candidates() if row.explanation is not None]
+        if why:
+            lines += ["", "Why not the others:", ""]
+            lines += [f"- {_setting(row)}: {row.explanation}" for row in why]
         return "\n".join(lines)
 
     def to_png(self, path: str | Path) -> None:
@@ -338,6 +407,18 @@ class DiagnosticReport:
 # --- estimator specs ------------------------------------------------------------------------
 
 
+def kept_estimator(estimator: str | Estimator, **options: Any) -> Estimator:
+    """``get_estimator`` for code that keeps the object it gets for a whole run.
+
+    The registry warns when a name builds a stateful estimator (an ema baseline), because a
+    fresh object per call loses the state; the diagnostics and the demo keep theirs, so the
+    warning does not apply.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*keeps state between calls.*")
+        return get_estimator(estimator, **options)
+
+
 def _parse_value(text: str) -> Any:
     for kind in (int, float):
         try:
@@ -368,7 +449,7 @@ def parse_estimator(spec: str) -> tuple[str, Estimator]:
             raise ValueError(f"estimator option {item!r} in {spec!r} must be key=value")
         options[key.strip()] = _parse_value(value.strip())
     try:
-        return spec, get_estimator(name, **options)
+        return spec, kept_estimator(name, **options)
     except TypeError as error:
         raise ValueError(f"bad estimator spec {spec!r}: {error}") from None
 
@@ -387,18 +468,20 @@ def resolve_estimators(
         known = available_estimators(structure)
         estimators = sorted(known, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER))
     if isinstance(estimators, Mapping):
-        return [(str(label), get_estimator(est)) for label, est in estimators.items()]
+        return [(str(label), kept_estimator(est)) for label, est in estimators.items()]
     if isinstance(estimators, str):
         raise TypeError("estimators must be a list of names, not a single string")
     pairs: list[tuple[str, Estimator]] = []
     for item in estimators:
         if isinstance(item, tuple):
             label, est = item
-            pairs.append((str(label), get_estimator(est)))
+            pairs.append((str(label), kept_estimator(est)))
         elif isinstance(item, Estimator):
             pairs.append((repr(item), item))
         elif item == "reinforce":
-            pairs += [(f"reinforce/{b}", get_estimator("reinforce", baseline=b)) for b in BASELINES]
+            pairs += [
+                (f"reinforce/{b}", kept_estimator("reinforce", baseline=b)) for b in BASELINES
+            ]
         elif isinstance(item, str):
             pairs.append(parse_estimator(item))
         else:
@@ -453,6 +536,34 @@ def _draw_gradients(
     return draws, elapsed / n_draws
 
 
+def _reference_seconds(
+    loss_fn: LossFn,
+    scores: Tensor,
+    structure: Structure,
+    *,
+    samples_per_draw: int,
+    n_draws: int,
+    seed: int,
+) -> float:
+    """Seconds of the reference op of ``relative_cost``: one ``st`` gradient of this loss."""
+    try:
+        _, seconds = _draw_gradients(
+            loss_fn,
+            scores,
+            structure,
+            StraightThrough(),
+            n_draws=n_draws,
+            samples_per_draw=samples_per_draw,
+            tau=1.0,
+            seed=seed,
+            warmup=2,
+            tick=lambda: None,
+        )
+    except Exception:  # a loss without a gradient in x: the caller falls back
+        return math.nan
+    return seconds
+
+
 def _cosine(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise cosine of ``a`` ``(R, d)`` with ``b`` ``(d,)``; 0 where either is zero."""
     norms = a.norm(dim=-1) * b.norm()
@@ -494,39 +605,178 @@ def _statistics(
     )
 
 
-def recommend(rows: Sequence[EstimatorStats]) -> Recommendation | None:
-    """Apply the advisor rule (module docstring) to measured rows."""
-    recommendation = _recommend(rows)
-    if recommendation is not None:
-        best = next(row for row in rows if row.label == recommendation.label)
-        if not best.hard:
-            recommendation.reason += "; note: its forward pass is relaxed, not a hard choice"
-    return recommendation
+def rank(
+    items: Iterable[_T],
+    key: Callable[[_T], Any],
+    *,
+    hard: Callable[[_T], bool],
+    allow_soft: bool = False,
+) -> list[_T]:
+    """The hard-by-default ranking that the advisor and ``pickgrad demo`` share.
+
+    Keeps the items whose forward pass is a hard choice (all of them with ``allow_soft=True``)
+    and sorts them by ``key``, smallest first; ties keep their input order.
+
+    Args:
+        items: what is ranked (``EstimatorStats`` rows, training results, ...).
+        key: sort key, smaller is better.
+        hard: whether an item's estimator has a hard forward pass.
+        allow_soft: also rank estimators whose forward pass is relaxed.
+
+    Returns:
+        The eligible items, best first.
+
+    Example:
+        >>> rank([("relaxed", 0.1), ("st-gumbel", 0.5), ("reinforce", 0.3)],
+        ...      key=lambda item: item[1], hard=lambda item: item[0] != "relaxed")
+        [('reinforce', 0.3), ('st-gumbel', 0.5)]
+    """
+    return sorted((item for item in items if allow_soft or hard(item)), key=key)
 
 
-def _recommend(rows: Sequence[EstimatorStats]) -> Recommendation | None:
+def _check_rank_by(rank_by: str) -> str:
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
+    return rank_by
+
+
+def advisor_key(row: EstimatorStats, rank_by: str = "mse") -> tuple[int, float, float]:
+    """The advisor's sort key of a measured row: ``(bias not acceptable, figure, mse)``.
+
+    ``figure`` is ``mse`` for ``rank_by="mse"`` and ``mse * relative_cost`` for ``"mse-time"``.
+    """
+    figure = row.mse if _check_rank_by(rank_by) == "mse" else row.mse * row.relative_cost
+    return (0 if row.acceptable_bias else 1, figure, row.mse)
+
+
+def rank_rows(
+    rows: Sequence[EstimatorStats], *, allow_soft: bool = False, rank_by: str = "mse"
+) -> list[EstimatorStats]:
+    """The rows that ran, eligible under the hard rule, best first by :func:`advisor_key`."""
+    _check_rank_by(rank_by)
     usable = [row for row in rows if row.error is None and math.isfinite(row.mse)]
-    if not usable:
-        return None
-    acceptable = [row for row in usable if row.acceptable_bias]
-    if acceptable:
-        best = min(acceptable, key=lambda row: (row.efficiency, row.mse))
-        return Recommendation(
-            best.label,
-            best.tau,
-            f"lowest MSE x time ({best.efficiency:.3g}) among the {len(acceptable)} of "
-            f"{len(usable)} settings whose bias is acceptable (bias <= "
-            f"{ACCEPTABLE_RELATIVE_BIAS:g} ||exact|| or within {RESOLUTION_Z:g} noise floors of 0); "
-            f"bias {best.bias:.3g}, std {best.std:.3g}, {best.time_per_gradient * 1e3:.3g} ms/grad",
-        )
-    best = min(usable, key=lambda row: row.mse)
-    return Recommendation(
-        best.label,
-        best.tau,
-        f"no estimator has acceptable bias (bias <= {ACCEPTABLE_RELATIVE_BIAS:g} ||exact|| or within "
-        f"{RESOLUTION_Z:g} noise floors of 0), so this is simply the lowest MSE ({best.mse:.3g}); "
-        "more draws (to resolve bias) or another temperature may change this",
+    return rank(
+        usable,
+        lambda row: advisor_key(row, rank_by),
+        hard=lambda row: row.hard,
+        allow_soft=allow_soft,
     )
+
+
+def _setting(row: EstimatorStats) -> str:
+    return row.label if row.tau is None else f"{row.label} (tau={row.tau:g})"
+
+
+_RULE_TEXT = (
+    f"bias <= {ACCEPTABLE_RELATIVE_BIAS:g} ||exact|| or within {RESOLUTION_Z:g} noise floors of 0"
+)
+
+
+def recommend(
+    rows: Sequence[EstimatorStats], *, allow_soft: bool = False, rank_by: str = "mse"
+) -> Recommendation | None:
+    """Apply the advisor rule (module docstring) to measured rows.
+
+    Returns None when no candidate ran (every estimator failed, or only soft-forward ones ran
+    and ``allow_soft`` is False).
+    """
+    ranked = rank_rows(rows, allow_soft=allow_soft, rank_by=rank_by)
+    if not ranked:
+        return None
+    best = ranked[0]
+    kind = "" if allow_soft else "hard-forward "
+    figure = "MSE" if rank_by == "mse" else "MSE x cost"
+    value = advisor_key(best, rank_by)[1]
+    if best.acceptable_bias:
+        accepted = sum(row.acceptable_bias for row in ranked)
+        reason = (
+            f"lowest {figure} ({value:.3g}) among the {accepted} of {len(ranked)} {kind}settings "
+            f"whose bias is acceptable ({_RULE_TEXT}); bias {best.bias:.3g}, std {best.std:.3g}, "
+            f"cost {best.relative_cost:.3g}x st"
+        )
+    else:
+        reason = (
+            f"no {kind}estimator has acceptable bias ({_RULE_TEXT}), so this is simply the lowest "
+            f"{figure} ({value:.3g}); more draws (to resolve bias) or another temperature may "
+            "change this"
+        )
+    if not allow_soft:
+        everything = rank_rows(rows, allow_soft=True, rank_by=rank_by)
+        if everything and everything[0] is not best:
+            reason += (
+                f"; {_setting(everything[0])}, whose forward pass is relaxed, would rank first if "
+                "the loss accepts relaxed inputs (allow_soft=True, --allow-soft)"
+            )
+    if not best.hard:
+        reason += "; note: its forward pass is relaxed, not a hard choice"
+    return Recommendation(best.label, best.tau, reason)
+
+
+#: Estimators whose backward treats the loss as linear in x around one solution.
+_LINEARISING = {
+    "st": "its identity backward returns d loss / d x at argmax(scores), which is not the "
+    "gradient of E[loss] (it ignores how the probabilities move with the scores)",
+    "imle": "this loss is not linear in x, which imle and blackbox assume (they linearise it "
+    "around the sampled solution)",
+    "blackbox": "this loss is not linear in x, which imle and blackbox assume (they linearise "
+    "it around the solution)",
+}
+
+
+def explain(row: EstimatorStats, recommendation: Recommendation | None) -> str | None:
+    """One line on why ``row``'s bias is not acceptable (or why it failed), and what to try.
+
+    Built from the measured figures (cosine of the mean gradient with the exact one, relative
+    bias, sign agreement) and from what the estimator assumes. None when the bias is acceptable.
+
+    Example:
+        >>> row = EstimatorStats("imle", "IMLE()", None, 10, name="imle", bias=1.6,
+        ...                      relative_bias=1.04, cosine_mean=-0.41, sign_agreement=0.13)
+        >>> explain(row, Recommendation("reinforce/rloo", None, ""))[:62]
+        'mean gradient points away from the exact one: cosine -0.41, re'
+    """
+    instead = (
+        ""
+        if recommendation is None or recommendation.label == row.label
+        else f"; try {recommendation.label}"
+        + ("" if recommendation.tau is None else f" at tau={recommendation.tau:g}")
+    )
+    if row.error is not None:
+        kind, _, message = row.error.partition(": ")
+        return f"failed with {kind}: {message}{instead}"
+    if row.acceptable_bias:
+        return None
+    cosine = row.cosine_mean
+    if cosine < 0:
+        measured = f"mean gradient points away from the exact one: cosine {cosine:.2f}"
+    elif cosine < 0.9:
+        measured = f"mean gradient is off the exact one's direction: cosine {cosine:.2f}"
+    else:
+        measured = f"mean gradient points the right way (cosine {cosine:.2f}) but its length is off"
+    measured += f", relative bias {row.relative_bias:.2g}"
+    if math.isfinite(row.sign_agreement):
+        measured += f", signs agree on {row.sign_agreement:.0%} of coordinates"
+    name = row.name or row.label.partition(":")[0].partition("/")[0]
+    tau = "-" if row.tau is None else f"{row.tau:g}"
+    if name in _LINEARISING:
+        cause = _LINEARISING[name]
+    elif name == "perturbed":
+        cause = (
+            f"it differentiates the perturbed maximiser at sigma={tau}, a smoothing of the "
+            "argmax, not E[loss(argmax(scores + G))]"
+        )
+        instead += " or a smaller sigma"
+    elif name == "reinforce":
+        cause = "reinforce is unbiased, so this is Monte Carlo noise: more draws will resolve it"
+    elif row.tau is not None:
+        cause = (
+            f"its backward differentiates the relaxation at tau={tau} in place of the argmax, "
+            "which is exact only for a loss linear in x and as tau -> 0"
+        )
+        instead += " or a lower tau"
+    else:
+        cause = "its backward is not the gradient of E[loss(argmax(scores + G))] on this loss"
+    return f"{measured}; {cause}{instead}"
 
 
 def diagnose(
@@ -545,14 +795,20 @@ def diagnose(
     seed: int = 0,
     name: str = "problem",
     progress: bool = False,
+    allow_soft: bool = False,
+    rank_by: str = "mse",
 ) -> DiagnosticReport:
     """Measure every estimator's gradient of ``E[loss_fn(x)]`` against the exact gradient.
 
     The figures and the advisor's rule are defined in :mod:`pickgrad.diagnostics.report`'s
     docstring: bias ``||mean - exact||``, variance ``trace Cov``, MSE, cosine of one draw and of
-    the mean, sign agreement, time per gradient and ``MSE x time``; the recommendation is the
-    lowest ``MSE x time`` among estimators whose bias is at most 20% of ``||exact||`` or within
-    3 noise floors of zero.
+    the mean, sign agreement, time per gradient (at the caller's torch thread setting, which the
+    report records) and its cost relative to a reference op timed in the same run. Ranking rule:
+    only estimators with a hard forward pass (unless ``allow_soft``); those whose bias is at
+    most 20% of ``||exact||`` or within 3 noise floors of zero first, each group by MSE at equal
+    loss evaluations (``rank_by="mse"``) or by MSE x relative cost (``"mse-time"``); the
+    recommendation is the first. Every estimator with unacceptable bias, or that failed, gets a
+    one-line explanation.
 
     Args:
         loss_fn: maps samples ``(n, *scores.shape)`` to losses ``(n,)`` or ``(n, *batch)``.
@@ -574,6 +830,10 @@ def diagnose(
             by one).
         name: the problem's name, shown in the report.
         progress: show a tqdm progress bar on stderr.
+        allow_soft: the loss accepts relaxed inputs, so estimators whose forward pass is a point
+            of the convex hull (``relaxed``, ``gumbel-relaxed``, default ``perturbed``) may be
+            recommended; by default only hard-forward estimators are.
+        rank_by: ``"mse"`` (default) or ``"mse-time"``, see the module docstring.
 
     Returns:
         a :class:`DiagnosticReport`.
@@ -594,6 +854,9 @@ def diagnose(
     check_positive_int(samples_per_draw, name="samples_per_draw")
     tau = check_tau(tau)
     sweep_taus = [check_tau(t, name="tau_sweep") for t in (tau_sweep or ())]
+    if not isinstance(allow_soft, bool):
+        raise TypeError(f"allow_soft must be a bool, got {type(allow_soft).__name__}")
+    _check_rank_by(rank_by)
     pairs = resolve_estimators(estimators, structure)
     for _, est in pairs:
         est.check_structure(structure)
@@ -626,11 +889,17 @@ def diagnose(
 
         bar = tqdm(total=len(jobs) * (n_samples + warmup), desc=name, unit="grad", leave=False)
     rows, sweep = [], []
+    timing = dict(
+        loss_fn=loss_fn, scores=scores, structure=structure, samples_per_draw=samples_per_draw
+    )
+    reference_runs = [_reference_seconds(**timing, n_draws=max(8, min(n_samples, 50)), seed=seed)]
     try:
         for label, est, job_tau, in_sweep in jobs:
             if bar is not None:
                 bar.set_postfix_str(label if job_tau is None else f"{label} tau={job_tau:g}")
-            row = EstimatorStats(label, repr(est), job_tau, n_samples, hard=type(est).hard)
+            row = EstimatorStats(
+                label, repr(est), job_tau, n_samples, name=est.name, hard=bool(est.hard)
+            )
             try:
                 draws, seconds = _draw_gradients(
                     loss_fn,
@@ -651,6 +920,19 @@ def diagnose(
     finally:
         if bar is not None:
             bar.close()
+    # Timed before and after the estimators, so a load change in between is averaged out.
+    reference_runs.append(
+        _reference_seconds(**timing, n_draws=max(8, min(n_samples, 50)), seed=seed + 1)
+    )
+    finite = [seconds for seconds in reference_runs if math.isfinite(seconds)]
+    measured = [row.time_per_gradient for row in [*rows, *sweep] if row.error is None]
+    # If the loss has no st gradient, the cheapest estimator of this run is the unit instead.
+    reference_seconds = (
+        sum(finite) / len(finite) if finite else (min(measured) if measured else math.nan)
+    )
+    for row in [*rows, *sweep]:
+        if row.error is None:
+            row.relative_cost = row.time_per_gradient / reference_seconds
     if sweep_taus:
         # The sweep table also shows the main tau when it is one of the swept values.
         order = {label: index for index, (label, _) in enumerate(pairs)}
@@ -658,19 +940,27 @@ def diagnose(
             sweep + [row for row in rows if row.tau is not None and row.tau in sweep_taus],
             key=lambda row: (order[row.label], row.tau),
         )
-    return DiagnosticReport(
+    report = DiagnosticReport(
         problem=name,
         structure=repr(structure),
         scores_shape=tuple(scores.shape),
         reference=reference,
         rows=rows,
         sweep=sweep,
-        recommendation=recommend(rows + [row for row in sweep if all(row is not r for r in rows)]),
         settings={
             "n_draws": n_samples,
             "samples_per_draw": samples_per_draw,
             "tau": tau,
             "tau_sweep": sweep_taus,
             "seed": seed,
+            "threads": torch.get_num_threads(),
+            "allow_soft": allow_soft,
+            "rank_by": rank_by,
+            "reference_seconds": reference_seconds,
         },
     )
+    candidates = report._candidates()
+    report.recommendation = recommend(candidates, allow_soft=allow_soft, rank_by=rank_by)
+    for row in candidates:
+        row.explanation = explain(row, report.recommendation)
+    return report
