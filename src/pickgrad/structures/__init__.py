@@ -5,6 +5,7 @@ from pickgrad.structures.base import CAPABILITIES, Structure
 from pickgrad.structures.edges import edge_index, edges_to_matrix, matrix_to_edges
 from pickgrad.structures.onehot import OneHot
 from pickgrad.structures.permutation import Permutation
+from pickgrad.structures.solver import Solver, monotone_path_argmax
 from pickgrad.structures.spanning_tree import SpanningTree
 from pickgrad.structures.subset import Subset
 
@@ -13,10 +14,12 @@ __all__ = [
     "Arborescence",
     "OneHot",
     "Permutation",
+    "Solver",
     "SpanningTree",
     "Structure",
     "Subset",
     "edge_index",
     "edges_to_matrix",
     "matrix_to_edges",
+    "monotone_path_argmax",
 ]
