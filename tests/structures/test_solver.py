@@ -67,7 +67,7 @@ def test_pathwise_solver_estimators_run_and_give_finite_gradients(estimator: str
     assert scores.grad is not None and bool(torch.isfinite(scores.grad).all())
 
 
-def test_reinforce_on_a_solver_is_unbiased_against_enumeration() -> None:
+def test_reinforce_runs_on_a_solver_through_estimate() -> None:
     scores = torch.tensor([[0.5, -0.3, 0.2, 0.0], [0.1, 0.4, -0.2, 0.3], [0.0, 0.2, 0.1, -0.1]])
     target = torch.rand(3, 4, generator=torch.Generator().manual_seed(0))
 
@@ -80,12 +80,11 @@ def test_reinforce_on_a_solver_is_unbiased_against_enumeration() -> None:
         leaf,
         PATHS,
         "reinforce",
-        n_samples=4000,
+        n_samples=64,
         baseline="rloo",
         generator=torch.Generator().manual_seed(1),
     ).backward()
-    # The same estimator, many independent repeats: its mean is the reference, its spread the
-    # tolerance; reinforce on the Gumbel utilities is unbiased for any solver.
+    # reinforce needs only argmax (it uses the density of the Gumbel utilities): it must run.
     assert leaf.grad is not None and bool(torch.isfinite(leaf.grad).all())
     assert float(leaf.grad.abs().sum()) > 0
 
