@@ -351,9 +351,13 @@ def test_gumbel_rao_with_one_draw_matches_st_gumbel_in_mean_and_variance() -> No
 def test_gumbel_rao_options() -> None:
     assert repr(pickgrad.get_estimator("gumbel-rao", n_draws=4)) == "GumbelRao(n_draws=4)"
     assert GumbelRao().n_draws == 10
-    with pytest.raises(ValueError, match="option 'n_draws' of estimator 'gumbel-rao' must be an int >= 1, got 0"):
+    with pytest.raises(
+        ValueError, match="option 'n_draws' of estimator 'gumbel-rao' must be an int >= 1, got 0"
+    ):
         GumbelRao(n_draws=0)
-    with pytest.raises(TypeError, match="option 'n_draws' of estimator 'gumbel-rao' must be an int"):
+    with pytest.raises(
+        TypeError, match="option 'n_draws' of estimator 'gumbel-rao' must be an int"
+    ):
         GumbelRao(n_draws=2.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="bad options for estimator 'gumbel-rao'"):
         pickgrad.select(torch.zeros(3), ONEHOT, "gumbel-rao", draws=3)

@@ -407,6 +407,7 @@ class Estimator:
 
         Half-precision ``scores`` are computed in float32; ``x`` has the dtype of ``scores``.
         """
+        self.check_values(scores, tau)
         work = compute_dtype(scores.dtype)
         if work == scores.dtype:
             return self._select(scores, structure, tau=tau, generator=generator)
@@ -443,6 +444,7 @@ class Estimator:
                 f"estimator {self!r} needs baseline_values: a tensor of per-example baselines "
                 "from your network, broadcastable to the losses' batch shape"
             )
+        self.check_values(scores, tau)
         work = compute_dtype(scores.dtype)
         if work != scores.dtype:
             dtype = scores.dtype
@@ -455,6 +457,13 @@ class Estimator:
         return self._estimate(
             loss_fn, scores, structure, n_samples=n_samples, tau=tau, generator=generator, **extra
         )
+
+    def check_values(self, scores: Tensor, tau: float) -> None:
+        """Value checks of the options against ``scores`` in their own dtype (none by default).
+
+        Called by :meth:`select` and :meth:`estimate` before any work; implementations check
+        :func:`pickgrad._validation.value_checks_enabled` first.
+        """
 
     def _select(
         self,

@@ -259,6 +259,17 @@ class PerSampleEstimator(Estimator):
     or in user code still scales ``g``, like any loss scale; lambda is tuned against it.
     """
 
+    def check_values(self, scores: Tensor, tau: float) -> None:
+        """``1 / lambda_`` (the backward's factor) must fit the dtype of ``scores``."""
+        limit = torch.finfo(scores.dtype).max
+        lambda_ = getattr(self, "lambda_", None)
+        if lambda_ is not None and 1.0 / lambda_ >= limit:
+            raise ValueError(
+                f"option 'lambda_'={lambda_!r} of estimator {self.name!r} is too small for "
+                f"{scores.dtype} scores: the gradient is divided by lambda_ and 1 / lambda_ "
+                f"overflows (largest finite value {limit:.3g}); use a larger lambda_"
+            )
+
     def _estimate(
         self,
         loss_fn: LossFn,

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from pickgrad._validation import value_checks_enabled
+from pickgrad._validation import compute_dtype, value_checks_enabled
 from pickgrad.estimators.base import (
     Estimator,
     option_bool,
@@ -53,18 +53,28 @@ def check_noise(noise: Any) -> str:
 
 
 def check_noise_scale(scores: Tensor, sigma: float, option: str, estimator: str) -> None:
-    """Raise ``ValueError`` if ``scores / sigma`` overflows the dtype of ``scores`` (value check).
+    """Raise ``ValueError`` if the noise scale ``sigma`` is too small for ``scores``.
 
-    The backward pass divides by sigma; a sigma this small would turn it into inf.
+    Two limits: ``max |scores| / sigma`` must fit the compute dtype (a value check: it reads the
+    scores), and ``1 / sigma``, the factor of the backward pass, must fit the dtype of
+    ``scores``, in which the gradient is returned (always checked: it reads no tensor).
     """
+    out_limit = torch.finfo(scores.dtype).max
+    if 1.0 / sigma >= out_limit:
+        raise ValueError(
+            f"{option}={sigma!r} of estimator {estimator!r} is too small for {scores.dtype} "
+            f"scores: the gradient is divided by {option} and 1 / {option} overflows "
+            f"{scores.dtype} (largest finite value {out_limit:.3g}); use a larger {option}"
+        )
     if not value_checks_enabled() or scores.numel() == 0:
         return
-    limit = torch.finfo(scores.dtype).max
+    work = compute_dtype(scores.dtype)
+    limit = torch.finfo(work).max
     largest = float(scores.detach().abs().max())
-    if largest / sigma >= limit or 1.0 / sigma >= limit:
+    if largest / sigma >= limit:
         raise ValueError(
             f"{option}={sigma!r} of estimator {estimator!r} is too small for these scores: "
-            f"max |scores| / {option} = {largest:.3g} / {sigma!r} overflows {scores.dtype} "
+            f"max |scores| / {option} = {largest:.3g} / {sigma!r} overflows {work} "
             f"(largest finite value {limit:.3g}); use a larger {option}"
         )
 
@@ -229,11 +239,17 @@ class Perturbed(Estimator):
         """True when ``sigma`` is None: the noise scale is then the ``tau`` of the call."""
         return self.sigma is None
 
+    def check_values(self, scores: Tensor, tau: float) -> None:
+        """``scores / sigma`` (and ``1 / sigma``, the backward's factor) must fit the dtype."""
+        if self.sigma is None:
+            check_noise_scale(scores, tau, "tau", self.name)
+        else:
+            check_noise_scale(scores, self.sigma, "sigma", self.name)
+
     def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         sigma = tau if self.sigma is None else self.sigma
-        check_noise_scale(scores, sigma, "sigma" if self.sigma is not None else "tau", self.name)
         samples, z = perturbed_samples(
             scores,
             structure,

@@ -324,7 +324,7 @@ class Reinforce(Estimator):
             residual = torch.where(finite, residual, torch.zeros_like(residual))
             fit = residual.square().sum() / residual.numel()
             surrogate = surrogate + (fit - fit.detach()).to(surrogate.dtype)
-        return surrogate
+        return surrogate.to(losses.dtype)  # the dtype of the user's losses
 
     def _update_ema(self, losses: Tensor, finite: Tensor) -> None:
         ema, started = self._get_state("ema", "ema_started", losses.device)
