@@ -81,3 +81,51 @@ def test_schedules_are_usable_as_tau() -> None:
         lambda x: x[..., 0].sum(-1), scores, OneHot(), "st-gumbel", tau=schedule, n_samples=2
     )
     assert value.shape == ()
+
+
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        (lambda: Constant("0.5"), "tau"),
+        (lambda: Constant(True), "tau"),
+        (lambda: ExponentialDecay(tau0="1"), "tau0"),
+        (lambda: ExponentialDecay(rate=None), "rate"),
+        (lambda: ExponentialDecay(tau_min=False), "tau_min"),
+    ],
+)
+def test_schedules_reject_non_numbers(build: object, name: str) -> None:
+    with pytest.raises(TypeError, match=f"{name} of .* must be a real number"):
+        build()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("make", [lambda: Constant(0.3), lambda: ExponentialDecay(1.0, 0.2, 0.1)])
+def test_state_dict_round_trip(make: object) -> None:
+    schedule = make()  # type: ignore[operator]
+    assert schedule.state_dict() == {"step_count": 0}
+    for _ in range(5):
+        schedule.step()
+    state = schedule.state_dict()
+    assert state == {"step_count": 5}
+    restored = make()  # type: ignore[operator]
+    restored.load_state_dict(state)
+    assert float(restored) == float(schedule) and restored.step() == schedule.step()
+    state["step_count"] = 0  # the saved dict is a copy, not a view of the schedule
+    assert schedule.step_count == 6
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "match"),
+    [
+        ({"step": 3}, ValueError, "exactly the key 'step_count'"),
+        ({"step_count": 1, "extra": 2}, ValueError, "exactly the key"),
+        ({"step_count": 2.0}, TypeError, "step_count must be an int"),
+        ({"step_count": True}, TypeError, "step_count must be an int"),
+        ({"step_count": -1}, ValueError, "step_count must be >= 0"),
+        ([("step_count", 1)], TypeError, "state must be a mapping"),
+    ],
+)
+def test_load_state_dict_rejects_bad_states(state: object, error: type, match: str) -> None:
+    schedule = ExponentialDecay()
+    with pytest.raises(error, match=match):
+        schedule.load_state_dict(state)  # type: ignore[arg-type]
+    assert schedule.step_count == 0
