@@ -43,12 +43,61 @@ def test_eval_mode_takes_the_mode() -> None:
     torch.testing.assert_close(out.selection, pickgrad.OneHot().argmax(out.scores))
 
 
-def test_schedule_as_tau() -> None:
+def test_schedule_as_tau_is_stepped_after_each_training_forward() -> None:
+    schedule = pickgrad.ExponentialDecay(tau0=2.0, rate=0.5, tau_min=0.5)
+    selector = SlotSelector(item_dim=2, n_slots=1, estimator="relaxed", tau=schedule)
+    items = torch.randn(3, 4, 2)
+    out = selector(items)
+    # The call used the temperature before the step ...
+    expected = torch.softmax(out.scores / 2.0, -1)
+    torch.testing.assert_close(out.selection, expected)
+    # ... and then advanced the schedule one step.
+    assert schedule.step_count == 1 and float(selector.tau) == pytest.approx(2.0 * torch.e**-0.5)
+    selector.eval()
+    selector(items)
+    assert schedule.step_count == 1  # evaluation never steps it
+    manual = SlotSelector(item_dim=2, n_slots=1, tau=schedule, step_schedule=False)
+    manual(items)
+    assert schedule.step_count == 1
+
+
+def test_the_schedule_state_is_in_the_state_dict() -> None:
     schedule = pickgrad.ExponentialDecay(tau0=2.0, rate=0.5, tau_min=0.5)
     selector = SlotSelector(item_dim=2, n_slots=1, estimator="st-gumbel", tau=schedule)
-    selector(torch.randn(3, 4, 2)).selected.sum().backward()
-    schedule.step()
-    assert float(selector.tau) == pytest.approx(2.0 * torch.e**-0.5)
+    for _ in range(3):
+        selector(torch.randn(3, 4, 2))
+    state = selector.state_dict()
+    fresh = pickgrad.ExponentialDecay(tau0=2.0, rate=0.5, tau_min=0.5)
+    resumed = SlotSelector(item_dim=2, n_slots=1, estimator="st-gumbel", tau=fresh)
+    resumed.load_state_dict(state)
+    assert fresh.step_count == 3 and float(resumed.tau) == pytest.approx(float(schedule))
+    for name, value in selector.named_parameters():
+        assert torch.equal(value, dict(resumed.named_parameters())[name])
+    fixed = SlotSelector(item_dim=2, n_slots=1, estimator="st-gumbel", tau=0.5)
+    with pytest.raises(ValueError, match="saved with a schedule as tau"):
+        fixed.load_state_dict(state)
+    with pytest.raises(ValueError, match="saved with a fixed temperature"):
+        resumed.load_state_dict(fixed.state_dict())
+
+
+def test_an_estimator_that_needs_the_loss_is_refused_at_construction() -> None:
+    for estimator in ("reinforce", pickgrad.Reinforce(baseline="ema")):
+        with pytest.raises(ValueError, match=r"needs the loss value.*pickgrad\.estimate"):
+            SlotSelector(item_dim=2, n_slots=1, estimator=estimator)
+
+
+def test_bad_options_fail_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"unknown relax option 'max_iter' for OneHot"):
+        SlotSelector(item_dim=2, n_slots=1, estimator="st-gumbel", max_iter=3)
+    with pytest.raises(TypeError, match=r"unknown option 'n_draw'"):
+        SlotSelector(item_dim=2, n_slots=1, estimator="gumbel-rao", n_draw=3)
+    with pytest.raises(ValueError, match="tau"):
+        SlotSelector(item_dim=2, n_slots=1, tau=0.0)
+    with pytest.raises(TypeError, match="tau"):
+        SlotSelector(item_dim=2, n_slots=1, tau="hot")  # type: ignore[arg-type]
+    # Permutation takes Sinkhorn's options.
+    selector = SlotSelector(item_dim=2, n_slots=2, with_replacement=False, max_iter=5)
+    assert selector.estimator.relax_options == {"max_iter": 5}  # type: ignore[attr-defined]
 
 
 def test_bad_arguments() -> None:

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from pickgrad._validation import check_tau
 from pickgrad.estimators.base import Estimator, get_estimator
 from pickgrad.schedules import Schedule
 from pickgrad.select import select
@@ -43,10 +44,17 @@ class SlotSelector(nn.Module):
         n_slots: S, the number of slots.
         context_dim: size of the optional context vector (0 for none).
         hidden: width of the scoring network.
-        estimator: estimator name or object used in :meth:`forward` (any estimator that works
-            with :func:`pickgrad.select`; for score-function estimators use :meth:`score` with
-            :func:`pickgrad.estimate`).
-        tau: temperature, a float or a :class:`pickgrad.schedules.Schedule`.
+        estimator: estimator name or object used in :meth:`forward`: any estimator that works
+            with :func:`pickgrad.select`. One that needs the loss (``reinforce``) is refused
+            here; for those, compute ``scores = selector.score(items)`` and call
+            :func:`pickgrad.estimate` with your loss.
+        tau: temperature, a float or a :class:`pickgrad.schedules.Schedule`. A schedule is
+            saved in the module's ``state_dict`` (its step count, as extra state) and, with
+            ``step_schedule=True``, advanced by one step after each forward call in training
+            mode (the call itself uses the temperature before the step); evaluation-mode calls
+            never step it.
+        step_schedule: whether :meth:`forward` steps a schedule ``tau`` (set False to step it
+            yourself, e.g. once per epoch).
         with_replacement: if True (default) slots are independent ``OneHot`` picks and an item
             may fill several slots; if False the slots get distinct items through
             ``Permutation`` (needs S <= N).
@@ -73,6 +81,7 @@ class SlotSelector(nn.Module):
         estimator: str | Estimator = "st-gumbel",
         tau: float | Schedule = 1.0,
         with_replacement: bool = True,
+        step_schedule: bool = True,
         **estimator_options: Any,
     ) -> None:
         super().__init__()
@@ -89,10 +98,23 @@ class SlotSelector(nn.Module):
             nn.ReLU(),
             nn.Linear(hidden, n_slots),
         )
-        self.estimator = get_estimator(estimator, **estimator_options)
+        if not isinstance(with_replacement, bool) or not isinstance(step_schedule, bool):
+            raise TypeError("with_replacement and step_schedule must be bools")
+        # The module keeps its estimator object, so a stateful one would keep its state.
+        self.estimator = get_estimator(estimator, warn_stateful=False, **estimator_options)
+        if self.estimator.needs_loss:
+            raise ValueError(
+                f"SlotSelector's forward uses pickgrad.select, but estimator {self.estimator!r} "
+                "needs the loss value; compute scores = selector.score(items) and call "
+                "pickgrad.estimate(loss_fn, scores, structure, estimator, ...) instead"
+            )
+        if not isinstance(tau, Schedule):
+            tau = check_tau(tau)
         self.tau = tau
         self.with_replacement = with_replacement
+        self.step_schedule = step_schedule
         self.structure: Structure = OneHot() if with_replacement else _permutation()
+        self.estimator.check_structure(self.structure)  # relax options fail here, not at forward
 
     def score(self, items: Tensor, context: Tensor | None = None) -> Tensor:
         """Scores ``(B, S, N)`` of every item for every slot."""
@@ -130,7 +152,27 @@ class SlotSelector(nn.Module):
             selection = select(
                 scores, self.structure, self.estimator, tau=self.tau, generator=generator
             )
+            if self.training and self.step_schedule and isinstance(self.tau, Schedule):
+                self.tau.step()
         return SlotSelection(selection, selection @ items, scores)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The schedule's state (``{"schedule": {...}}``), or ``{}`` for a fixed temperature."""
+        return {"schedule": self.tau.state_dict()} if isinstance(self.tau, Schedule) else {}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the schedule's state saved by :meth:`get_extra_state`."""
+        if not isinstance(state, dict) or not set(state) <= {"schedule"}:
+            raise ValueError(f"not a SlotSelector extra state: {state!r}")
+        has_schedule = isinstance(self.tau, Schedule)
+        if ("schedule" in state) != has_schedule:
+            saved = "a schedule" if "schedule" in state else "a fixed temperature"
+            raise ValueError(
+                f"the state_dict was saved with {saved} as tau, but this SlotSelector's tau is "
+                f"{self.tau!r}; build it with the same kind of tau before loading"
+            )
+        if has_schedule:
+            self.tau.load_state_dict(state["schedule"])  # type: ignore[union-attr]
 
     def extra_repr(self) -> str:
         return (
