@@ -1,0 +1,38 @@
+"""The seed literature's experiments, one module each, over one shared runner.
+
+``pickgrad experiment NAME`` (or :func:`run_experiment`) runs one. The runner's parts:
+:mod:`~pickgrad.experiments.config` (the frozen config and its digest),
+:mod:`~pickgrad.experiments.seeding`, :mod:`~pickgrad.experiments.loop` (training, resume),
+:mod:`~pickgrad.experiments.eval`, :mod:`~pickgrad.experiments.checkpoints`,
+:mod:`~pickgrad.experiments.torchrun` and :mod:`~pickgrad.experiments.results`. An experiment
+subclasses :class:`Experiment` and registers itself with :func:`register_experiment`.
+
+Example:
+    >>> from pickgrad.experiments import available_experiments
+    >>> "graph-layout" in available_experiments()
+    True
+"""
+
+from pickgrad.experiments import graph_layout as _graph_layout  # noqa: F401  (registers it)
+from pickgrad.experiments.base import (
+    Experiment,
+    ExperimentData,
+    ExperimentModel,
+    available_experiments,
+    get_experiment,
+    register_experiment,
+)
+from pickgrad.experiments.config import TrainingConfig
+from pickgrad.experiments.runner import check_request, run_experiment
+
+__all__ = [
+    "Experiment",
+    "ExperimentData",
+    "ExperimentModel",
+    "TrainingConfig",
+    "available_experiments",
+    "check_request",
+    "get_experiment",
+    "register_experiment",
+    "run_experiment",
+]

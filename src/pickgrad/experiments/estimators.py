@@ -1,0 +1,144 @@
+"""Estimator names as the experiments understand them, and the state they carry between steps.
+
+Every name in pickgrad's registry is passed through unchanged (so a newly registered estimator
+works in every experiment whose structure supports it), except two:
+
+* ``reinforce``: the score function with the leave-one-out baseline over ``n_samples`` draws
+  (``Reinforce(baseline="rloo")``; Kool et al. 2019), the strongest baseline without a network;
+* ``nvil``: neural variational inference and learning (Mnih & Gregor 2014, Sec. 2.3 - 2.4):
+  ``Reinforce(baseline="learned", normalize=True)``, whose input-dependent baseline comes from a
+  network the experiment adds to its model and whose learning signal is normalised by a running
+  estimate of its standard deviation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pickgrad.estimators import Estimator, Reinforce, available_estimators, get_estimator
+from pickgrad.structures.base import Structure
+
+__all__ = [
+    "EstimatorChoice",
+    "average_states",
+    "estimator_names",
+    "estimator_state",
+    "load_estimator_state",
+    "resolve_estimator",
+]
+
+
+@dataclass
+class EstimatorChoice:
+    """A resolved estimator: the ``name`` asked for, the ``estimator`` object kept for the whole
+    run, whether it ``needs_loss`` (use ``pickgrad.estimate``) and whether it takes
+    ``baseline_values`` from a ``learned_baseline`` network."""
+
+    name: str
+    estimator: Estimator
+    needs_loss: bool
+    learned_baseline: bool
+
+
+def estimator_names(structure: Structure) -> list[str]:
+    """Every estimator name usable with ``structure`` (pickgrad's registry, plus ``nvil``)."""
+    names = available_estimators(structure)
+    if "reinforce" in names:
+        names.append("nvil")
+    return names
+
+
+def resolve_estimator(name: str, structure: Structure) -> EstimatorChoice:
+    """The estimator called ``name`` for ``structure``, or ``ValueError`` listing the valid names.
+
+    Example:
+        >>> from pickgrad import OneHot
+        >>> resolve_estimator("reinforce", OneHot()).estimator
+        Reinforce(baseline='rloo')
+    """
+    valid = estimator_names(structure)
+    if name not in valid:
+        raise ValueError(
+            f"estimator {name!r} cannot be used with {structure!r}; "
+            f"valid for it: {', '.join(valid)}"
+        )
+    if name == "nvil":
+        try:
+            nvil = Reinforce(baseline="learned", normalize=True)  # type: ignore[call-arg]
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                "estimator 'nvil' needs pickgrad.Reinforce(baseline='learned', normalize=True), "
+                f"which this version of pickgrad lacks ({error})"
+            ) from None
+        return EstimatorChoice(name, nvil, needs_loss=True, learned_baseline=True)
+    if name == "reinforce":
+        estimator: Estimator = Reinforce(baseline="rloo")
+    else:
+        try:  # the object is kept for the whole run, so no warning about stateful names
+            estimator = get_estimator(name, warn_stateful=False)  # type: ignore[call-arg]
+        except TypeError:
+            estimator = get_estimator(name)
+    return EstimatorChoice(
+        name, estimator, needs_loss=type(estimator).needs_loss, learned_baseline=False
+    )
+
+
+def estimator_state(estimator: Estimator) -> dict[str, Tensor]:
+    """The estimator's running state (ema baselines, NVIL's running moments) as 0-dim tensors.
+
+    Uses the estimator's own ``state_dict`` where it has one; otherwise its floating-point
+    attributes (options such as a decay are included: they are equal on every process, so
+    averaging or restoring them changes nothing).
+
+    Example:
+        >>> est = Reinforce(baseline="rloo")
+        >>> estimator_state(est)
+        {}
+    """
+    own = getattr(estimator, "state_dict", None)
+    if callable(own):
+        return {key: value.detach().clone() for key, value in own().items()}
+    out: dict[str, Tensor] = {}
+    for key, value in vars(estimator).items():
+        if isinstance(value, float):
+            out[key] = torch.tensor(value, dtype=torch.float64)
+        elif isinstance(value, Tensor) and value.is_floating_point():
+            out[key] = value.detach().clone()
+    return out
+
+
+def load_estimator_state(estimator: Estimator, state: dict[str, Tensor]) -> None:
+    """Set the state saved by :func:`estimator_state` back on ``estimator``."""
+    own = getattr(estimator, "load_state_dict", None)
+    if callable(own):
+        own({key: value.clone() for key, value in state.items()})
+        return
+    for key, value in state.items():
+        current = getattr(estimator, key, None)
+        if isinstance(current, Tensor):
+            setattr(estimator, key, value.to(dtype=current.dtype, device=current.device).clone())
+        else:
+            setattr(estimator, key, float(value))
+
+
+def average_states(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The mean of several processes' or shards' states: floating entries averaged (in float64,
+    returned in their dtype), others (flags such as "started") taken from the first.
+
+    Example:
+        >>> average_states([{"ema": torch.tensor(1.0)}, {"ema": torch.tensor(2.0)}])
+        {'ema': tensor(1.5000)}
+    """
+    if not states:
+        return {}
+    out = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            mean = torch.stack([s[key].double() for s in states]).mean(0)
+            out[key] = mean.to(first.dtype)
+        else:
+            out[key] = first.clone()
+    return out
