@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -181,3 +182,112 @@ def test_reference_on_subset_matches_plackett_luce_law() -> None:
     else:
         z = (reference.gradient - truth).abs() / reference.standard_error
         assert float(z.max()) < 5, z
+
+
+# --- spanning trees: exact law through Kruskal's orderings ---------------------------------
+
+
+def test_tree_law_on_three_nodes_matches_one_dimensional_integral() -> None:
+    # On K_3 the maximum spanning tree leaves out the edge with the smallest perturbed score:
+    # P(tree without e) = integral of f_e(u) prod_{o != e} (1 - F_o(u)) du, Gumbel(s) f and F.
+    from scipy.integrate import quad
+
+    from pickgrad.diagnostics.exact import spanning_tree_log_prob
+
+    scores = torch.tensor([0.7, -1.2, 0.4], dtype=f64)  # edges (0,1), (0,2), (1,2)
+    log_p, trees = spanning_tree_log_prob(scores)
+    values = scores.tolist()
+
+    def cdf(u: float, s: float) -> float:
+        return math.exp(-math.exp(-(u - s)))
+
+    for index, tree in enumerate(trees):
+        (left_out,) = [e for e in range(3) if tree[e] == 0]
+        s = values[left_out]
+        others = [values[e] for e in range(3) if e != left_out]
+
+        def density(u: float, s: float = s, others: list[float] = others) -> float:
+            f = math.exp(-(u - s)) * cdf(u, s)
+            return f * math.prod(1 - cdf(u, o) for o in others)
+
+        integral, error = quad(density, -30, 30, epsabs=1e-13, epsrel=1e-12)
+        assert error < 1e-10
+        assert math.isclose(float(log_p[index].exp()), integral, rel_tol=1e-9)
+
+
+def test_tree_law_matches_sampled_argmax_frequencies() -> None:
+    # Chi-squared goodness of fit of argmax(scores + G) against the law, 16 trees on K_4.
+    from pickgrad.diagnostics.exact import spanning_tree_log_prob
+
+    generator = torch.Generator().manual_seed(11)
+    scores = torch.randn(6, generator=generator, dtype=f64)
+    log_p, trees = spanning_tree_log_prob(scores)
+    draws = 40_000
+    uniform = torch.rand(draws, 6, generator=generator, dtype=f64)
+    samples = pickgrad.SpanningTree(edge_list=True).argmax(scores - torch.log(-torch.log(uniform)))
+    counts = (samples[:, None, :] == trees).all(-1).sum(0).double()
+    assert int(counts.sum()) == draws  # every sample is one of the enumerated trees
+    expected = draws * log_p.exp()
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 37.7  # the 0.999 quantile of chi-squared with 15 degrees of freedom
+
+
+@pytest.mark.parametrize("edge_list", [False, True])
+def test_spanning_tree_gradient_is_exact_and_agrees_with_the_reference(edge_list: bool) -> None:
+    generator = torch.Generator().manual_seed(12)
+    matrix = torch.randn(2, 4, 4, generator=generator, dtype=f64)
+    weights = torch.randn(4, 4, generator=generator, dtype=f64)
+    rows, cols = torch.triu_indices(4, 4, 1)
+    structure = pickgrad.SpanningTree(edge_list=edge_list)
+    scores = matrix[..., rows, cols] if edge_list else matrix
+    w = weights[rows, cols] if edge_list else weights
+
+    def loss(x: torch.Tensor) -> torch.Tensor:  # (n, 2, *event) -> (n, 2)
+        return torch.sin(3 * (x * w).flatten(2).sum(-1))
+
+    result = exact_gradient(loss, scores, structure)
+    assert result.exact and "enumeration of 16 joint solutions" in result.method
+    hidden = exact_module._by_reference(
+        loss,
+        scores.clone().requires_grad_(True),
+        scores,
+        structure,
+        2**15,
+        torch.Generator().manual_seed(13),
+    )
+    z = (hidden.gradient - result.gradient).abs() / hidden.standard_error.clamp_min(1e-12)
+    upper = z if edge_list else z[..., rows, cols]
+    assert float(upper.max()) < 5, upper
+    if not edge_list:  # the lower triangle and the diagonal are ignored by the structure
+        lower = torch.ones(4, 4, dtype=torch.bool).tril()
+        assert float(result.gradient[..., lower].abs().max()) == 0
+
+
+def test_spanning_tree_gradient_is_the_derivative_of_its_expectation() -> None:
+    # Central differences of the exact E[loss] against the autograd gradient through the law.
+    generator = torch.Generator().manual_seed(14)
+    scores = torch.randn(10, generator=generator, dtype=f64)  # K_5, edge list
+    weights = torch.randn(10, generator=generator, dtype=f64)
+    structure = pickgrad.SpanningTree(edge_list=True)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ weights)
+
+    result = exact_gradient(loss, scores, structure)
+    assert result.exact
+    step = 1e-5
+    for edge in (0, 4, 9):
+        bump = torch.zeros(10, dtype=f64)
+        bump[edge] = step
+        up = exact_gradient(loss, scores + bump, structure).value
+        down = exact_gradient(loss, scores - bump, structure).value
+        assert math.isclose(
+            float((up - down) / (2 * step)), float(result.gradient[edge]), abs_tol=1e-8
+        )
+
+
+def test_large_trees_fall_back_to_the_reference() -> None:
+    scores = torch.zeros(6, 6, dtype=f64)  # 6 nodes > MAX_TREE_NODES
+    result = exact_gradient(lambda x: x[..., 0, 1], scores, pickgrad.SpanningTree(), n_reference=64)
+    assert exact_module.MAX_TREE_NODES == 5
+    assert not result.exact and "reference" in result.method

@@ -11,6 +11,7 @@ import torch
 
 import pickgrad
 from pickgrad import OneHot, diagnose
+from pickgrad.diagnostics.problems import PROBLEMS
 from pickgrad.diagnostics.report import (
     EstimatorStats,
     parse_estimator,
@@ -304,3 +305,20 @@ def test_renderings(tmp_path: Path) -> None:
     assert data["recommendation"]["label"] == report.recommendation.label  # type: ignore[union-attr]
     report.to_png(tmp_path / "toy.png")
     assert (tmp_path / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_ranking_is_the_same_at_one_and_two_threads(name: str) -> None:
+    # Times change with the thread count (and the machine's load); the ranking must not.
+    problem = PROBLEMS[name](0)
+    reference = problem.exact_gradient()
+    rankings = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)  # the conftest fixture restores the caller's setting
+        report = diagnose(
+            problem.loss_fn, problem.scores, problem.structure, n_samples=10, reference=reference
+        )
+        assert report.settings["threads"] == threads
+        rankings.append([(row.label, row.tau) for row in report.ranking()])
+    assert len(rankings[0]) >= 8
+    assert rankings[0] == rankings[1]
