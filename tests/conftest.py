@@ -1,13 +1,48 @@
-"""Shared fixtures: every test is seeded."""
+"""Shared fixtures: every test is seeded; hypothesis profiles.
+
+Hypothesis profiles, chosen by the ``HYPOTHESIS_PROFILE`` environment variable:
+
+* ``ci`` (the default, used by every test): derandomized (the same examples on every run, so CI
+  is reproducible), no deadline (timings on shared machines are noisy), 30 examples per test
+  unless a test asks for its own count (the property suite in ``tests/properties`` does).
+* ``long``: for local runs, ``HYPOTHESIS_PROFILE=long python -m pytest tests/properties``:
+  randomized (new examples each run, failures kept in ``.hypothesis/``), 20 times the examples;
+  the property suite also enumerates trees up to n = 8 there.
+
+``pickgrad`` is kept as another name for ``ci``.
+"""
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
-settings.register_profile("pickgrad", deadline=None, derandomize=True, max_examples=30)
-settings.load_profile("pickgrad")
+settings.register_profile("ci", deadline=None, derandomize=True, max_examples=30, print_blob=True)
+settings.register_profile("pickgrad", settings.get_profile("ci"))
+settings.register_profile(
+    "long",
+    deadline=None,
+    derandomize=False,
+    max_examples=600,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Hypothesis's pytest plugin writes a patch of the failing examples after a failure, importing
+# libcst, whose import warns (mypy_extensions.TypedDict); under "warnings are errors" that turns
+# a test failure into a pytest INTERNALERROR that hides the falsifying example. Import it once,
+# quietly, now.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import hypothesis.extra._patching  # noqa: F401
+    except ImportError:  # libcst not installed: the plugin then skips the patch
+        pass
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,266 @@
+"""The properties themselves, one function per law, shared by the test modules.
+
+``test_structure_properties.py`` and ``test_estimator_properties.py`` run them on the
+(structure, estimator) combinations that hold on the current code; ``test_pending.py`` (not
+committed until the fixes land) runs the same functions on the combinations that still fail.
+Each function takes a drawn :class:`~properties.strategies.Problem` and asserts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import pickgrad
+from pickgrad import Arborescence, OneHot, Permutation, Subset
+from properties.strategies import (
+    HALF_DTYPES,
+    Problem,
+    check_in_polytope,
+    check_valid,
+    entry_tolerance,
+    enumerable,
+    log_partition_reference,
+    objective_of,
+    objectives,
+    relax_reference,
+)
+
+# --- structures --------------------------------------------------------------------------------
+
+
+def argmax_is_valid_and_optimal(problem: Problem) -> None:
+    """argmax is a valid structure whose objective equals the best enumerated one (tie-aware)."""
+    structure, scores = problem.structure, problem.scores
+    x = structure.argmax(scores)
+    assert x.dtype == scores.dtype and x.shape == scores.shape
+    check_valid(structure, x, scores.shape)
+    values, _ = objectives(structure, scores)
+    best = values.amax(-1)
+    got = objective_of(structure, scores, x)
+    # float64 sums of at most 64 terms: exact up to their rounding.
+    event = tuple(range(scores.dim() - structure.event_dims, scores.dim()))
+    tolerance = 1e-12 * (1 + scores.double().abs().sum(event))
+    assert bool(((got - best).abs() <= tolerance).all()), (got - best).abs().max()
+
+
+def relax_is_in_polytope_and_matches_float64(problem: Problem, **options: Any) -> None:
+    """relax lies in the polytope and equals the float64 result within the dtype's tolerance."""
+    structure, scores = problem.structure, problem.scores
+    x = structure.relax(scores, problem.tau, **options)
+    assert x.dtype == scores.dtype and x.shape == scores.shape
+    check_in_polytope(structure, x, scores.shape)
+    # The Gibbs marginals by enumeration for the entropy regulariser (not Sinkhorn's); the
+    # library's own float64 result otherwise.
+    gibbs = (
+        not options
+        and enumerable(structure, problem.event_shape)
+        and not isinstance(structure, Permutation)
+    )
+    if scores.dtype == torch.float64 and not gibbs:
+        return  # the reference would be this very result: only the polytope applies
+    if gibbs:
+        reference = relax_reference(structure, scores, problem.tau)
+    else:
+        reference = structure.relax(scores.double(), problem.tau, **options)
+    error = (x.double() - reference).abs()
+    worst = error.max().item() if error.numel() else 0.0
+    tolerance = entry_tolerance(structure, scores.dtype)
+    assert worst <= tolerance, f"{worst:.3g} from the float64 result (tolerance {tolerance:.3g})"
+
+
+def law_preserving_offsets(structure: Any, scores: torch.Tensor, seed: int) -> torch.Tensor:
+    """Constants that leave the structure's law unchanged when added to ``scores``.
+
+    One per example (magnitude 1 to 1e4) for every structure; plus one per row for Permutation
+    (each row holds one 1) and one per column when square; one per column for Arborescence
+    (one parent per non-root node).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    batch = scores.shape[: scores.dim() - structure.event_dims]
+    size = 10.0 ** (4 * torch.rand(batch, generator=generator, dtype=torch.float64))
+    common = size * torch.sign(torch.randn(batch, generator=generator, dtype=torch.float64))
+    for _ in range(structure.event_dims):
+        common = common.unsqueeze(-1)
+    if isinstance(structure, Permutation):
+        s, n = scores.shape[-2:]
+        rows = 1e3 * torch.randn((*batch, s, 1), generator=generator, dtype=torch.float64)
+        columns = 1e3 * torch.randn((*batch, 1, n), generator=generator, dtype=torch.float64)
+        return common + rows + (columns if s == n else 0)
+    if isinstance(structure, Arborescence):
+        n = scores.shape[-1]
+        return common + 1e3 * torch.randn((*batch, 1, n), generator=generator, dtype=torch.float64)
+    return common.expand(scores.shape)
+
+
+def relax_is_shift_invariant(problem: Problem, seed: int) -> None:
+    """In float64, relax(scores + c) = relax(scores) for every law-preserving offset c."""
+    structure, scores, tau = problem.structure, problem.scores.double(), problem.tau
+    shifted = scores + law_preserving_offsets(structure, scores, seed)
+    x = structure.relax(shifted, tau)
+    check_in_polytope(structure, x, scores.shape)
+    error = (x - structure.relax(scores, tau)).abs()
+    worst = error.max().item() if error.numel() else 0.0
+    # Offsets up to ~1e4 round the scores by ~1e4 * 2**-52, i.e. ~2e-10 in scores / tau.
+    assert worst <= 10 * entry_tolerance(structure, torch.float64), worst
+
+
+def _ones(structure: Any, event_shape: tuple[int, ...]) -> int:
+    """How many ones every hard solution has."""
+    if isinstance(structure, OneHot):
+        return 1
+    if isinstance(structure, Subset):
+        return structure.k
+    if isinstance(structure, Permutation):
+        return event_shape[0]
+    return event_shape[-1] - 1
+
+
+def log_partition_is_logsumexp_over_enumeration(problem: Problem) -> None:
+    """log_partition = logsumexp_x <scores, x> / tau over ``enumerate`` (float64 reference).
+
+    Half types may return their own dtype or float32, or raise ValueError when the value does
+    not fit their range (issue 11, point 3); never a silent inf.
+    """
+    structure, scores, tau = problem.structure, problem.scores, problem.tau
+    reference = log_partition_reference(structure, scores, tau)
+    try:
+        got = structure.log_partition(scores, tau)
+    except ValueError as error:
+        limit = torch.finfo(scores.dtype).max
+        assert bool((reference.abs() > limit).any()), f"raised although it fits: {error}"
+        return
+    assert got.shape == reference.shape
+    allowed = (scores.dtype, torch.float32) if scores.dtype in HALF_DTYPES else (scores.dtype,)
+    assert got.dtype in allowed, got.dtype
+    assert bool(torch.isfinite(got).all()), "non-finite log_partition"
+    # Each of the m chosen terms scores / tau carries a relative rounding error of the compute
+    # dtype (float32 for half types), the result one of its own dtype.
+    ones = _ones(structure, problem.event_shape)
+    event_start = scores.dim() - structure.event_dims
+    z_max = (scores.double().abs() / tau).flatten(event_start).amax(-1)
+    compute = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    atol = 1e-9 if scores.dtype == torch.float64 else 1e-5
+    tolerance = (
+        atol
+        + 4 * torch.finfo(compute).eps * ones * z_max
+        + torch.finfo(got.dtype).eps * reference.abs()
+    )
+    error = (got.double() - reference).abs()
+    assert bool((error <= tolerance).all()), (error - tolerance).max()
+
+
+# --- estimators --------------------------------------------------------------------------------
+
+
+def build(name: str, options: dict[str, Any]) -> pickgrad.Estimator:
+    """A fresh estimator object (no stateful-name warning: the suite passes objects for those)."""
+    return pickgrad.get_estimator(name, warn_stateful=False, **options)
+
+
+def _given_as(name: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """What to pass to select/estimate: the name and its options, or for an estimator that keeps
+    state between calls (the ema baseline) a fresh object, as its warning asks."""
+    estimator = build(name, options)
+    return (estimator, {}) if getattr(estimator, "stateful", False) else (name, options)
+
+
+def serves(name: str, options: dict[str, Any], problem: Problem) -> bool:
+    """Whether the structure offers what the estimator needs; if not, check the error says so."""
+    estimator = build(name, options)
+    if not estimator.missing_capabilities(problem.structure):
+        return True
+    with pytest.raises(NotImplementedError, match="needs"):
+        pickgrad.select(problem.scores, problem.structure, estimator, tau=problem.tau)
+    return False
+
+
+def _check_value(estimator: pickgrad.Estimator, problem: Problem, x: torch.Tensor) -> None:
+    assert x.dtype == problem.scores.dtype, (x.dtype, problem.scores.dtype)
+    if estimator.hard:
+        check_valid(problem.structure, x, x.shape)
+    else:
+        check_in_polytope(problem.structure, x, x.shape)
+
+
+def _check_gradient(scores: torch.Tensor) -> None:
+    assert scores.grad is not None, "no gradient reached the scores"
+    assert scores.grad.shape == scores.shape and scores.grad.dtype == scores.dtype
+    assert bool(torch.isfinite(scores.grad).all()), "non-finite gradient"
+
+
+def select_is_valid_with_finite_gradient(
+    name: str, options: dict[str, Any], problem: Problem, seed: int
+) -> None:
+    """``pickgrad.select``: a valid structure (hard) or a polytope point (soft), finite grad."""
+    if not serves(name, options, problem):
+        return
+    estimator = build(name, options)
+    scores = problem.scores.clone().requires_grad_(True)
+    generator = torch.Generator().manual_seed(seed)
+    given_as, given_options = _given_as(name, options)
+    x = pickgrad.select(
+        scores, problem.structure, given_as, tau=problem.tau, generator=generator, **given_options
+    )
+    assert x.shape == scores.shape
+    _check_value(estimator, problem, x.detach())
+    weights = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+    (x.float() * weights).sum().backward()
+    _check_gradient(scores)
+
+
+def estimate_is_valid_with_finite_gradient(
+    name: str,
+    options: dict[str, Any],
+    problem: Problem,
+    seed: int,
+    n_samples: int,
+    per_example: bool,
+) -> None:
+    """``pickgrad.estimate``: every sample valid, a finite surrogate and a finite gradient."""
+    if not serves(name, options, problem):
+        return
+    if options.get("baseline") in ("batch", "rloo"):
+        n_samples = max(n_samples, 2)  # they average the other draws (documented)
+    estimator = build(name, options)
+    structure = problem.structure
+    scores = problem.scores.clone().requires_grad_(True)
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.randn(scores.shape, generator=generator, dtype=torch.float32)
+    event = tuple(range(-structure.event_dims, 0))
+    # Losses per example (n_samples, *batch), or summed over the batch (n_samples,); a mean over
+    # an empty batch would be NaN by definition, so empty batches sum.
+    per_example = per_example and problem.scores.numel() > 0
+    samples: list[torch.Tensor] = []
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        samples.append(x.detach())
+        losses = (x.float() * weights).sum(event)
+        if per_example or losses.dim() == 1:
+            return losses
+        return losses.sum(tuple(range(1, losses.dim())))
+
+    extra: dict[str, Any] = {}
+    if options.get("baseline") == "learned":
+        extra["baseline_values"] = torch.zeros(problem.batch_shape, requires_grad=True)
+    given_as, given_options = _given_as(name, options)
+    surrogate = pickgrad.estimate(
+        loss_fn,
+        scores,
+        structure,
+        given_as,
+        n_samples=n_samples,
+        tau=problem.tau,
+        generator=generator,
+        **given_options,
+        **extra,
+    )
+    assert surrogate.dim() == 0 and bool(torch.isfinite(surrogate)), surrogate
+    assert samples, "loss_fn was never called"
+    for x in samples:
+        assert x.shape == (n_samples, *scores.shape)
+        _check_value(estimator, problem, x)
+    surrogate.backward()
+    _check_gradient(scores)
