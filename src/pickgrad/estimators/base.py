@@ -13,7 +13,6 @@ option, the estimator and the valid options.
 from __future__ import annotations
 
 import difflib
-import functools
 import inspect
 import math
 import warnings
@@ -171,14 +170,26 @@ def get_estimator(
     return resolved
 
 
-@functools.cache
+_CONSTRUCTOR_OPTIONS: dict[type, tuple[tuple[str, ...], bool]] = {}
+
+
 def _constructor_options(cls: type) -> tuple[tuple[str, ...], bool]:
     """``(names of the keyword options, whether it takes **relax_options)`` of ``cls.__init__``."""
-    if cls.__init__ is object.__init__:
-        return (), False
-    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    names = tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-    return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
+    if cls not in _CONSTRUCTOR_OPTIONS:
+        init: Any = vars(object)["__init__"]
+        for klass in cls.__mro__:  # the __init__ that cls.__init__ resolves to
+            if "__init__" in vars(klass):
+                init = vars(klass)["__init__"]
+                break
+        if init is vars(object)["__init__"]:
+            _CONSTRUCTOR_OPTIONS[cls] = ((), False)
+        else:
+            parameters = list(inspect.signature(init).parameters.values())[1:]
+            names = tuple(
+                p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            )
+            _CONSTRUCTOR_OPTIONS[cls] = (names, any(p.kind is p.VAR_KEYWORD for p in parameters))
+    return _CONSTRUCTOR_OPTIONS[cls]
 
 
 def _format_options(options: dict[str, Any]) -> str:
