@@ -127,3 +127,21 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         "module:function",
     ):
         assert option in text
+
+
+def test_allow_soft_rank_by_and_threads_reach_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    arguments = ["diagnose", "--quick", "--no-progress", "--problem", "bernoulli"]
+    arguments += ["--estimators", "relaxed", "reinforce/rloo", "--out", str(tmp_path)]
+    assert main([*arguments, "--allow-soft", "--rank-by", "mse-time"]) == 0
+    data = json.loads((tmp_path / "bernoulli.json").read_text())
+    assert data["settings"]["allow_soft"] is True and data["settings"]["rank_by"] == "mse-time"
+    assert data["settings"]["threads"] == torch.get_num_threads()  # the caller's, not forced
+    assert main(arguments) == 0
+    data = json.loads((tmp_path / "bernoulli.json").read_text())
+    assert data["settings"]["allow_soft"] is False
+    assert data["recommendation"]["label"] == "reinforce/rloo"  # the only hard-forward one
+    assert "| relaxed | 1 | soft |" in capsys.readouterr().out

@@ -5,7 +5,13 @@ Tasks: *pick-the-five* (pick the item worth 5 out of 8; metric: held-out accurac
 metric: mean reward gap to the exact optimum). Every estimator trains the same network from the
 same initialisation, on the same batches, for the same number of steps and loss evaluations,
 each at its tuned temperature (``st-relaxed`` at 0.6, the setting users report). Prints a
-table, writes results.json and learning_curves.png.
+table and the best estimator of each task, writes results.json (after every run) and
+learning_curves.png.
+
+The best is chosen by the rule of ``pickgrad diagnose`` (one ranking function for both): only
+estimators whose forward pass is a hard choice, unless --allow-soft; the final held-out metric
+first, the mean of the learning curve to break ties. Ctrl-C keeps the finished runs in
+results.json (exit status 130); --resume skips them next time.
 """
 
 from __future__ import annotations
