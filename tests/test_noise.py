@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from pickgrad.noise import CounterRandom, draw_seed, sample_gumbel
+from pickgrad._validation import compute_dtype
+from pickgrad.noise import CounterRandom, draw_seed, draw_seed_tensor, sample_gumbel, sampling_dtype
 
 N = 400_000
 
@@ -89,3 +90,27 @@ def test_draw_seed_is_reproducible_and_follows_the_generator() -> None:
 def test_sample_gumbel_is_finite_in_every_dtype(dtype: torch.dtype) -> None:
     noise = sample_gumbel((10_000,), dtype=dtype, device=torch.device("cpu"))
     assert noise.dtype == dtype and bool(torch.isfinite(noise).all())
+
+
+@pytest.mark.parametrize("seed", [0, 5, 2**62 - 1, 2**61 + 12345])
+def test_a_tensor_seed_gives_the_int_seed_stream(seed: int) -> None:
+    as_int, as_tensor = CounterRandom(seed), CounterRandom(torch.tensor(seed))
+    for offset, count in ((0, 17), (3, 1000), (2**40 + 1, 5)):  # large and odd offsets included
+        expected = as_int.log_uniform_(torch.empty(count), offset=offset)
+        assert torch.equal(as_tensor.log_uniform_(torch.empty(count), offset=offset), expected)
+
+
+def test_draw_seed_tensor_is_draw_seed_without_a_read() -> None:
+    value = draw_seed(torch.Generator().manual_seed(7), "cpu")
+    seed = draw_seed_tensor(torch.Generator().manual_seed(7), "cpu")
+    assert seed.shape == () and seed.dtype == torch.int64
+    assert int(seed) == value
+    torch.manual_seed(8)
+    first = draw_seed_tensor(None, "cpu")
+    torch.manual_seed(8)
+    assert torch.equal(draw_seed_tensor(None, "cpu"), first)
+
+
+def test_sampling_dtype_is_the_compute_dtype() -> None:
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert sampling_dtype(dtype) is compute_dtype(dtype)

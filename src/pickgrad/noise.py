@@ -9,12 +9,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["CounterRandom", "draw_seed", "sample_gumbel", "sampling_dtype"]
+from pickgrad._validation import compute_dtype
+
+__all__ = ["CounterRandom", "draw_seed", "draw_seed_tensor", "sample_gumbel", "sampling_dtype"]
 
 
 def sampling_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype noise is drawn in: float32 for half types (whose tails overflow), else ``dtype``."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    """The dtype noise is drawn in: float32 for half types (whose tails overflow), else ``dtype``.
+
+    The same as :func:`pickgrad._validation.compute_dtype`.
+    """
+    return compute_dtype(dtype)
 
 
 def sample_gumbel(
@@ -36,9 +41,26 @@ def sample_gumbel(
 
 
 def draw_seed(generator: torch.Generator | None, device: torch.device | str) -> int:
-    """One 62-bit seed drawn from ``generator``, or from the default generator of ``device``."""
+    """One 62-bit seed drawn from ``generator``, or from the default generator of ``device``.
+
+    Reads the draw back to Python (a host sync on an accelerator); hot paths use
+    :func:`draw_seed_tensor`, which gives the same value as a tensor.
+    """
+    return int(draw_seed_tensor(generator, device))
+
+
+def draw_seed_tensor(generator: torch.Generator | None, device: torch.device | str) -> Tensor:
+    """:func:`draw_seed` as a 0-dim int64 tensor on the generator's device, never read back.
+
+    A :class:`CounterRandom` seeded with it makes no device-to-host sync, so it also runs
+    under ``torch.compile`` without a graph break.
+
+    Example:
+        >>> draw_seed_tensor(torch.Generator().manual_seed(0), "cpu").shape
+        torch.Size([])
+    """
     where = generator.device if generator is not None else torch.device(device)
-    return int(torch.randint(2**62, (1,), generator=generator, device=where))
+    return torch.randint(2**62, (), generator=generator, device=where, dtype=torch.int64)
 
 
 def _wrap64(value: int) -> int:
@@ -60,6 +82,9 @@ class CounterRandom:
     (``E <= 15.9``). Used where many draws are averaged (gumbel-rao's backward): on the CPU it is
     2x to 3x faster than ``uniform_`` followed by ``log``, and nothing but the seed needs to be
     kept between a forward pass and the backward pass that redraws the same numbers.
+
+    ``seed`` is a Python int or a 0-dim int64 tensor (from :func:`draw_seed_tensor`): a tensor
+    seed gives the same stream and is never read back to Python.
     """
 
     _GAMMA = 0x9E3779B97F4A7C15
@@ -68,7 +93,7 @@ class CounterRandom:
     _MANTISSA = 0x007FFFFF
     _ONE_AND_LAST_BIT = 0x3F800001
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int | Tensor) -> None:
         self.seed = seed
         self._buffers: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -88,7 +113,11 @@ class CounterRandom:
         first, skip = divmod(offset, 2)
         count = (skip + out.numel() + 1) // 2
         steps, z, shifted = self._workspace(count, out.device)
-        torch.add(steps, _wrap64(self.seed + first * self._GAMMA), out=z)
+        if isinstance(self.seed, Tensor):  # int64 addition wraps modulo 2**64, as _wrap64 does
+            start = self.seed.to(z.device) + _wrap64(first * self._GAMMA)
+            torch.add(steps, start, out=z)
+        else:
+            torch.add(steps, _wrap64(self.seed + first * self._GAMMA), out=z)
         for shift, multiplier in self._ROUNDS:  # z ^= z >>> shift; z *= multiplier
             torch.bitwise_right_shift(z, shift, out=shifted)
             z.bitwise_xor_(shifted.bitwise_and_((1 << (64 - shift)) - 1))
