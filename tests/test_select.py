@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -137,21 +138,26 @@ def test_bad_tau_value(tau: float) -> None:
 
 
 def test_bad_tau_type() -> None:
-    with pytest.raises(TypeError, match="tau must be a positive number or a schedule, got str"):
+    with pytest.raises(
+        TypeError, match="tau must be a positive real number or a schedule, got str"
+    ):
         pickgrad.select(torch.randn(3), ONEHOT, "st-relaxed", tau="hot")
 
 
 @pytest.mark.parametrize(
-    ("bad", "word"), [(math.nan, "NaN"), (math.inf, "inf"), (-math.inf, "inf")]
+    ("bad", "word"), [(math.nan, "NaN"), (math.inf, "+inf"), (-math.inf, "-inf")]
 )
 def test_non_finite_scores(bad: float, word: str) -> None:
     scores = torch.randn(2, 4)
     scores[1, 2] = bad
-    with pytest.raises(ValueError, match=rf"scores contains {word} values \(shape \(2, 4\)\)"):
+    expected = (
+        rf"scores contains non-finite values \(1 {re.escape(word)} of 8 entries, shape \(2, 4\)\)"
+    )
+    with pytest.raises(ValueError, match=expected):
         pickgrad.select(scores, ONEHOT, "st")
-    with pytest.raises(ValueError, match=f"scores contains {word}"):
+    with pytest.raises(ValueError, match=expected):
         pickgrad.estimate(_loss, scores, ONEHOT, "reinforce")
-    with pytest.raises(ValueError, match=f"scores contains {word}"):
+    with pytest.raises(ValueError, match=expected):
         ONEHOT.argmax(scores)
 
 
@@ -258,3 +264,97 @@ def test_loss_fn_with_the_wrong_shape(estimator: str) -> None:
 def test_loss_fn_returning_a_float() -> None:
     with pytest.raises(TypeError, match="loss_fn must return a tensor, got float"):
         pickgrad.estimate(lambda x: 1.0, torch.randn(2, 3), ONEHOT, "st-gumbel")  # type: ignore[arg-type,return-value]
+
+
+# --- tau and score ranges, relax options, batch shapes ---------------------------------------------
+
+
+@pytest.mark.parametrize("tau", [True, "1.0", None, [0.5]])
+def test_tau_of_a_non_real_type_is_refused_by_both_entry_points(tau: object) -> None:
+    with pytest.raises(TypeError, match="tau must be a positive real number or a schedule"):
+        pickgrad.select(torch.randn(3), ONEHOT, "st-relaxed", tau=tau)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="tau must be a positive real number or a schedule"):
+        pickgrad.estimate(_loss, torch.randn(1, 3), ONEHOT, "st", tau=tau)  # type: ignore[arg-type]
+
+
+def test_zero_dim_tensor_tau_and_schedules_are_accepted() -> None:
+    scores = torch.randn(2, 4)
+    by_float = pickgrad.select(scores, ONEHOT, "relaxed", tau=0.5)
+    by_tensor = pickgrad.select(scores, ONEHOT, "relaxed", tau=torch.tensor(0.5))
+    by_schedule = pickgrad.select(scores, ONEHOT, "relaxed", tau=pickgrad.Constant(0.5))
+    assert torch.equal(by_tensor, by_float) and torch.equal(by_schedule, by_float)
+
+
+@pytest.mark.parametrize("estimator", ["st-relaxed", "relaxed", "gumbel-relaxed", "st-gumbel"])
+def test_tau_that_overflows_scores_over_tau_is_refused_before_any_work(estimator: str) -> None:
+    scores = torch.tensor([[1e30, 0.0, -2.0]])
+    with pytest.raises(
+        ValueError, match=r"tau=1e-10 is too small for scores of magnitude up to 1e\+30"
+    ):
+        pickgrad.select(scores, ONEHOT, estimator, tau=1e-10)
+    with pytest.raises(ValueError, match=r"above 3\.4e\+38 \(the largest torch\.float32"):
+        pickgrad.estimate(lambda x: x.sum((-1, -2)), scores, ONEHOT, estimator, tau=1e-10)
+    with pytest.raises(ValueError, match=r"tau=1e-39 is below 1\.18e-38"):
+        pickgrad.select(torch.zeros(3), ONEHOT, estimator, tau=1e-39)
+    x = pickgrad.select(scores, ONEHOT, estimator, tau=1e-6)
+    assert bool(torch.isfinite(x).all())
+
+
+def test_estimators_that_ignore_tau_do_not_range_check_it() -> None:
+    scores = torch.tensor([[1e30, 0.0, -2.0]])
+    assert not pickgrad.get_estimator("st").uses_tau
+    x = pickgrad.select(scores, ONEHOT, "st", tau=1e-10)
+    assert torch.equal(x, torch.tensor([[1.0, 0.0, 0.0]]))
+
+
+def test_scores_whose_sums_overflow_are_refused_by_every_estimator() -> None:
+    scores = torch.full((2, 8), 1e38)
+    for estimator in pickgrad.available_estimators(ONEHOT, pathwise_only=True):
+        with pytest.raises(ValueError, match="when summed over an event of 8 entries"):
+            pickgrad.select(scores, ONEHOT, estimator)
+
+
+def test_range_checks_are_off_with_validation_off() -> None:
+    scores = torch.tensor([[1e30, 0.0, -2.0]])
+    with pickgrad.validation(False):
+        x = pickgrad.select(scores, ONEHOT, "relaxed", tau=1e-10)
+    assert torch.equal(x, torch.tensor([[1.0, 0.0, 0.0]]))
+
+
+class _NoOptions(Structure):
+    """A one-hot structure whose relax takes no options."""
+
+    def _argmax(self, scores: torch.Tensor) -> torch.Tensor:
+        return ONEHOT._argmax(scores)
+
+    def _relax(self, scores: torch.Tensor, tau: float) -> torch.Tensor:
+        return torch.softmax(scores / tau, -1)
+
+
+def test_a_relax_option_the_structure_lacks_is_refused_before_any_work() -> None:
+    with pytest.raises(TypeError, match=r"unknown relax option 'regularizer' for _NoOptions\(\)"):
+        pickgrad.select(torch.randn(3), _NoOptions(), "st-relaxed", regularizer="entropy")
+    x = pickgrad.select(torch.randn(3), _NoOptions(), "st-relaxed")
+    assert x.sum() == 1
+
+
+@pytest.mark.parametrize("estimator", pickgrad.available_estimators(ONEHOT))
+@pytest.mark.parametrize("batch", [(), (0,), (3,), (2, 0), (2, 3), (1, 2, 3), (2, 0, 1)])
+def test_every_estimator_on_every_batch_shape(estimator: str, batch: tuple[int, ...]) -> None:
+    scores = torch.randn(*batch, 4, requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    cls = type(pickgrad.get_estimator(estimator))
+    if cls.needs_loss:
+        value = pickgrad.estimate(
+            lambda x: x.sum(-1), scores, ONEHOT, estimator, n_samples=2, generator=generator
+        )
+        assert value.shape == ()
+        value.backward()
+    else:
+        x = pickgrad.select(scores, ONEHOT, estimator, tau=0.5, generator=generator)
+        assert x.shape == scores.shape and x.dtype == scores.dtype
+        torch.testing.assert_close(x.detach().sum(-1), torch.ones(batch))
+        if cls.hard:
+            assert bool(((x == 0) | (x == 1)).all())
+        (x * torch.arange(4.0)).sum().backward()
+    assert scores.grad is not None and bool(torch.isfinite(scores.grad).all())

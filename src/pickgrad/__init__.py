@@ -4,6 +4,7 @@ Structures (what is chosen) and estimators (how gradients flow) are independent 
 estimator works on every structure that offers what it needs.
 """
 
+from pickgrad._validation import set_validation, validation
 from pickgrad.diagnostics import DiagnosticReport, ExactGradient, diagnose, exact_gradient
 from pickgrad.estimators import (
     BASELINES,
@@ -69,4 +70,6 @@ __all__ = [
     "get_estimator",
     "register_estimator",
     "select",
+    "set_validation",
+    "validation",
 ]

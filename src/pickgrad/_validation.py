@@ -7,6 +7,7 @@ was expected, so that bad input never turns into a silent NaN further down.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,9 +53,43 @@ def validation(enabled: bool) -> Iterator[None]:
         _validate_values = previous
 
 
+def _functorch_transforms_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is running around this call."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if active is not None:
+        return bool(active())
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def _tracing() -> bool:
+    """Whether a tracer (torch.compile / export, torch.jit.trace, torch.fx) is recording this call."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    symbolic = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
+    return bool(symbolic()) if symbolic is not None else False
+
+
 def value_checks_enabled() -> bool:
-    """Whether value checks should run now: switched on, and not inside a compiled graph."""
-    return _validate_values and not torch.compiler.is_compiling()
+    """Whether value checks (NaN, inf, ranges, is-solution) should run now.
+
+    True when they are switched on (:func:`set_validation`, :func:`validation`; on by default)
+    and the call is plain eager code: False inside ``torch.compile`` / ``torch.export`` tracing,
+    ``torch.jit.trace``, ``torch.fx`` symbolic tracing and ``torch.func`` transforms (``vmap``,
+    ``grad``, ``jacrev``, ...), where reading a tensor value back to Python would break the graph
+    or fail. Shape, dtype and option checks never depend on it.
+
+    Example:
+        >>> value_checks_enabled()
+        True
+        >>> with validation(False):
+        ...     value_checks_enabled()
+        False
+        >>> seen = []
+        >>> _ = torch.func.vmap(lambda t: seen.append(value_checks_enabled()) or t)(torch.zeros(2))
+        >>> seen
+        [False]
+    """
+    return _validate_values and not _tracing() and not _functorch_transforms_active()
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -73,8 +108,44 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def check_scores(scores: Any, *, name: str = "scores", event_dims: int = 1) -> Tensor:
-    """Check that ``scores`` is a finite floating tensor with at least ``event_dims`` dimensions."""
+def check_scores(
+    scores: Any,
+    *,
+    name: str = "scores",
+    event_dims: int = 1,
+    tau: float | None = None,
+    tau_name: str = "tau",
+) -> Tensor:
+    """Check ``scores``: a floating tensor with non-empty event dims, finite, in range.
+
+    Always (no tensor value is read): ``scores`` is a floating ``torch.Tensor`` with at least
+    ``event_dims`` dimensions, none of the event dimensions empty.
+
+    When :func:`value_checks_enabled` (one reduction, ``max |scores|``, read back once):
+
+    * every entry is finite (NaN, ``+inf`` and ``-inf`` are errors);
+    * sums over one event fit the compute dtype (see :func:`compute_dtype`):
+      ``max |scores| * m <= finfo.max`` with m the number of entries of an event;
+    * with ``tau`` given, so do the scaled scores: ``max |scores| * m / tau <= finfo.max``.
+
+    Args:
+        scores: ``(*batch, *event)`` tensor, ``event`` being its last ``event_dims`` dims.
+        name: the argument's name in error messages.
+        event_dims: how many trailing dimensions one structure occupies.
+        tau: the temperature ``scores`` will be divided by, if any (already a checked float).
+        tau_name: its name in error messages (``"sigma"`` for a noise scale).
+
+    Returns:
+        ``scores`` itself.
+
+    Example:
+        >>> check_scores(torch.zeros(2, 3)).shape
+        torch.Size([2, 3])
+        >>> check_scores(torch.full((3,), 1e37), tau=0.01)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: tau=0.01 is too small for scores of magnitude up to 1e+37: ...
+    """
     if not isinstance(scores, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
     if not scores.is_floating_point():
@@ -87,45 +158,109 @@ def check_scores(scores: Any, *, name: str = "scores", event_dims: int = 1) -> T
             f"{name} must have at least {event_dims} dimension(s) for this structure, "
             f"got shape {tuple(scores.shape)}"
         )
-    if any(size == 0 for size in scores.shape[scores.dim() - event_dims :]):
+    event_shape = scores.shape[scores.dim() - event_dims :]
+    if any(size == 0 for size in event_shape):
         raise ValueError(
             f"{name} has an empty event dimension: shape {tuple(scores.shape)}; "
             "there must be at least one item to choose from"
         )
-    if value_checks_enabled() and scores.numel() > 0 and not _all_finite(scores):
-        bad = "NaN" if bool(torch.isnan(scores).any()) else "inf"
-        raise ValueError(
-            f"{name} contains {bad} values (shape {tuple(scores.shape)}); all must be finite"
-        )
+    if value_checks_enabled() and scores.numel() > 0:
+        _check_score_values(scores, name, math.prod(event_shape), tau, tau_name)
     return scores
 
 
-def _all_finite(scores: Tensor) -> bool:
-    """Whether every entry is finite; one reduction instead of an entrywise check when it is.
+def _check_score_values(
+    scores: Tensor, name: str, terms: int, tau: float | None, tau_name: str
+) -> None:
+    """The value part of :func:`check_scores`: one reduction when everything is fine."""
+    detached = scores.detach()
+    magnitude = float(detached.abs().amax())  # NaN if any entry is NaN, inf if any is infinite
+    if not math.isfinite(magnitude):
+        counts = {
+            "NaN": int(torch.isnan(detached).sum()),
+            "+inf": int((detached == math.inf).sum()),
+            "-inf": int((detached == -math.inf).sum()),
+        }
+        found = ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
+        raise ValueError(
+            f"{name} contains non-finite values ({found} of {detached.numel()} entries, "
+            f"shape {tuple(scores.shape)}); all must be finite"
+        )
+    work = compute_dtype(scores.dtype)
+    limit = torch.finfo(work).max
+    if magnitude * terms > limit:
+        raise ValueError(
+            f"{name} of magnitude up to {magnitude:.3g} overflow {work} when summed over an "
+            f"event of {terms} entries ({magnitude:.3g} * {terms} > {limit:.3g}, the largest "
+            f"{work}); rescale {name}"
+        )
+    if tau is not None and magnitude * terms / tau > limit:
+        raise ValueError(
+            f"{tau_name}={tau:.3g} is too small for {name} of magnitude up to {magnitude:.3g}: "
+            f"{name} / {tau_name} summed over an event of {terms} entries would reach "
+            f"{magnitude * terms / tau:.3g}, above {limit:.3g} (the largest {work}, the dtype "
+            f"{scores.dtype} {name} are computed in); use {tau_name} >= "
+            f"{magnitude * terms / limit:.3g} or rescale {name}"
+        )
 
-    A finite sum proves every entry finite (NaN and inf propagate through a sum); only a
-    non-finite sum, which finite entries can also give by overflow, needs the entrywise check.
+
+def check_tau(tau: Any, *, name: str = "tau", dtype: torch.dtype | None = None) -> float:
+    """Return ``tau`` as a float after checking that it is a positive finite real number.
+
+    Accepted: a Python ``int``/``float`` (or a NumPy scalar), a 0-dim real tensor, or a
+    schedule (any other object with ``__float__``, e.g. :class:`pickgrad.Schedule`), read at
+    this call. Strings, bytes and bools are ``TypeError`` even though they convert to numbers.
+    A tensor is read back to Python (a host sync on an accelerator) and its gradient is **not**
+    kept: a tensor that requires grad gets a ``UserWarning`` (learnable temperatures are not
+    supported yet). These checks read no tensor of scores, so they always run.
+
+    With ``dtype`` (the scores' dtype) given, ``tau`` must also be at least the smallest normal
+    number of its compute dtype (:func:`compute_dtype`), so that ``1 / tau`` is finite there.
+
+    Example:
+        >>> check_tau(0.5), check_tau(torch.tensor(2.0))
+        (0.5, 2.0)
+        >>> check_tau("0.5")
+        Traceback (most recent call last):
+        ...
+        TypeError: tau must be a positive real number or a schedule, got str '0.5'
     """
-    total = scores.detach().sum(
-        dtype=torch.float64 if scores.dtype == torch.float64 else torch.float32
-    )
-    return bool(torch.isfinite(total)) or bool(torch.isfinite(scores).all())
-
-
-def check_tau(tau: Any, *, name: str = "tau") -> float:
-    """Return ``tau`` as a float after checking that it is finite and positive.
-
-    Anything with ``__float__`` is accepted, so a temperature schedule can be passed where a
-    temperature is expected.
-    """
+    if isinstance(tau, (str, bytes, bool)) or not hasattr(type(tau), "__float__"):
+        raise TypeError(
+            f"{name} must be a positive real number or a schedule, got {type(tau).__name__} "
+            f"{tau!r}"[:200]
+        )
+    if isinstance(tau, Tensor):
+        if tau.dim() != 0:
+            raise ValueError(
+                f"{name} must be a number or a 0-dim tensor, got a tensor of shape "
+                f"{tuple(tau.shape)}"
+            )
+        if tau.dtype == torch.bool or tau.is_complex():
+            raise TypeError(f"{name} must be a real number, got a {tau.dtype} tensor")
+        if tau.requires_grad:
+            warnings.warn(
+                f"{name} is a tensor that requires grad; pickgrad reads its value as a float "
+                "and no gradient reaches it (learnable temperatures are not supported yet)",
+                UserWarning,
+                stacklevel=3,
+            )
     try:
-        value = float(tau)
+        value = float(tau.detach() if isinstance(tau, Tensor) else tau)
     except (TypeError, ValueError):
         raise TypeError(
-            f"{name} must be a positive number or a schedule, got {type(tau).__name__}"
+            f"{name} must be a positive real number or a schedule, got {type(tau).__name__}"
         ) from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
+    if dtype is not None:
+        work = compute_dtype(dtype)
+        tiny = torch.finfo(work).tiny
+        if value < tiny:
+            raise ValueError(
+                f"{name}={value:.3g} is below {tiny:.3g}, the smallest normal {work} (the dtype "
+                f"{dtype} scores are computed in), so 1 / {name} overflows; use a larger {name}"
+            )
     return value
 
 

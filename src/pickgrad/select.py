@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -17,15 +18,24 @@ __all__ = ["estimate", "select"]
 def _prepare(
     scores: Any, structure: Any, estimator: str | Estimator, tau: Any, generator: Any, options: dict
 ) -> tuple[Estimator, float]:
+    """Resolve the estimator and run every check before any work; return it and ``tau``."""
     if not isinstance(structure, Structure):
         raise TypeError(
-            f"structure must be a pickgrad Structure such as pickgrad.OneHot(), got {type(structure).__name__}"
+            "structure must be a pickgrad Structure such as pickgrad.OneHot(), "
+            f"got {type(structure).__name__}"
         )
     resolved = get_estimator(estimator, **options)
-    structure.validate(scores)
-    tau_value = check_tau(tau)
+    if resolved.uses_tau:
+        # scores / tau is computed: tau must keep it within the compute dtype's range.
+        tau_value = structure.check_scores_and_tau(scores, tau)
+    else:
+        structure.validate(scores)
+        tau_value = check_tau(tau)
     check_generator(generator, scores.device)
     resolved.check_structure(structure)
+    relax_options = getattr(resolved, "relax_options", None)
+    if isinstance(relax_options, Mapping) and relax_options:
+        structure.check_relax_options(relax_options)
     return resolved, tau_value
 
 

@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from pickgrad import OneHot
+import pickgrad
+from pickgrad import OneHot, validation
+from pickgrad._validation import compute_dtype
 from pickgrad.noise import sample_gumbel
 from pickgrad.structures.onehot import sparsemax
 
@@ -286,3 +288,255 @@ def test_conditional_gumbel_is_reproducible_and_validates() -> None:
         ONEHOT.conditional_gumbel(scores, x, 0)
     with pytest.raises(ValueError, match="x must have the shape of scores"):
         ONEHOT.conditional_gumbel(scores, x[0], 1)
+
+
+# --- numerical extremes: half precision, shifts, ties, large |scores| / tau ----------------------
+
+HALF_TYPES = (torch.float16, torch.bfloat16)
+REGULARIZERS = ("entropy", "sparsemax")
+#: Largest absolute error of a value in [0, 1] rounded to each dtype, with some slack.
+ROUNDING = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-5}
+
+leading_dims = st.lists(st.integers(0, 3), min_size=0, max_size=3).map(tuple)
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("regularizer", REGULARIZERS)
+def test_half_relax_upcasts_before_dividing_by_tau(dtype: torch.dtype, regularizer: str) -> None:
+    scores = torch.tensor([[700.0, 0.0, -5.0], [0.0, -5.0, 700.0]], dtype=dtype)
+    expected = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=dtype)
+    # Public method and the private hook the estimators call.
+    for p in (
+        ONEHOT.relax(scores, 0.01, regularizer=regularizer),
+        ONEHOT._relax(scores, 0.01, regularizer=regularizer),
+    ):
+        assert p.dtype == dtype
+        assert torch.equal(p, expected)
+
+
+@pytest.mark.parametrize("regularizer", REGULARIZERS)
+@pytest.mark.parametrize("dtype", [*HALF_TYPES, torch.float32])
+@given(
+    batch=leading_dims,
+    n=st.integers(1, 8),
+    log_scale=st.floats(-3, 4),
+    log_tau=st.floats(-2, 2),
+    offset=st.sampled_from([0.0, 1.0, -1.0]),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_relax_matches_float64_and_stays_in_the_simplex(
+    regularizer: str,
+    dtype: torch.dtype,
+    batch: tuple[int, ...],
+    n: int,
+    log_scale: float,
+    log_tau: float,
+    offset: float,
+    ties: bool,
+    seed: int,
+) -> None:
+    scale, tau = 10.0**log_scale, 10.0**log_tau
+    scores = scale * _random_scores((*batch, n), seed)
+    if ties:  # exact ties: items repeat in each row
+        scores = scores[..., :1].expand_as(scores).clone()
+        scores[..., ::2] -= scale
+    scores = scores + offset * scale * 10  # a large common offset, 10x the spread
+    # Keep |scores| / tau within 1e6 and the scores within the dtype.
+    limit = min(1e6 * tau, 0.5 * torch.finfo(dtype).max)
+    scores = scores.clamp(-limit, limit).to(dtype)
+    p = ONEHOT.relax(scores, tau, regularizer=regularizer)
+    reference = ONEHOT.relax(scores.double(), tau, regularizer=regularizer)
+    assert p.shape == scores.shape and p.dtype == dtype
+    assert bool(((p >= 0) & (p <= 1)).all())
+    tolerance = ROUNDING[dtype]
+    torch.testing.assert_close(p.double(), reference, atol=tolerance, rtol=0)
+    torch.testing.assert_close(
+        p.double().sum(-1), torch.ones(batch, dtype=torch.float64), atol=n * tolerance, rtol=0
+    )
+
+
+@pytest.mark.parametrize("regularizer", REGULARIZERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relax_is_exactly_invariant_to_a_representable_shift(
+    regularizer: str, dtype: torch.dtype
+) -> None:
+    # Quarter-integers plus 2**14: every sum and difference is exact, so the result must be too.
+    scores = (torch.randint(-40, 40, (3, 4, 6)) / 4).to(dtype)
+    row_shift = torch.tensor([[2.0**14], [-(2.0**14)], [0.0], [2.0**10]], dtype=dtype)
+    for tau in (0.01, 0.3, 1.0, 50.0):
+        base = ONEHOT.relax(scores, tau, regularizer=regularizer)
+        assert torch.equal(ONEHOT.relax(scores + 2.0**14, tau, regularizer=regularizer), base)
+        assert torch.equal(ONEHOT.relax(scores + row_shift, tau, regularizer=regularizer), base)
+
+
+@pytest.mark.parametrize("regularizer", REGULARIZERS)
+def test_float32_relax_at_a_large_offset_matches_float64(regularizer: str) -> None:
+    scores = (1e4 + torch.randn(64, 7, dtype=torch.float64) * 0.05).float()
+    for tau in (0.01, 0.1, 1.0):
+        p = ONEHOT.relax(scores, tau, regularizer=regularizer)
+        reference = ONEHOT.relax(scores.double(), tau, regularizer=regularizer)
+        torch.testing.assert_close(p.double(), reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("regularizer", REGULARIZERS)
+@pytest.mark.parametrize("dtype", [*HALF_TYPES, torch.float32, torch.float64])
+def test_tied_scores_at_a_large_offset_are_uniform(regularizer: str, dtype: torch.dtype) -> None:
+    scores = torch.full((2, 5), 1e4, dtype=dtype)
+    p = ONEHOT.relax(scores, 0.01, regularizer=regularizer)
+    assert torch.equal(p, torch.full((2, 5), 0.2, dtype=dtype))
+
+
+def _smallest_allowed_tau(scores: torch.Tensor) -> float:
+    """The smallest tau the range check lets through for ``scores``, with 1% to spare."""
+    limit = torch.finfo(compute_dtype(scores.dtype)).max
+    return 1.01 * float(scores.double().abs().max()) * scores.shape[-1] / limit
+
+
+@pytest.mark.parametrize("dtype", [*HALF_TYPES, torch.float32, torch.float64])
+@pytest.mark.parametrize("top", [6e4, 1e30])
+def test_relax_never_gives_nan_down_to_the_smallest_allowed_tau(
+    dtype: torch.dtype, top: float
+) -> None:
+    top = min(top, float(torch.finfo(dtype).max))
+    scores = torch.tensor([[top, 0.0, -top], [-top, -top, -top], [1.0, 1.0, -top]], dtype=dtype)
+    smallest = _smallest_allowed_tau(scores)
+    with pytest.raises(ValueError, match="too small for scores"):
+        ONEHOT.relax(scores, smallest / 1.1)
+    for tau in (smallest, 1e-3, 1.0, 1e20):
+        for regularizer in REGULARIZERS:
+            p = ONEHOT.relax(scores, max(tau, smallest), regularizer=regularizer)
+            assert bool(torch.isfinite(p).all()), (tau, regularizer, p)
+            assert torch.equal(p[0], torch.tensor([1.0, 0.0, 0.0], dtype=dtype)) or tau > 1
+            torch.testing.assert_close(
+                p.double().sum(-1), torch.ones(3, dtype=torch.float64), atol=1e-2, rtol=0
+            )
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+def test_half_log_partition_is_float32_and_finite(dtype: torch.dtype) -> None:
+    scores = torch.tensor([[6e4, 0.0, -6e4], [1.0, 2.0, 3.0]], dtype=dtype)
+    log_z = ONEHOT.log_partition(scores, 0.01)
+    assert log_z.dtype == torch.float32
+    expected = torch.logsumexp(scores.double() / 0.01, -1)
+    torch.testing.assert_close(log_z.double(), expected, rtol=1e-6, atol=1e-4)
+    # The private hook gives the same (estimators call it directly).
+    assert torch.equal(ONEHOT._log_partition(scores, 0.01), log_z)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_partition_at_large_offsets_matches_float64(dtype: torch.dtype) -> None:
+    scores = (1e4 + torch.randn(8, 5, dtype=torch.float64)).to(dtype)
+    for tau in (0.01, 1.0, 100.0):
+        log_z = ONEHOT.log_partition(scores, tau)
+        assert log_z.dtype == dtype
+        expected = torch.logsumexp(scores.double() / tau, -1)
+        torch.testing.assert_close(log_z.double(), expected, rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+def test_half_perturb_log_prob_is_float32_and_finite(dtype: torch.dtype) -> None:
+    scores = torch.tensor([6e4, -6e4, 0.0], dtype=dtype)  # log p = -1.2e5: beyond float16
+    x = torch.tensor([0.0, 1.0, 0.0], dtype=dtype)
+    log_p = ONEHOT.perturb_log_prob(scores, x)
+    assert log_p.dtype == torch.float32 and bool(torch.isfinite(log_p))
+    torch.testing.assert_close(log_p.double(), -2 * scores[0].double(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("batch", [(0,), (2, 0), (0, 3, 1)])
+def test_empty_batches_keep_their_shape(batch: tuple[int, ...]) -> None:
+    scores = torch.zeros(*batch, 4)
+    assert ONEHOT.argmax(scores).shape == scores.shape
+    for regularizer in REGULARIZERS:
+        assert ONEHOT.relax(scores, 0.5, regularizer=regularizer).shape == scores.shape
+    assert ONEHOT.log_partition(scores, 0.5).shape == batch
+    x = ONEHOT.argmax(scores)
+    assert ONEHOT.perturb_log_prob(scores, x).shape == batch
+    assert ONEHOT.conditional_gumbel(scores, x, 2).shape == (2, *scores.shape)
+
+
+def test_public_sparsemax_checks_its_input_and_keeps_half_dtypes() -> None:
+    with pytest.raises(ValueError, match=r"z contains non-finite values \(1 NaN"):
+        sparsemax(torch.tensor([0.0, math.nan]))
+    for dtype, z, expected in (
+        (torch.float16, [700.0, 699.5, -5.0], [0.75, 0.25, 0.0]),
+        (torch.bfloat16, [704.0, 704.0, -5.0], [0.5, 0.5, 0.0]),
+    ):
+        p = sparsemax(torch.tensor(z, dtype=dtype))
+        assert p.dtype == dtype
+        assert torch.equal(p, torch.tensor(expected, dtype=dtype))
+
+
+def test_sparsemax_with_validation_off_never_raises_an_index_error() -> None:
+    with validation(False):
+        p = sparsemax(torch.tensor([[0.0, math.nan, 1.0], [math.inf, 0.0, 0.0]]))
+    assert p.shape == (2, 3)
+
+
+def test_conditional_gumbel_is_exactly_invariant_to_a_representable_shift() -> None:
+    scores = torch.randint(-40, 40, (5, 6)) / 4
+    x = ONEHOT.argmax(torch.randn(5, 6))
+    noise = ONEHOT.conditional_gumbel(scores, x, 3, generator=torch.Generator().manual_seed(1))
+    shifted = ONEHOT.conditional_gumbel(
+        scores + 2.0**14, x, 3, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(noise, shifted)
+
+
+# --- fused fast paths at the extremes, and every path under no_grad / inference_mode -------------
+
+
+@pytest.mark.parametrize("estimator", ["st-gumbel", "gumbel-rao"])
+@pytest.mark.parametrize("dtype", [*HALF_TYPES, torch.float32])
+@pytest.mark.parametrize("tau", ["smallest", 0.01, 100.0])
+def test_fused_paths_are_finite_at_extreme_scores_and_temperatures(
+    estimator: str, dtype: torch.dtype, tau: float | str
+) -> None:
+    top = 6e4 if dtype in HALF_TYPES else 1e4
+    base = torch.tensor([[top, 0.0, -top, 1.0], [0.5, 0.5, 0.5, 0.5]], dtype=torch.float64)
+    scores = base.to(dtype).requires_grad_()
+    tau_value = _smallest_allowed_tau(scores.detach()) if tau == "smallest" else float(tau)
+    generator = torch.Generator().manual_seed(3)
+    x = pickgrad.select(scores, ONEHOT, estimator, tau=tau_value, generator=generator)
+    assert x.dtype == dtype and torch.equal(x.sum(-1), torch.ones(2, dtype=dtype))
+    weights = torch.arange(4.0).to(dtype)
+    (grad,) = torch.autograd.grad((x * weights).sum(), scores, create_graph=True)
+    assert bool(torch.isfinite(grad).all())
+    (second,) = torch.autograd.grad(grad.sum(), scores)
+    assert bool(torch.isfinite(second).all())
+    # The memory-saving first-order backward too.
+    x = pickgrad.select(scores, ONEHOT, estimator, tau=tau_value, generator=generator)
+    (grad,) = torch.autograd.grad((x * weights).sum(), scores)
+    assert bool(torch.isfinite(grad).all())
+
+
+def _onehot_runs(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    scores = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(9))
+    x = ONEHOT.argmax(scores)
+    runs = {
+        "argmax": ONEHOT.argmax(scores),
+        "relax": ONEHOT.relax(scores, 0.5),
+        "sparsemax": ONEHOT.relax(scores, 0.5, regularizer="sparsemax"),
+        "log_partition": ONEHOT.log_partition(scores, 0.5),
+        "perturb_log_prob": ONEHOT.perturb_log_prob(scores, x),
+        "conditional_gumbel": ONEHOT.conditional_gumbel(scores, x, 2, generator=generator),
+    }
+    for name in pickgrad.available_estimators(ONEHOT):
+        if type(pickgrad.get_estimator(name)).needs_loss:
+            runs[name] = pickgrad.estimate(
+                lambda s: s.sum((-1, -2)), scores, ONEHOT, name, n_samples=2, generator=generator
+            )
+        else:
+            runs[name] = pickgrad.select(scores, ONEHOT, name, tau=0.5, generator=generator)
+    return runs
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_every_path_runs_under_no_grad_and_inference_mode(mode) -> None:  # type: ignore[no-untyped-def]
+    expected = _onehot_runs(torch.Generator().manual_seed(4))
+    with mode():
+        got = _onehot_runs(torch.Generator().manual_seed(4))
+    assert got.keys() == expected.keys()
+    for name, value in got.items():
+        assert not value.requires_grad, name
+        torch.testing.assert_close(value, expected[name].detach(), msg=name)

@@ -19,7 +19,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_generator, check_positive_int, check_scores, check_tau
+from pickgrad._validation import (
+    check_generator,
+    check_positive_int,
+    check_scores,
+    check_tau,
+    compute_dtype,
+    value_checks_enabled,
+)
 
 __all__ = ["CAPABILITIES", "Structure"]
 
@@ -83,11 +90,99 @@ class Structure:
 
     # --- validation ---------------------------------------------------------------------------
 
-    def validate(self, scores: Any, *, name: str = "scores") -> Tensor:
-        """Check ``scores`` for this structure and return it; raises ``TypeError``/``ValueError``."""
-        check_scores(scores, name=name, event_dims=self.event_dims)
+    def validate(
+        self, scores: Any, *, name: str = "scores", tau: float | None = None, tau_name: str = "tau"
+    ) -> Tensor:
+        """Check ``scores`` for this structure and return it; raises ``TypeError``/``ValueError``.
+
+        Shape and dtype checks always run; the value checks (finite entries, sums over an event
+        and, with ``tau`` given, ``scores / tau`` within the compute dtype's range) run when
+        :func:`pickgrad._validation.value_checks_enabled`. See
+        :func:`pickgrad._validation.check_scores` for the exact rules.
+
+        Args:
+            scores: ``(*batch, *event)`` tensor.
+            name: its name in error messages.
+            tau: the (already checked, float) temperature ``scores`` will be divided by, if any.
+            tau_name: its name in error messages.
+
+        Example:
+            >>> from pickgrad import OneHot
+            >>> OneHot().validate(torch.tensor([1.0, float("nan")]))
+            Traceback (most recent call last):
+            ...
+            ValueError: scores contains non-finite values (1 NaN of 2 entries, shape (2,)); all must be finite
+        """
+        check_scores(scores, name=name, event_dims=self.event_dims, tau=tau, tau_name=tau_name)
         self._check_event_shape(tuple(scores.shape[scores.dim() - self.event_dims :]), name=name)
         return scores
+
+    def check_scores_and_tau(
+        self, scores: Any, tau: Any, *, name: str = "scores", tau_name: str = "tau"
+    ) -> float:
+        """Validate ``scores`` and ``tau`` together and return ``tau`` as a float.
+
+        ``tau`` is checked by :func:`pickgrad._validation.check_tau` (a positive finite real
+        number or a schedule, at least the smallest normal number of the compute dtype), then
+        ``scores`` by :meth:`validate` with that ``tau`` (so ``scores / tau`` cannot overflow).
+        Public methods that take a temperature call this first.
+
+        Example:
+            >>> from pickgrad import OneHot
+            >>> OneHot().check_scores_and_tau(torch.zeros(3), 0.5)
+            0.5
+            >>> OneHot().check_scores_and_tau(torch.zeros(3), True)
+            Traceback (most recent call last):
+            ...
+            TypeError: tau must be a positive real number or a schedule, got bool True
+        """
+        if isinstance(scores, Tensor) and scores.is_floating_point():
+            value = check_tau(tau, name=tau_name, dtype=scores.dtype)
+        else:
+            value = check_tau(tau, name=tau_name)
+        self.validate(scores, name=name, tau=value, tau_name=tau_name)
+        return value
+
+    def check_solution(self, scores: Tensor, x: Any, *, name: str = "x") -> Tensor:
+        """Check that ``x`` is a hard solution of this structure for ``scores``; return it.
+
+        Always: ``x`` is a tensor of the shape and device of ``scores``. When
+        :func:`pickgrad._validation.value_checks_enabled`: every ``x[b]`` is a hard solution
+        (:meth:`_is_solution`); otherwise a ``ValueError`` names the offending batch entries.
+
+        Example:
+            >>> from pickgrad import OneHot
+            >>> s = torch.zeros(3, 2)
+            >>> OneHot().check_solution(s, torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]))
+            Traceback (most recent call last):
+            ...
+            ValueError: x is not a hard solution of OneHot() at 2 batch entries: (1,), (2,)
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.shape != scores.shape:
+            raise ValueError(
+                f"{name} must have the shape of scores {tuple(scores.shape)}, got {tuple(x.shape)}"
+            )
+        if x.device != scores.device:
+            raise ValueError(f"{name} is on {x.device} but scores are on {scores.device}")
+        if x.is_complex():
+            raise TypeError(f"{name} must be real (0/1 entries), got {x.dtype}")
+        if value_checks_enabled() and x.numel() > 0:
+            values = x.detach()
+            if not values.is_floating_point():
+                values = values.to(scores.dtype)
+            with torch.no_grad():
+                valid = self._is_solution(values)
+            if not bool(valid.all()):
+                bad = [tuple(index) for index in (~valid).nonzero().tolist()]
+                if valid.dim() == 0:
+                    where = ""
+                else:
+                    shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+                    where = f" at {len(bad)} batch entr{'y' if len(bad) == 1 else 'ies'}: {shown}"
+                raise ValueError(f"{name} is not a hard solution of {self!r}{where}")
+        return x
 
     def check_relax_options(self, options: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` if ``options`` holds a keyword this structure's ``relax`` does not take.
@@ -134,6 +229,9 @@ class Structure:
 
         Returns:
             ``(*batch, *event)`` tensor of zeros and ones, in the dtype and device of ``scores``.
+
+        With the value checks on, scores so large that a sum over one event would overflow the
+        compute dtype are a ``ValueError`` before anything is computed.
         """
         self.validate(scores)
         with torch.no_grad():
@@ -145,32 +243,44 @@ class Structure:
         Args:
             scores: ``(*batch, *event)`` floating tensor.
             tau: temperature > 0 (a float or a schedule).
-            **options: structure-specific choices, e.g. ``regularizer="sparsemax"``.
+            **options: structure-specific choices (``relax_option_names``), e.g.
+                ``regularizer="sparsemax"``; an unknown one is a ``TypeError``.
 
         Returns:
-            ``(*batch, *event)`` tensor, differentiable in ``scores``.
+            ``(*batch, *event)`` tensor, differentiable in ``scores``, in the dtype of ``scores``
+            (float16/bfloat16 scores are computed in float32 and the result cast back).
         """
-        self.validate(scores)
+        tau_value = self.check_scores_and_tau(scores, tau)
         self.check_relax_options(options)
-        return self._relax(scores, check_tau(tau), **options)
+        work = compute_dtype(scores.dtype)
+        if work == scores.dtype:
+            return self._relax(scores, tau_value, **options)
+        return self._relax(scores.to(work), tau_value, **options).to(scores.dtype)
 
     def log_partition(self, scores: Tensor, tau: float = 1.0) -> Tensor:
-        """``log sum_x exp(<scores, x> / tau)`` over every hard solution x; shape ``(*batch,)``."""
-        self.validate(scores)
+        """``log sum_x exp(<scores, x> / tau)`` over every hard solution x; shape ``(*batch,)``.
+
+        For float16/bfloat16 scores the result is **float32** (computed in float32 and not cast
+        back: a log-partition easily exceeds float16's largest value, 65504, and would otherwise
+        be a silent inf); for other dtypes it has the scores' dtype.
+        """
+        tau_value = self.check_scores_and_tau(scores, tau)
         self._raise_unsupported("log_partition")
-        return self._log_partition(scores, check_tau(tau))
+        return self._log_partition(scores.to(compute_dtype(scores.dtype)), tau_value)
 
     def perturb_log_prob(self, scores: Tensor, x: Tensor) -> Tensor:
         """``log P(argmax(scores + G) = x)`` for standard Gumbel ``G``; shape ``(*batch,)``.
 
         Only structures whose perturb-and-MAP distribution has a closed form implement this.
+        ``x`` must be a hard solution (checked with the value checks, see
+        :meth:`check_solution`). As for :meth:`log_partition`, float16/bfloat16 scores give a
+        float32 result.
         """
         self.validate(scores)
-        if x.shape != scores.shape:
-            raise ValueError(
-                f"x must have the shape of scores {tuple(scores.shape)}, got {tuple(x.shape)}"
-            )
-        return self._perturb_log_prob(scores, x)
+        self._raise_unsupported("perturb_log_prob")
+        if self.supports("perturb_log_prob"):  # otherwise the call below says it is missing
+            self.check_solution(scores, x)
+        return self._perturb_log_prob(scores.to(compute_dtype(scores.dtype)), x)
 
     def conditional_gumbel(
         self,
@@ -182,14 +292,16 @@ class Structure:
     ) -> Tensor:
         """Gumbel noise ``G`` drawn from its law conditional on ``argmax(scores + G) = x``.
 
+        ``x`` must be a hard solution (checked with the value checks, see
+        :meth:`check_solution`).
+
         Returns:
-            ``(n_draws, *scores.shape)`` noise, without gradient.
+            ``(n_draws, *scores.shape)`` noise in the dtype of ``scores``, without gradient.
         """
         self.validate(scores)
-        if x.shape != scores.shape:
-            raise ValueError(
-                f"x must have the shape of scores {tuple(scores.shape)}, got {tuple(x.shape)}"
-            )
+        self._raise_unsupported("conditional_gumbel")
+        if self.supports("conditional_gumbel"):  # otherwise the call below says it is missing
+            self.check_solution(scores, x)
         check_positive_int(n_draws, name="n_draws")
         check_generator(generator, scores.device)
         with torch.no_grad():

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pickgrad.noise import CounterRandom, draw_seed, sample_gumbel, sampling_dtype
+from pickgrad._validation import check_scores, compute_dtype
+from pickgrad.noise import CounterRandom, draw_seed_tensor, sample_gumbel, sampling_dtype
 from pickgrad.structures.base import Structure
 
 __all__ = ["OneHot", "sparsemax"]
@@ -26,7 +27,9 @@ class _Sparsemax(torch.autograd.Function):
         ranks = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=z.device)
         cumulative = sorted_z.cumsum(-1)
         in_support = 1 + ranks * sorted_z > cumulative
-        support_size = in_support.sum(-1, keepdim=True)
+        # At least the top entry is in the support (exactly so for finite z); the clamp keeps
+        # the gather in range should a non-finite entry slip through with validation off.
+        support_size = in_support.sum(-1, keepdim=True).clamp_min_(1)
         threshold = (cumulative.gather(-1, support_size - 1) - 1) / support_size.to(z.dtype)
         p = (z - threshold).clamp_min(0)
         ctx.save_for_backward(p)
@@ -107,7 +110,7 @@ class _StraightThroughGumbelSoftmax(torch.autograd.Function):
             noise = sample_gumbel(
                 scores.shape, dtype=work, device=scores.device, generator=_replay(ctx)
             )
-            p = torch.softmax((scores.to(work) + noise) / ctx.tau, dim=-1)
+            p = torch.softmax(_shifted_scaled(scores.to(work) + noise, ctx.tau), dim=-1)
             g = grad.to(work)
             result = p * (g - (p * g).sum(-1, keepdim=True)) / ctx.tau
             return result.to(grad.dtype), None, None
@@ -136,7 +139,12 @@ _CONDITIONAL_TILE = 2**19
 
 
 def _conditional_softmax_tiles(
-    scores: Tensor, x: Tensor, n_draws: int, tau: float, seed: int, out: Tensor | None = None
+    scores: Tensor,
+    x: Tensor,
+    n_draws: int,
+    tau: float,
+    seed: int | Tensor,
+    out: Tensor | None = None,
 ) -> Iterator[tuple[slice, Tensor, Tensor]]:
     """Yield ``(rows, w, total)`` per tile of rows, ``w / total = softmax((scores + G_k) / tau)``.
 
@@ -169,11 +177,15 @@ def _conditional_softmax_tiles(
         weights = log_u.mul_(inverse_a[rows]).add_(chosen).reciprocal_()  # -1 / (E_i + E_j / a_j)
         weights.scatter_(-1, index[rows], chosen.reciprocal())  # -1 / E_i at j = i
         if tau != 1.0:  # scaled to exp(z_j - z_i) <= 1 first, so that the power cannot overflow
-            weights.mul_(chosen).pow_(1.0 / tau)
+            # exp(z_i - z_i) is set to exactly 1: its rounding, raised to a large 1 / tau, would
+            # underflow and leave the row summing to zero.
+            weights.mul_(chosen).scatter_(-1, index[rows], 1.0).pow_(1.0 / tau)
         yield rows, weights, weights.sum(-1, keepdim=True)
 
 
-def _conditional_softmax(scores: Tensor, x: Tensor, n_draws: int, tau: float, seed: int) -> Tensor:
+def _conditional_softmax(
+    scores: Tensor, x: Tensor, n_draws: int, tau: float, seed: int | Tensor
+) -> Tensor:
     """All K relaxed points of :func:`_conditional_softmax_tiles` at once: ``(..., K, n)``."""
     n = scores.shape[-1]
     rows = scores[..., 0].numel()
@@ -193,20 +205,22 @@ class _GumbelRaoSoftmax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, scores: Tensor, x: Tensor, n_draws: int, tau: float, seed: int) -> Tensor:
-        ctx.save_for_backward(scores, x)
-        ctx.n_draws, ctx.tau, ctx.seed = n_draws, tau, seed
+    def forward(
+        ctx: Any, scores: Tensor, x: Tensor, n_draws: int, tau: float, seed: Tensor
+    ) -> Tensor:
+        ctx.save_for_backward(scores, x, seed)
+        ctx.n_draws, ctx.tau = n_draws, tau
         return x.detach()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        scores, x = ctx.saved_tensors
+        scores, x, seed = ctx.saved_tensors
         scale = 1.0 / (ctx.n_draws * ctx.tau)
         if torch.is_grad_enabled():
             # create_graph=True: p_k = softmax((scores + G_k) / tau) as a function of scores, the
             # G_k held fixed, is softmax(log p_k + (scores - scores.detach()) / tau).
             with torch.no_grad():
-                p = _conditional_softmax(scores, x, ctx.n_draws, ctx.tau, ctx.seed)
+                p = _conditional_softmax(scores, x, ctx.n_draws, ctx.tau, seed)
             shift = (scores - scores.detach()).to(p.dtype).unsqueeze(-2) / ctx.tau
             p = torch.softmax(p.log() + shift, dim=-1)
             g = grad.to(p.dtype).unsqueeze(-2)
@@ -215,7 +229,7 @@ class _GumbelRaoSoftmax(torch.autograd.Function):
         n = scores.shape[-1]
         g = grad.reshape(-1, 1, n).to(sampling_dtype(scores.dtype))
         result = torch.empty_like(g)
-        tiles = _conditional_softmax_tiles(scores, x, ctx.n_draws, ctx.tau, ctx.seed)
+        tiles = _conditional_softmax_tiles(scores, x, ctx.n_draws, ctx.tau, seed)
         for rows, w, total in tiles:
             # With p_k = w_k / t_k: sum_k p_k (g - <p_k, g>) = g * sum_k w_k / t_k
             # - sum_k (<w_k, g> / t_k^2) w_k; both sums over k in one batched product.
@@ -230,11 +244,28 @@ class _GumbelRaoSoftmax(torch.autograd.Function):
         return result.reshape(grad.shape).to(grad.dtype), None, None, None, None
 
 
+def _shifted_scaled(scores: Tensor, tau: float) -> Tensor:
+    """``(scores - max scores) / tau`` along the last dim, in the compute dtype.
+
+    Softmax and sparsemax are invariant to a common shift of their input; taking the row maximum
+    out before dividing by tau (and upcasting half types before either) keeps the differences
+    that decide the result exact, whatever the common offset, and keeps ``/ tau`` from
+    overflowing: the maximum entry becomes exactly 0, the others at most -inf.
+    """
+    work = compute_dtype(scores.dtype)
+    z = scores.to(work)
+    z = z - z.detach().amax(-1, keepdim=True)
+    return z if tau == 1.0 else z / tau
+
+
 def sparsemax(z: Tensor) -> Tensor:
     """Sparsemax of ``z`` along the last dim: ``argmin_{p in simplex} ||p - z||^2``.
 
+    Computed in float32 for float16/bfloat16 input, after taking out the row maximum (sparsemax
+    is shift invariant), and returned in the dtype of ``z``.
+
     Args:
-        z: ``(..., n)`` floating tensor.
+        z: ``(..., n)`` floating tensor, finite.
 
     Returns:
         ``(..., n)`` point of the simplex, often with exact zeros.
@@ -245,7 +276,8 @@ def sparsemax(z: Tensor) -> Tensor:
         >>> sparsemax(torch.tensor([2.0, 1.0, -1.0]))
         tensor([1., 0., 0.])
     """
-    return _Sparsemax.apply(z)
+    check_scores(z, name="z")
+    return _Sparsemax.apply(_shifted_scaled(z, 1.0)).to(z.dtype)
 
 
 class OneHot(Structure):
@@ -282,20 +314,22 @@ class OneHot(Structure):
         return torch.zeros_like(scores).scatter_(-1, index, 1.0)
 
     def _relax(self, scores: Tensor, tau: float, regularizer: str = "entropy") -> Tensor:
-        z = scores if tau == 1.0 else scores / tau
-        # Half types are computed in float32 and cast back.
-        work = sampling_dtype(z.dtype)
-        if regularizer == "entropy":
-            return torch.softmax(z, dim=-1, dtype=work).to(z.dtype)
-        if regularizer == "sparsemax":
-            return sparsemax(z.to(work)).to(z.dtype)
-        raise ValueError(f"regularizer must be one of {_REGULARIZERS}, got {regularizer!r}")
+        if regularizer not in _REGULARIZERS:
+            raise ValueError(f"regularizer must be one of {_REGULARIZERS}, got {regularizer!r}")
+        z = _shifted_scaled(scores, tau)
+        p = torch.softmax(z, dim=-1) if regularizer == "entropy" else _Sparsemax.apply(z)
+        return p.to(scores.dtype)
 
     def _log_partition(self, scores: Tensor, tau: float) -> Tensor:
-        return torch.logsumexp(scores / tau, dim=-1)
+        # In the compute dtype (float32 for half scores: a log-partition overflows float16).
+        work = compute_dtype(scores.dtype)
+        top = scores.detach().amax(-1, keepdim=True).to(work)
+        z = (scores.to(work) - top) / tau
+        return torch.logsumexp(z, dim=-1) + top.squeeze(-1) / tau
 
     def _perturb_log_prob(self, scores: Tensor, x: Tensor) -> Tensor:
-        return (torch.log_softmax(scores, dim=-1) * x).sum(-1)
+        work = compute_dtype(scores.dtype)
+        return (torch.log_softmax(scores.to(work), dim=-1) * x.to(work)).sum(-1)
 
     def _conditional_gumbel(
         self, scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None
@@ -304,12 +338,15 @@ class OneHot(Structure):
         # every other z_j is Gumbel(s_j) truncated to (-inf, z_i]. The draws come from a private
         # generator seeded from ``generator`` and are laid out (..., K, n), exactly as
         # _fused_gumbel_rao draws them, so both see the same noise from one generator state.
-        work = sampling_dtype(scores.dtype)
-        s = scores.to(work).unsqueeze(-2)
+        # The law of the noise is unchanged by a common shift of the scores: taking the row
+        # maximum out keeps the differences exact for scores with a large common offset.
+        work = compute_dtype(scores.dtype)
+        s = scores.to(work)
+        s = (s - s.amax(-1, keepdim=True)).unsqueeze(-2)
         chosen = x.to(torch.bool).unsqueeze(-2)
         shape = (*scores.shape[:-1], n_draws, scores.shape[-1])
         exponential = torch.empty(shape, dtype=work, device=s.device)
-        stream = CounterRandom(draw_seed(generator, s.device))
+        stream = CounterRandom(draw_seed_tensor(generator, s.device))
         gumbel = stream.exponential_(exponential).log_().neg_()
         top = torch.logsumexp(s, dim=-1, keepdim=True) + (gumbel * chosen).sum(-1, keepdim=True)
         others = -torch.logaddexp(-top, -(s + gumbel))
@@ -347,7 +384,7 @@ class OneHot(Structure):
     ) -> Tensor | None:
         if regularizer != "entropy" or not self._has_onehot_solvers():
             return None
-        seed = draw_seed(generator, scores.device)
+        seed = draw_seed_tensor(generator, scores.device)
         return _GumbelRaoSoftmax.apply(scores, x, n_draws, tau, seed)
 
     def enumerate(
