@@ -245,9 +245,10 @@ def _implicit_grad(plan: Tensor, grad_out: Tensor, tau: float) -> Tensor:
     return (grad_c[..., :s, :] / tau).to(grad_out.dtype)
 
 
-#: Frames from ``warnings.warn`` to the caller of ``Structure._relax``: forward <- apply <-
-#: sinkhorn <- _relax <- its caller (``Structure.relax`` or an estimator).
-_STACKLEVEL = 5
+#: Frames from ``warnings.warn`` up to the user's call of ``Permutation().relax``: forward <-
+#: Function.apply <- sinkhorn <- Permutation._relax <- Structure.relax <- the user's line. On the
+#: estimators' path (which call ``_relax`` directly) the same depth names a line inside them.
+_STACKLEVEL = 6
 
 
 def sinkhorn(scores: Tensor, tau: float, *, tol: float, max_iter: int) -> Tensor:
