@@ -38,7 +38,7 @@ from pickgrad.experiments.base import (
 from pickgrad.experiments.config import TrainingConfig
 from pickgrad.experiments.estimators import EstimatorChoice
 from pickgrad.experiments.graph_layout_data import load_or_generate
-from pickgrad.experiments.nri import DECODER_MESSAGES, ForceDecoder, TrajectoryEncoder, pair_index
+from pickgrad.experiments.nri import DECODER_MESSAGES, ForceDecoder, TrajectoryEncoder
 from pickgrad.structures import OneHot, SpanningTree, Subset
 from pickgrad.structures.base import Structure
 
@@ -112,14 +112,6 @@ def gumbel_kl(scores: Tensor) -> Tensor:
     return scores + torch.exp(-scores) - 1.0
 
 
-def _tree_structure() -> tuple[Structure, bool]:
-    """``SpanningTree(edge_list=True)`` where pickgrad has it (contract #5), else the matrix form."""
-    try:
-        return SpanningTree(edge_list=True), True  # type: ignore[call-arg]
-    except TypeError:
-        return SpanningTree(), False
-
-
 class GraphLayoutModel(ExperimentModel):
     """Encoder -> pickgrad structure -> decoder; ``forward`` is the training objective per node.
 
@@ -131,10 +123,8 @@ class GraphLayoutModel(ExperimentModel):
         super().__init__()
         n, frames = config.vertices, config.frames
         self.config, self.method, self.estimator = config, method, estimator
-        self.structure, self.edge_list = _structure_for(method, n)
-        rows, cols = pair_index(n)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
+        self.structure = _structure_for(method, n)
+        self.pairs = n * (n - 1) // 2
         outputs = 2 if method == "independent" else 1
         self.encoder = TrajectoryEncoder(n, frames, config.encoder_hidden, outputs)
         self.decoder = ForceDecoder(
@@ -153,25 +143,13 @@ class GraphLayoutModel(ExperimentModel):
         scores = self.encoder(trajectories)
         return scores if self.method == "independent" else scores[..., 0]
 
-    def _structure_input(self, scores: Tensor) -> Tensor:
-        if self.method != "tree" or self.edge_list:
-            return scores
-        matrix = scores.new_zeros(*scores.shape[:-1], self.config.vertices, self.config.vertices)
-        matrix[..., self.rows, self.cols] = scores
-        return matrix
-
     def edges(self, drawn: Tensor) -> Tensor:
         """The drawn structure as edge weights ``(..., m)`` in [0, 1]."""
-        if self.method == "independent":
-            return drawn[..., 1]
-        if self.method == "tree" and not self.edge_list:
-            return drawn[..., self.rows, self.cols]
-        return drawn
+        return drawn[..., 1] if self.method == "independent" else drawn
 
     def argmax_edges(self, trajectories: Tensor) -> Tensor:
         """The hard ``argmax`` graph ``(B, m)`` of the encoder's scores, no noise."""
-        structured = self._structure_input(self.scores(trajectories))
-        return self.edges(self.structure.argmax(structured))
+        return self.edges(self.structure.argmax(self.scores(trajectories)))
 
     def reconstruction(self, trajectories: Tensor, edges: Tensor) -> Tensor:
         """``sum (x_hat - x)^2 / (2 var)`` over vertices, frames 1..T-1 and coordinates: ``(B,)``."""
@@ -184,12 +162,11 @@ class GraphLayoutModel(ExperimentModel):
         n, config = self.config.vertices, self.config
         scores = self.scores(trajectories)
         kl = gumbel_kl(scores).flatten(1).sum(1) / n
-        structured = self._structure_input(scores)
         if self.estimator.needs_loss:
 
             def loss_fn(samples: Tensor) -> Tensor:
                 count = samples.shape[0]
-                edges = self.edges(samples).reshape(-1, self.rows.numel())
+                edges = self.edges(samples).reshape(-1, self.pairs)
                 repeated = trajectories.repeat(count, 1, 1, 1)
                 return (self.reconstruction(repeated, edges) / n).reshape(count, -1)
 
@@ -197,12 +174,12 @@ class GraphLayoutModel(ExperimentModel):
             if self.baseline is not None:
                 options["baseline_values"] = self.baseline(trajectories.flatten(1))[:, 0]
             reconstruction = pickgrad.estimate(
-                loss_fn, structured, self.structure, self.estimator.estimator,
+                loss_fn, scores, self.structure, self.estimator.estimator,
                 n_samples=config.n_samples, tau=config.tau, generator=generator, **options,
             )  # fmt: skip
         else:
             drawn = pickgrad.select(
-                structured, self.structure, self.estimator.estimator, tau=config.tau,
+                scores, self.structure, self.estimator.estimator, tau=config.tau,
                 generator=generator,
             )  # fmt: skip
             reconstruction = (self.reconstruction(trajectories, self.edges(drawn)) / n).mean()
@@ -215,7 +192,7 @@ class GraphLayoutModel(ExperimentModel):
         trajectories, truth = batch[0], batch[1].to(batch[0].dtype)
         n, config = self.config.vertices, self.config
         scores = self.scores(trajectories)
-        edges = self.edges(self.structure.argmax(self._structure_input(scores)))
+        edges = self.edges(self.structure.argmax(scores))
         squared = self.reconstruction(trajectories, edges)
         dims = n * (config.frames - 1) * 2
         nll = squared + 0.5 * dims * math.log(2 * math.pi * config.variance)
@@ -234,13 +211,14 @@ class GraphLayoutModel(ExperimentModel):
         }
 
 
-def _structure_for(method: str, n: int) -> tuple[Structure, bool]:
+def _structure_for(method: str, n: int) -> Structure:
+    """The structure over the ``m`` edge scores (edge-list form for trees, contract #5)."""
     if method == "tree":
-        return _tree_structure()
+        return SpanningTree(edge_list=True)
     if method == "top-k":
-        return Subset(n - 1), True
+        return Subset(n - 1)
     if method == "independent":
-        return OneHot(), True
+        return OneHot()
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
 
@@ -268,7 +246,7 @@ class GraphLayout(Experiment):
 
     def structure(self, config: TrainingConfig, method: str) -> Structure:
         assert isinstance(config, GraphLayoutConfig)
-        return _structure_for(method, config.vertices)[0]
+        return _structure_for(method, config.vertices)
 
     def load_data(self, config: TrainingConfig, cache_dir: Path) -> ExperimentData:
         assert isinstance(config, GraphLayoutConfig)

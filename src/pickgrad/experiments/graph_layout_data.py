@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from pickgrad.structures import SpanningTree
+from pickgrad.structures import SpanningTree, edges_to_matrix
 
 __all__ = [
     "GraphLayoutData",
@@ -86,11 +87,6 @@ def fruchterman_reingold_step(positions: Tensor, adjacency: Tensor) -> Tensor:
     return torch.where(limit > 0, centred / limit, centred)
 
 
-def _upper_triangle(n: int) -> tuple[Tensor, Tensor]:
-    rows, cols = torch.triu_indices(n, n, 1)
-    return rows, cols
-
-
 def random_trees(count: int, n: int, generator: torch.Generator) -> Tensor:
     """Maximum spanning trees of iid standard Gumbel edge weights, as edge lists.
 
@@ -108,13 +104,9 @@ def random_trees(count: int, n: int, generator: torch.Generator) -> Tensor:
         >>> trees.shape, trees.sum(-1).tolist()
         (torch.Size([4, 10]), [4.0, 4.0, 4.0, 4.0])
     """
-    rows, cols = _upper_triangle(n)
-    weights = torch.empty(count, rows.numel(), dtype=torch.float64)
+    weights = torch.empty(count, n * (n - 1) // 2, dtype=torch.float64)
     weights.exponential_(generator=generator).log_().neg_()
-    matrix = weights.new_zeros(count, n, n)
-    matrix[:, rows, cols] = weights
-    tree = SpanningTree().argmax(matrix)
-    return tree[:, rows, cols].float()
+    return SpanningTree(edge_list=True).argmax(weights).float()
 
 
 def generate_split(
@@ -135,13 +127,10 @@ def generate_split(
     """
     edges = random_trees(count, n, generator)
     start = torch.randn(count, n, 2, generator=generator, dtype=torch.float64)
-    rows, cols = _upper_triangle(n)
     out = torch.empty(count, n, frames, 2, dtype=torch.float32)
     for first in range(0, count, chunk):
-        piece = edges[first : first + chunk].double()
-        adjacency = piece.new_zeros(piece.shape[0], n, n)
-        adjacency[:, rows, cols] = piece
-        adjacency = adjacency + adjacency.transpose(-1, -2)
+        upper = edges_to_matrix(edges[first : first + chunk].double())
+        adjacency = upper + upper.transpose(-1, -2)
         pos = start[first : first + chunk]
         for t in range(frames):
             pos = fruchterman_reingold_step(pos, adjacency)
@@ -225,10 +214,14 @@ def load_or_generate(
         tensors = _generate(n, frames, sizes, seed)
         checksum = tensor_checksum(tensors)
         folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".pt.partial")
+        # Unique temporary names, renamed into place: processes generating the same data at
+        # once (torchrun ranks, parallel runs) never read or leave a half-written file.
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         torch.save(tensors, partial)
         partial.replace(path)
-        meta_path.write_text(json.dumps({"sha256": checksum, "version": GENERATOR_VERSION}))
+        meta_partial = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.partial")
+        meta_partial.write_text(json.dumps({"sha256": checksum, "version": GENERATOR_VERSION}))
+        meta_partial.replace(meta_path)
     return GraphLayoutData(
         train=(tensors["train_positions"], tensors["train_edges"]),
         valid=(tensors["valid_positions"], tensors["valid_edges"]),

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pickgrad.structures import edge_index
+
 __all__ = ["DECODER_MESSAGES", "ForceDecoder", "PairwiseMLP", "TrajectoryEncoder", "pair_index"]
 
 DECODER_MESSAGES = ("base+edge", "edge")
@@ -26,13 +28,13 @@ DECODER_MESSAGES = ("base+edge", "edge")
 
 def pair_index(n: int) -> tuple[Tensor, Tensor]:
     """The endpoints ``(rows, cols)``, each ``(m,)``, of the pairs ``i < j``, upper triangle
-    row-major (pickgrad's edge-list order).
+    row-major: :func:`pickgrad.structures.edge_index`'s order.
 
     Example:
         >>> [t.tolist() for t in pair_index(3)]
         [[0, 0, 1], [1, 2, 2]]
     """
-    rows, cols = torch.triu_indices(n, n, 1)
+    rows, cols = edge_index(n)
     return rows, cols
 
 
