@@ -131,9 +131,15 @@ def test_relax_options_reach_structure_relax(name: str) -> None:
     x = pickgrad.select(scores, spy, name, tau=0.5, spy_level=3, regularizer="sparsemax")
     x.sum().backward()
     assert spy.calls and all(c == {"spy_level": 3, "regularizer": "sparsemax"} for c in spy.calls)
-    estimator = get_estimator(name, spy_level=3)
+    estimator = get_estimator(name, spy_level=3, regularizer=None)
     assert estimator.relax_options == {"spy_level": 3}  # type: ignore[attr-defined]
-    assert "spy_level=3" in repr(estimator)
+    assert "spy_level=3" in repr(estimator) and "regularizer" not in repr(estimator)
+    # None is the structure's default: the same as leaving the option out.
+    default = pickgrad.select(scores, spy, name, generator=torch.Generator().manual_seed(0))
+    explicit = pickgrad.select(
+        scores, spy, name, regularizer=None, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(default, explicit) and spy.calls[-1] == {}
 
 
 @pytest.mark.parametrize("name", RELAXING)

@@ -390,12 +390,16 @@ def _poisoned(bad: float, index: int = 1) -> object:
 def test_non_finite_losses_are_an_error_naming_loss_fn(bad: float, counts: str) -> None:
     scores = (0.5 * _W).double().requires_grad_()
     for baseline in BASELINES:
+        estimator = Reinforce(baseline=baseline, normalize=True)
+        pickgrad.estimate(_poisoned(0.0), scores, ONEHOT, estimator, n_samples=3)
+        before = estimator.state_dict()
         with pytest.raises(
             ValueError, match=f"loss_fn returned non-finite losses: {re.escape(counts)}"
         ):
-            pickgrad.estimate(
-                _poisoned(bad), scores, ONEHOT, Reinforce(baseline=baseline), n_samples=3
-            )
+            pickgrad.estimate(_poisoned(bad), scores, ONEHOT, estimator, n_samples=3)
+        after = estimator.state_dict()  # the failed call left the running state as it was
+        assert before.keys() == after.keys() and len(before) >= 3
+        assert all(torch.equal(before[key], after[key]) for key in before)
     with pytest.raises(
         ValueError,
         match="loss_fn returned non-finite losses: 0 NaN, 0 \\+inf and 1 -inf of 12 entries",

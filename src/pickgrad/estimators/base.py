@@ -529,13 +529,15 @@ class RelaxingEstimator(Estimator):
     work, and the structure checks their values in its ``relax``.
 
     Args:
-        **relax_options: keyword options of ``structure.relax``, e.g. ``regularizer="sparsemax"``.
+        **relax_options: keyword options of ``structure.relax``, e.g. ``regularizer="sparsemax"``;
+            an option given as None is left out (the structure's default).
     """
 
     needs: ClassVar[tuple[str, ...]] = ("argmax", "relax")
 
     def __init__(self, **relax_options: Any) -> None:
-        self._relax_options = dict(relax_options)
+        # None stands for the structure's default (``regularizer=None`` is the entropy).
+        self._relax_options = {k: v for k, v in relax_options.items() if v is not None}
 
     @property
     def regularizer(self) -> str | None:
