@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 
 from pickgrad.estimators import Estimator, Reinforce, available_estimators, get_estimator
+from pickgrad.select import estimate as pickgrad_estimate
+from pickgrad.structures import OneHot
 from pickgrad.structures.base import Structure
 
 __all__ = [
@@ -73,6 +75,7 @@ def resolve_estimator(name: str, structure: Structure) -> EstimatorChoice:
                 "estimator 'nvil' needs pickgrad.Reinforce(baseline='learned', normalize=True), "
                 f"which this version of pickgrad lacks ({error})"
             ) from None
+        _check_learned_baseline(nvil)
         return EstimatorChoice(name, nvil, needs_loss=True, learned_baseline=True)
     if name == "reinforce":
         estimator: Estimator = Reinforce(baseline="rloo")
@@ -84,6 +87,22 @@ def resolve_estimator(name: str, structure: Structure) -> EstimatorChoice:
     return EstimatorChoice(
         name, estimator, needs_loss=type(estimator).needs_loss, learned_baseline=False
     )
+
+
+def _check_learned_baseline(nvil: Estimator) -> None:
+    """Refuse ``nvil`` before training if ``pickgrad.estimate`` does not take ``baseline_values``."""
+    scores = torch.zeros(2, 2, requires_grad=True)
+    probe = type(nvil)(baseline="learned")  # type: ignore[call-arg]
+    try:
+        pickgrad_estimate(
+            lambda x: x[..., 0], scores, OneHot(), probe, n_samples=2,
+            baseline_values=torch.zeros(2),
+        )  # fmt: skip
+    except TypeError as error:
+        raise ValueError(
+            "estimator 'nvil' needs pickgrad.estimate(..., baseline_values=...), which this "
+            f"version of pickgrad lacks ({error})"
+        ) from None
 
 
 def estimator_state(estimator: Estimator) -> dict[str, Tensor]:

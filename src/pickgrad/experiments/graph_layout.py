@@ -87,6 +87,7 @@ class GraphLayoutConfig(TrainingConfig):
     decoder_hidden: int = 64
     decoder_channels: int = 8
     decoder_messages: str = "base+edge"
+    decoder_rescale: bool = False
     rollout: int = 9
     variance: float = 5e-5
     kl_weight: float = 1.0
@@ -128,7 +129,11 @@ class GraphLayoutModel(ExperimentModel):
         outputs = 2 if method == "independent" else 1
         self.encoder = TrajectoryEncoder(n, frames, config.encoder_hidden, outputs)
         self.decoder = ForceDecoder(
-            n, config.decoder_hidden, config.decoder_channels, config.decoder_messages
+            n,
+            config.decoder_hidden,
+            config.decoder_channels,
+            config.decoder_messages,
+            rescale=config.decoder_rescale,
         )
         # NVIL's input-dependent baseline: a network of the input only, never of the sample.
         self.baseline: nn.Module | None = None

@@ -121,8 +121,9 @@ class ForceDecoder(nn.Module):
         F_i  = sum_{j != i} d_ij w_ij                                       (B, n, C, 2)
         p_i <- p_i + u(p_i, F_i, mean_k [p_k, F_k])
 
-    ``g`` is absent in ``"edge"`` mode. The global mean lets ``u`` follow the layout's
-    re-centring and re-scaling. Each ``step`` is one round of NRI's decoder (Kipf et al. 2018,
+    ``g`` is absent in ``"edge"`` mode. The global mean lets ``u`` see the whole layout; with
+    ``rescale=True`` the step ends as the data's layout step does, centring the vertices and
+    dividing by their largest absolute coordinate, so ``u`` need not learn that global map. Each ``step`` is one round of NRI's decoder (Kipf et al. 2018,
     Sec. 3.2); ``forward`` predicts every next frame, restarting from the true frame every
     ``rollout`` steps (NRI's prediction steps).
 
@@ -133,7 +134,9 @@ class ForceDecoder(nn.Module):
         torch.Size([2, 4, 4, 2])
     """
 
-    def __init__(self, n: int, hidden: int, channels: int, messages: str) -> None:
+    def __init__(
+        self, n: int, hidden: int, channels: int, messages: str, *, rescale: bool = False
+    ) -> None:
         super().__init__()
         if messages not in DECODER_MESSAGES:
             raise ValueError(f"messages must be one of {DECODER_MESSAGES}, got {messages!r}")
@@ -147,6 +150,7 @@ class ForceDecoder(nn.Module):
         self.register_buffer("incidence", incidence, persistent=False)
         self.messages = messages
         self.channels = channels
+        self.rescale = rescale
         per_kind = 2 if messages == "base+edge" else 1
         self.weights = nn.Sequential(
             nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, per_kind * channels)
@@ -168,7 +172,11 @@ class ForceDecoder(nn.Module):
         forces = torch.matmul(self.incidence, messages.reshape(batch, -1, 2 * self.channels))
         local = torch.cat([positions, forces], -1)  # (B', n, 2 + 2C)
         context = local.mean(1, keepdim=True).expand(-1, n, -1)
-        return positions + self.update(torch.cat([local, context], -1))
+        moved = positions + self.update(torch.cat([local, context], -1))
+        if not self.rescale:
+            return moved
+        centred = moved - moved.mean(1, keepdim=True)
+        return centred / centred.abs().amax((1, 2), keepdim=True).clamp_min(1e-6)
 
     def forward(self, trajectories: Tensor, edges: Tensor, *, rollout: int) -> Tensor:
         """Predict frames ``1 .. T-1`` from ``trajectories (B, n, T, 2)`` and ``edges (B, m)``.
