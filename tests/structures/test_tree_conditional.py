@@ -1,0 +1,211 @@
+"""SpanningTree.conditional_gumbel: its draws keep the tree as the argmax, follow the law of
+rejection sampling from the unconditional Gumbel law on 3-to-5-node graphs (per-coordinate
+two-sample tests, means, spreads and pairwise correlations, tolerances from the measured
+variance), and make ``gumbel-rao`` an estimator with ``st-gumbel``'s mean and a lower variance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import pickgrad
+from pickgrad import SpanningTree
+from pickgrad.structures import edge_index, edges_to_matrix
+from pickgrad.structures._tree_conditional import (
+    lower_truncated_gumbel,
+    upper_truncated_gumbel,
+)
+
+TREE = SpanningTree()
+#: z-score beyond which a Monte Carlo difference counts as real: several comparisons are made
+#: per test, so this is about a 1e-4 two-sided level per comparison, Bonferroni-style.
+Z_LIMIT = 4.5
+
+
+def gumbel(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    uniform = torch.rand(shape, dtype=torch.float64, generator=generator).clamp_min(1e-300)
+    return -(-uniform.log()).log()
+
+
+def rejection_reference(
+    scores: torch.Tensor, n_samples: int, generator: torch.Generator
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Unconditional draws grouped by their maximum spanning tree: (trees, edge noise each)."""
+    n = scores.shape[-1]
+    index = edge_index(n)
+    noise = gumbel((n_samples, n, n), generator)
+    trees = TREE.argmax(scores + noise)[:, index[0], index[1]]
+    unique, inverse, counts = torch.unique(trees, dim=0, return_inverse=True, return_counts=True)
+    by_count = counts.argsort(descending=True)
+    groups = [noise[inverse == int(g)][:, index[0], index[1]] for g in by_count]
+    return [unique[int(g)] for g in by_count], groups
+
+
+def two_sample_z(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """z-scores of the difference of the column means of two samples."""
+    se = (a.var(0) / a.shape[0] + b.var(0) / b.shape[0]).sqrt()
+    return (a.mean(0) - b.mean(0)) / se
+
+
+def correlations(sample: torch.Tensor) -> torch.Tensor:
+    return torch.corrcoef(sample.T)
+
+
+def assert_same_law(gibbs: torch.Tensor, reference: torch.Tensor) -> None:
+    """Per coordinate: means (z-test), spreads (z-test on the squared deviations) and a
+    Kolmogorov-Smirnov two-sample test; per pair: correlations (Fisher z)."""
+    z_mean = two_sample_z(gibbs, reference)
+    assert float(z_mean.abs().max()) < Z_LIMIT, z_mean
+    spread_gibbs = (gibbs - gibbs.mean(0)).square()
+    spread_reference = (reference - reference.mean(0)).square()
+    z_spread = two_sample_z(spread_gibbs, spread_reference)
+    assert float(z_spread.abs().max()) < Z_LIMIT, z_spread
+    columns = gibbs.shape[1]
+    for column in range(columns):
+        result = stats.ks_2samp(gibbs[:, column].numpy(), reference[:, column].numpy())
+        assert result.pvalue > 1e-5 / columns, (column, result)
+    fisher_gibbs = torch.atanh(correlations(gibbs).clamp(-0.999999, 0.999999))
+    fisher_reference = torch.atanh(correlations(reference).clamp(-0.999999, 0.999999))
+    se = math.sqrt(1 / (gibbs.shape[0] - 3) + 1 / (reference.shape[0] - 3))
+    off_diagonal = ~torch.eye(columns, dtype=torch.bool)
+    z_correlation = ((fisher_gibbs - fisher_reference) / se)[off_diagonal]
+    assert float(z_correlation.abs().max()) < Z_LIMIT, z_correlation
+
+
+@pytest.mark.parametrize("n", [3, 4, 5])
+def test_law_matches_rejection_sampling(n: int, generator: torch.Generator) -> None:
+    scores = torch.randn(n, n, dtype=torch.float64, generator=generator) * 1.5
+    trees, groups = rejection_reference(scores, 150_000, generator)
+    # The most likely tree, and a less likely one (fewer draws, harder conditioning).
+    picks = [0, *[i for i, g in enumerate(groups) if 3000 <= g.shape[0] < 10_000][-1:]]
+    assert len(picks) == 2, [g.shape[0] for g in groups]
+    index = edge_index(n)
+    for pick in picks:
+        reference = groups[pick][:20_000]
+        adjacency = edges_to_matrix(trees[pick])
+        x = adjacency + adjacency.T
+        noise = TREE.conditional_gumbel(scores, x, reference.shape[0], generator=generator)
+        assert noise.shape == (reference.shape[0], n, n)
+        assert bool((TREE.argmax(scores + noise) == x).all()), "every draw keeps the tree"
+        assert_same_law(noise[:, index[0], index[1]], reference)
+
+
+def test_draws_keep_the_tree_at_extremes(generator: torch.Generator) -> None:
+    for dtype, scale in [
+        (torch.float64, 1e4),
+        (torch.float32, 1e4),
+        (torch.float32, 1e-3),
+        (torch.float16, 30.0),
+        (torch.bfloat16, 30.0),
+    ]:
+        scores = (torch.randn(3, 6, 6, generator=generator) * scale).to(dtype)
+        x = TREE.argmax(scores + gumbel((3, 6, 6), generator).to(dtype))
+        noise = TREE.conditional_gumbel(scores, x, 7, generator=generator)
+        assert noise.dtype == dtype and noise.shape == (7, 3, 6, 6)
+        assert bool(torch.isfinite(noise).all()), dtype
+        work = scores.float() if dtype in (torch.float16, torch.bfloat16) else scores
+        utilities = work + noise.to(work.dtype)
+        assert bool((TREE.argmax(utilities) == x.to(work.dtype)).all()), (dtype, scale)
+
+
+def test_exact_ties_and_a_tree_against_the_scores(generator: torch.Generator) -> None:
+    scores = torch.zeros(2, 5, 5, dtype=torch.float64)
+    scores[1] = torch.triu(torch.full((5, 5), 40.0, dtype=torch.float64), 1)
+    # The path 0-1-2-3-4, while the scores of batch 1 favour nothing and of batch 0 nothing.
+    path = torch.zeros(5, 5, dtype=torch.float64)
+    for i in range(4):
+        path[i, i + 1] = path[i + 1, i] = 1
+    x = path.expand(2, 5, 5)
+    noise = TREE.conditional_gumbel(scores, x, 50, generator=generator)
+    assert bool((TREE.argmax(scores + noise) == x).all())
+
+
+def test_lengths_pad_with_free_noise(generator: torch.Generator) -> None:
+    scores = torch.randn(4, 6, 6, dtype=torch.float64, generator=generator)
+    lengths = torch.tensor([6, 3, 1, 4])
+    x = TREE.argmax(scores + gumbel((4, 6, 6), generator), lengths=lengths)
+    noise = TREE.conditional_gumbel(scores, x, 1000, generator=generator, lengths=lengths)
+    kept = TREE.argmax(scores + noise, lengths=lengths.expand(1000, 4))
+    assert bool((kept == x).all())
+    # Entries outside every graph are unconditional Gumbel noise: mean Euler's constant.
+    outside = noise[:, 1, 3:, 3:][:, torch.triu(torch.ones(3, 3, dtype=torch.bool), 1)]
+    z = (outside.mean() - 0.5772156649015329) / (math.pi / math.sqrt(6 * outside.numel()))
+    assert abs(float(z)) < Z_LIMIT
+
+
+def test_edge_lists_and_reproducibility(generator: torch.Generator) -> None:
+    tree = SpanningTree(edge_list=True)
+    scores = torch.randn(2, 10, dtype=torch.float64, generator=generator)
+    x = tree.argmax(scores + gumbel((2, 10), generator))
+    noise = tree.conditional_gumbel(scores, x, 6, generator=torch.Generator().manual_seed(5))
+    again = tree.conditional_gumbel(scores, x, 6, generator=torch.Generator().manual_seed(5))
+    assert noise.shape == (6, 2, 10) and torch.equal(noise, again)
+    assert bool((tree.argmax(scores + noise) == x).all())
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="n_sweeps must be >= 1"):
+        SpanningTree(n_sweeps=0)
+    with pytest.raises(TypeError, match="n_sweeps must be an int"):
+        SpanningTree(n_sweeps=2.0)  # type: ignore[arg-type]
+    scores = torch.zeros(4, 4)
+    with pytest.raises(ValueError, match="x must be a spanning tree"):
+        TREE.conditional_gumbel(scores, torch.ones(4, 4))
+    with pytest.raises(ValueError, match="x must have the shape"):
+        TREE.conditional_gumbel(scores, torch.ones(3, 3))
+    assert TREE.supports("conditional_gumbel")
+    assert repr(SpanningTree(n_sweeps=3)) == "SpanningTree(n_sweeps=3)"
+
+
+def test_truncated_gumbels_follow_their_laws(generator: torch.Generator) -> None:
+    count = 40_000
+    exponential = -torch.rand(count, dtype=torch.float64, generator=generator).log()
+    mu = torch.tensor(0.3, dtype=torch.float64)
+    cdf = lambda u: torch.exp(-torch.exp(-(u - mu)))  # noqa: E731
+    for bound in (-2.0, 0.5, 3.0):
+        b = torch.tensor(bound, dtype=torch.float64)
+        above = lower_truncated_gumbel(mu, b, exponential)
+        assert bool((above > b).all())
+        above_cdf = lambda u, b=b: ((cdf(torch.as_tensor(u)) - cdf(b)) / (1 - cdf(b))).numpy()  # noqa: E731
+        assert stats.kstest(above.numpy(), above_cdf).pvalue > 1e-4
+        below = upper_truncated_gumbel(mu, b, exponential)
+        assert bool((below < b).all())
+        below_cdf = lambda u, b=b: (cdf(torch.as_tensor(u)) / cdf(b)).numpy()  # noqa: E731
+        assert stats.kstest(below.numpy(), below_cdf).pvalue > 1e-4
+    # Far above the location, the lower-truncated law is the bound plus an Exp(1).
+    for dtype in (torch.float32, torch.float64):
+        far = lower_truncated_gumbel(
+            torch.zeros((), dtype=dtype), torch.tensor(1e4, dtype=dtype), exponential.to(dtype)
+        )
+        assert bool(torch.isfinite(far).all()) and bool((far > 1e4).all())
+        excess = (far.double() - 1e4).mean()
+        assert abs(float(excess) - 1.0) < 0.05, excess
+
+
+def per_sample_gradients(
+    name: str,
+    scores: torch.Tensor,
+    weights: torch.Tensor,
+    n_samples: int,
+    generator: torch.Generator,
+    **options: object,
+) -> torch.Tensor:
+    leaf = scores.expand(n_samples, *scores.shape).clone().requires_grad_()
+    x = pickgrad.select(leaf, TREE, name, tau=0.5, generator=generator, **options)
+    (grad,) = torch.autograd.grad((x * weights).sum(), leaf)
+    return grad[:, torch.triu(torch.ones(scores.shape, dtype=torch.bool), 1)]
+
+
+def test_gumbel_rao_has_the_mean_of_st_gumbel_and_less_variance(
+    generator: torch.Generator,
+) -> None:
+    scores = torch.randn(4, 4, dtype=torch.float64, generator=generator)
+    weights = torch.randn(4, 4, dtype=torch.float64, generator=generator)
+    straight = per_sample_gradients("st-gumbel", scores, weights, 20_000, generator)
+    rao = per_sample_gradients("gumbel-rao", scores, weights, 5_000, generator, n_draws=10)
+    z = two_sample_z(rao, straight)
+    assert float(z.abs().max()) < Z_LIMIT, z
+    assert float(rao.var(0).sum()) < 0.7 * float(straight.var(0).sum())
