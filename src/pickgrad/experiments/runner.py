@@ -38,8 +38,13 @@ def check_request(experiment: Experiment, config: TrainingConfig, world_size: in
     Example:
         >>> from pickgrad.experiments import get_experiment
         >>> experiment = get_experiment("graph-layout")
-        >>> config = experiment.default_config(quick=True)
+        >>> quick = experiment.default_config(quick=True)
+        >>> config = dataclasses.replace(quick, methods=("tree",), estimators=("st-gumbel",))
         >>> check_request(experiment, config)
+        >>> check_request(experiment, dataclasses.replace(config, methods=("forest",)))
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown method(s) ['forest'] for experiment 'graph-layout'; valid: tree, top-k, independent
     """
     unknown = [m for m in config.methods if m not in experiment.methods]
     if unknown or not config.methods:
