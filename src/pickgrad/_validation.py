@@ -174,7 +174,9 @@ def _check_score_values(
 ) -> None:
     """The value part of :func:`check_scores`: one reduction when everything is fine."""
     detached = scores.detach()
-    magnitude = float(detached.abs().amax())  # NaN if any entry is NaN, inf if any is infinite
+    # One pass and no temporary; NaN if any entry is NaN, inf if any is infinite.
+    low, high = torch.aminmax(detached)
+    magnitude = float(torch.maximum(high, -low))
     if not math.isfinite(magnitude):
         counts = {
             "NaN": int(torch.isnan(detached).sum()),

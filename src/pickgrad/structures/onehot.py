@@ -254,8 +254,10 @@ def _shifted_scaled(scores: Tensor, tau: float) -> Tensor:
     """
     work = compute_dtype(scores.dtype)
     z = scores.to(work)
-    z = z - z.detach().amax(-1, keepdim=True)
-    return z if tau == 1.0 else z / tau
+    z = torch.sub(z, z.detach().amax(-1, keepdim=True))  # a new tensor: safe to scale in place
+    # Multiplying by 1 / tau (finite: tau is at least the dtype's smallest normal) is much faster
+    # than dividing, for one more rounding; the fused st-gumbel path scales the same way.
+    return z if tau == 1.0 else z.mul_(1.0 / tau)
 
 
 def sparsemax(z: Tensor) -> Tensor:
