@@ -67,7 +67,9 @@ def _exponential(shape: tuple[int, ...], like: Tensor, generator: torch.Generato
 
 def upper_truncated_gumbel(mu: Tensor, bound: Tensor, exponential: Tensor) -> Tensor:
     """Gumbel(mu) conditioned on ``u < bound``, from ``exponential`` ~ Exp(1) (broadcast)."""
-    return -torch.logaddexp(-bound, exponential.log() - mu)
+    u = -torch.logaddexp(-bound, exponential.log() - mu)
+    # Rounding may land on the bound itself, a tie that could change the argmax: stay below.
+    return torch.minimum(u, torch.nextafter(bound, bound.new_tensor(-math.inf)))
 
 
 def lower_truncated_gumbel(mu: Tensor, bound: Tensor, exponential: Tensor) -> Tensor:
@@ -91,7 +93,8 @@ def lower_truncated_gumbel(mu: Tensor, bound: Tensor, exponential: Tensor) -> Te
     log_q = log_w - exponential  # log(V w)
     q = log_q.exp()
     log_e = torch.where(log_q > -20.0, torch.log(-torch.log1p(-q)), log_q + 0.5 * q)
-    return mu - log_e
+    # Rounding may land on the bound itself (e.g. bound + Exp(1) at 1e4 in float32): stay above.
+    return torch.maximum(mu - log_e, torch.nextafter(bound, bound.new_tensor(math.inf)))
 
 
 def _tree_layout(x: Tensor, nodes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
