@@ -54,7 +54,9 @@ def profile_step(experiment, config, method, estimator, data, repeats):
     parts = {k: [] for k in ("data", "encoder", "pickgrad", "decoder", "backward", "optimizer")}
     parts["pickgrad backward"] = []
     n = config.vertices
+    parts["cpu"] = []
     for repeat in range(repeats + 2):
+        cpu_start = time.process_time()
         start = time.perf_counter()
         index = torch.randint(trajectories.shape[0], (config.batch_size,), generator=generator)
         x = trajectories[index]
@@ -96,6 +98,7 @@ def profile_step(experiment, config, method, estimator, data, repeats):
         t_backward = time.perf_counter()
         optimizer.step()
         t_optimizer = time.perf_counter()
+        cpu = time.process_time() - cpu_start
         # pickgrad's backward alone: the same call on detached scores, a random upstream gradient.
         leaf = structured.detach().requires_grad_()
         if choice.needs_loss:
@@ -129,6 +132,7 @@ def profile_step(experiment, config, method, estimator, data, repeats):
         parts["backward"].append(t_backward - t_decoder)
         parts["optimizer"].append(t_optimizer - t_backward)
         parts["pickgrad backward"].append(t_pick_back)
+        parts["cpu"].append(cpu)
     return {k: float(np.median(v)) for k, v in parts.items()}
 
 
@@ -146,13 +150,13 @@ def run_profile(args):
         f"rollout {config.rollout}, {torch.get_num_threads()} thread(s); median of {args.repeats} "
         "steps, milliseconds"
     )
-    header = f"{'method':<12} {'estimator':<15} {'data':>6} {'encoder':>8} {'pickgrad':>9} {'decoder':>8} {'backward':>9} {'adam':>6} {'step':>7} {'steps/s':>8} {'pickgrad share':>15}"
+    header = f"{'method':<12} {'estimator':<15} {'data':>6} {'encoder':>8} {'pickgrad':>9} {'decoder':>8} {'backward':>9} {'adam':>6} {'step':>7} {'steps/s':>8} {'cpu ms':>7} {'pickgrad share':>15}"
     print(header)
     rows = []
     for method in args.methods:
         for estimator in args.estimators:
             parts = profile_step(experiment, config, method, estimator, data, args.repeats)
-            step = sum(v for k, v in parts.items() if k != "pickgrad backward")
+            step = sum(v for k, v in parts.items() if k not in ("pickgrad backward", "cpu"))
             share = (parts["pickgrad"] + parts["pickgrad backward"]) / step
             rows.append(
                 {"method": method, "estimator": estimator, **parts, "step": step, "share": share}
@@ -160,7 +164,7 @@ def run_profile(args):
             print(
                 f"{method:<12} {estimator:<15} {parts['data'] * 1e3:6.2f} {parts['encoder'] * 1e3:8.2f} "
                 f"{parts['pickgrad'] * 1e3:9.2f} {parts['decoder'] * 1e3:8.2f} {parts['backward'] * 1e3:9.2f} "
-                f"{parts['optimizer'] * 1e3:6.2f} {step * 1e3:7.1f} {1 / step:8.1f} "
+                f"{parts['optimizer'] * 1e3:6.2f} {step * 1e3:7.1f} {1 / step:8.1f} {parts['cpu'] * 1e3:7.1f} "
                 f"{share:14.0%} (fwd+bwd {(parts['pickgrad'] + parts['pickgrad backward']) * 1e3:.2f} ms)"
             )
     worst = max(rows, key=lambda r: r["share"])

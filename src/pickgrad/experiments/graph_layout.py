@@ -87,8 +87,8 @@ class GraphLayoutConfig(TrainingConfig):
     decoder_hidden: int = 64
     decoder_channels: int = 8
     decoder_messages: str = "base+edge"
-    decoder_rescale: bool = False
-    rollout: int = 9
+    decoder_rescale: bool = True
+    rollout: int = 1
     variance: float = 5e-5
     kl_weight: float = 1.0
 
