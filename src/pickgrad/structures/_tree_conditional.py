@@ -207,11 +207,12 @@ def conditional_tree_gumbel(
         bottleneck = torch.full((chains, n, n), math.inf, dtype=dtype, device=device)
         tree_in_order = tree.gather(1, chain_order)[:, None, :]  # (C, 1, n), step t at [..., t]
         for step, (node, parent) in enumerate(steps, start=1):
-            column = bottleneck.gather(2, parent[:, None, :].expand(chains, n, 1))
-            column = torch.minimum(column, tree_in_order[..., step : step + 1])
-            column.scatter_(1, node[:, None, :], math.inf)
-            bottleneck.scatter_(2, node[:, None, :].expand(chains, n, 1), column)
-            bottleneck.scatter_(1, node[:, None, :].expand(chains, 1, n), column.transpose(1, 2))
+            # The matrix is kept symmetric, so the parent's column is read as its (contiguous) row.
+            row = bottleneck.gather(1, parent[:, None, :].expand(chains, 1, n))
+            row = torch.minimum(row, tree_in_order[..., step : step + 1])
+            row.scatter_(2, node[:, None, :], math.inf)
+            bottleneck.scatter_(1, node[:, None, :].expand(chains, 1, n), row)
+            bottleneck.scatter_(2, node[:, None, :].expand(chains, n, 1), row.transpose(1, 2))
         ceiling = bottleneck.view(chains, n * n).index_select(1, flat_upper)
         utilities = upper_truncated_gumbel(
             mu_edges, ceiling, _exponential((chains, m), scores, generator)
