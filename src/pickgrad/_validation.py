@@ -21,6 +21,7 @@ __all__ = [
     "check_scores",
     "check_tau",
     "compute_dtype",
+    "graph_capture_active",
     "set_validation",
     "validation",
     "value_checks_enabled",
@@ -89,7 +90,22 @@ def value_checks_enabled() -> bool:
         >>> seen
         [False]
     """
-    return _validate_values and not _tracing() and not _functorch_transforms_active()
+    return _validate_values and not graph_capture_active()
+
+
+def graph_capture_active() -> bool:
+    """Whether this call is being traced or transformed rather than run eagerly.
+
+    True inside ``torch.compile`` / ``torch.export`` tracing, ``torch.jit.trace``, ``torch.fx``
+    symbolic tracing and ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ...). Value
+    checks are skipped there, and fast paths that need eager-only features (generator state,
+    in-place work on internal buffers) give way to their plain torch composition.
+
+    Example:
+        >>> graph_capture_active()
+        False
+    """
+    return _tracing() or _functorch_transforms_active()
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

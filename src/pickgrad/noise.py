@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pickgrad._validation import compute_dtype
+from pickgrad._validation import _functorch_transforms_active, compute_dtype
 
 __all__ = ["CounterRandom", "draw_seed", "draw_seed_tensor", "sample_gumbel", "sampling_dtype"]
 
@@ -32,11 +32,20 @@ def sample_gumbel(
     """Standard Gumbel noise ``G = -log(E)``, ``E ~ Exponential(1)``, of the given shape.
 
     Drawn in float32 for half dtypes and returned in ``dtype``. ``E`` is clamped away from zero
-    so that ``G`` is always finite.
+    so that ``G`` is always finite. Inside ``torch.func`` transforms ``E`` is drawn as
+    ``-log U`` from uniforms, so that ``vmap(..., randomness="different")`` works (the same
+    law, another stream).
     """
     work = sampling_dtype(dtype)
-    exponential = torch.empty(shape, dtype=work, device=device).exponential_(generator=generator)
-    gumbel = exponential.clamp_min_(torch.finfo(work).tiny).log_().neg_()
+    tiny = torch.finfo(work).tiny
+    if _functorch_transforms_active():
+        # vmap(randomness="different") cannot fill an unbatched tensor in place; E = -log U
+        # from an out-of-place uniform is batched (a different stream from the eager one).
+        uniform = torch.rand(shape, dtype=work, device=device, generator=generator)
+        gumbel = uniform.clamp_min(tiny).log().neg().clamp_min(tiny).log().neg()
+    else:
+        exponential = torch.empty(shape, dtype=work, device=device)
+        gumbel = exponential.exponential_(generator=generator).clamp_min_(tiny).log_().neg_()
     return gumbel if work == dtype else gumbel.to(dtype)
 
 

@@ -540,3 +540,80 @@ def test_every_path_runs_under_no_grad_and_inference_mode(mode) -> None:  # type
     for name, value in got.items():
         assert not value.requires_grad, name
         torch.testing.assert_close(value, expected[name].detach(), msg=name)
+
+
+# --- torch.func and torch.compile ----------------------------------------------------------------
+
+
+def _weights(n: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.arange(float(n), dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        lambda t: ONEHOT.argmax(t),
+        lambda t: ONEHOT.relax(t, 0.5),
+        lambda t: ONEHOT.relax(t, 0.5, regularizer="sparsemax"),
+        lambda t: ONEHOT.log_partition(t, 0.5).unsqueeze(-1),
+        lambda t: pickgrad.select(t, ONEHOT, "relaxed", tau=0.5),
+    ],
+    ids=["argmax", "softmax", "sparsemax", "log_partition", "relaxed"],
+)
+def test_vmap_grad_and_jacrev_agree_with_batched_eager_calls(method) -> None:  # type: ignore[no-untyped-def]
+    scores = _random_scores((3, 2, 5), seed=11)
+    torch.testing.assert_close(torch.func.vmap(method)(scores), method(scores))
+
+    def objective(t: torch.Tensor) -> torch.Tensor:
+        return (method(t) * _weights(method(t).shape[-1], t.dtype)).sum()
+
+    grad = torch.func.grad(objective)(scores)
+    leaf = scores.clone().requires_grad_()
+    value = objective(leaf)
+    expected = (
+        torch.autograd.grad(value, leaf)[0] if value.requires_grad else torch.zeros_like(scores)
+    )
+    torch.testing.assert_close(grad, expected)
+    jacobian = torch.func.jacrev(method)(scores[0, 0])
+    assert jacobian.shape == (*method(scores[0, 0]).shape, 5)
+
+
+def test_gumbel_relaxed_runs_under_vmap_with_different_noise_per_entry() -> None:
+    scores = torch.zeros(4, 6, dtype=torch.float64)
+    out = torch.func.vmap(
+        lambda t: pickgrad.select(t, ONEHOT, "gumbel-relaxed", tau=0.5), randomness="different"
+    )(scores)
+    assert out.shape == scores.shape
+    torch.testing.assert_close(out.sum(-1), torch.ones(4, dtype=torch.float64))
+    assert torch.unique(out, dim=0).shape[0] == 4  # four different draws
+
+
+def test_sample_gumbel_under_vmap_has_the_gumbel_law() -> None:
+    draws = torch.func.vmap(
+        lambda t: t + sample_gumbel((500,), dtype=torch.float64, device=t.device),
+        randomness="different",
+    )(torch.zeros(40, 1, dtype=torch.float64))
+    assert draws.shape == (40, 500)
+    flat = draws.flatten().numpy()
+    assert stats.kstest(flat, stats.gumbel_r.cdf).pvalue > 1e-3
+
+
+# torch 2.13's dynamo warns about instantiating any autograd.Function it traces (its own doing).
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+@pytest.mark.parametrize("estimator", ["st-gumbel", "gumbel-rao"])
+def test_fused_estimators_compile_to_one_graph_and_match_eager(estimator: str) -> None:
+    scores = torch.randn(4, 5, requires_grad=True)
+    weights = torch.randn(4, 5)
+
+    def choose(t: torch.Tensor) -> torch.Tensor:
+        return pickgrad.select(t, ONEHOT, estimator, tau=0.5)
+
+    torch.manual_seed(1)
+    x = choose(scores)
+    (grad,) = torch.autograd.grad((x * weights).sum(), scores)
+    compiled = torch.compile(choose, fullgraph=True, backend="eager")
+    torch.manual_seed(1)
+    x_compiled = compiled(scores)
+    (grad_compiled,) = torch.autograd.grad((x_compiled * weights).sum(), scores)
+    assert torch.equal(x_compiled, x)
+    torch.testing.assert_close(grad_compiled, grad, atol=1e-6, rtol=1e-5)

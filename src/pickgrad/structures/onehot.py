@@ -9,7 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_scores, compute_dtype
+from pickgrad._validation import (
+    _functorch_transforms_active,
+    check_scores,
+    compute_dtype,
+    graph_capture_active,
+)
 from pickgrad.noise import CounterRandom, draw_seed_tensor, sample_gumbel, sampling_dtype
 from pickgrad.structures.base import Structure
 
@@ -21,8 +26,11 @@ _REGULARIZERS = ("entropy", "sparsemax")
 class _Sparsemax(torch.autograd.Function):
     """Euclidean projection onto the simplex along the last dim (Martins & Astudillo, 2016)."""
 
+    # forward / setup_context / backward in plain torch ops: vmap and torch.func work on it.
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, z: Tensor) -> Tensor:
+    def forward(z: Tensor) -> Tensor:
         sorted_z, _ = torch.sort(z, dim=-1, descending=True)
         ranks = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=z.device)
         cumulative = sorted_z.cumsum(-1)
@@ -31,9 +39,11 @@ class _Sparsemax(torch.autograd.Function):
         # the gather in range should a non-finite entry slip through with validation off.
         support_size = in_support.sum(-1, keepdim=True).clamp_min_(1)
         threshold = (cumulative.gather(-1, support_size - 1) - 1) / support_size.to(z.dtype)
-        p = (z - threshold).clamp_min(0)
-        ctx.save_for_backward(p)
-        return p
+        return (z - threshold).clamp_min(0)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
@@ -313,6 +323,9 @@ class OneHot(Structure):
 
     def _argmax(self, scores: Tensor) -> Tensor:
         index = scores.argmax(dim=-1, keepdim=True)
+        if _functorch_transforms_active():  # vmap has no batching rule for scatter_ of a value
+            items = torch.arange(scores.shape[-1], device=scores.device)
+            return (items == index).to(scores.dtype)
         return torch.zeros_like(scores).scatter_(-1, index, 1.0)
 
     def _relax(self, scores: Tensor, tau: float, regularizer: str = "entropy") -> Tensor:
@@ -371,8 +384,8 @@ class OneHot(Structure):
         generator: torch.Generator | None,
         regularizer: str = "entropy",
     ) -> Tensor | None:
-        if regularizer != "entropy" or not self._has_onehot_solvers():
-            return None
+        if regularizer != "entropy" or not self._has_onehot_solvers() or graph_capture_active():
+            return None  # traced or transformed: the generic composition (the same noise)
         return _StraightThroughGumbelSoftmax.apply(scores, tau, generator)
 
     def _fused_gumbel_rao(
@@ -384,8 +397,8 @@ class OneHot(Structure):
         generator: torch.Generator | None,
         regularizer: str = "entropy",
     ) -> Tensor | None:
-        if regularizer != "entropy" or not self._has_onehot_solvers():
-            return None
+        if regularizer != "entropy" or not self._has_onehot_solvers() or graph_capture_active():
+            return None  # traced or transformed: the generic composition (the same noise)
         seed = draw_seed_tensor(generator, scores.device)
         return _GumbelRaoSoftmax.apply(scores, x, n_draws, tau, seed)
 
