@@ -165,9 +165,14 @@ def positions(keys: dict[str, Any], labels: list[str]) -> list[float]:
 
 
 def old_rule(rows: list[EstimatorStats]) -> list[EstimatorStats]:
-    """The rule before this benchmark: acceptable first by MSE x time, soft ones included."""
+    """The rule before this benchmark: bias acceptable by the 20% / 3-noise-floor test alone
+    first, by MSE x time, soft ones included."""
     usable = [row for row in rows if row.error is None and math.isfinite(row.mse)]
-    return sorted(usable, key=lambda row: (not row.acceptable_bias, row.efficiency, row.mse))
+
+    def old_acceptable(row: EstimatorStats) -> bool:
+        return row.relative_bias <= 0.2 or row.bias <= 3 * row.noise_floor
+
+    return sorted(usable, key=lambda row: (not old_acceptable(row), row.efficiency, row.mse))
 
 
 def compare(

@@ -322,3 +322,21 @@ def test_ranking_is_the_same_at_one_and_two_threads(name: str) -> None:
         rankings.append([(row.label, row.tau) for row in report.ranking()])
     assert len(rankings[0]) >= 8
     assert rankings[0] == rankings[1]
+
+
+def test_a_mean_that_points_the_right_way_is_acceptable_whatever_its_length() -> None:
+    from pickgrad.diagnostics.exact import ExactGradient
+    from pickgrad.diagnostics.report import ACCEPTABLE_COSINE, _statistics
+
+    exact = torch.tensor([1.0, 2.0, -1.0], dtype=f64)
+    reference = ExactGradient(exact, torch.tensor(0.0), True, torch.zeros(3, dtype=f64), "given")
+    rotated = torch.tensor([2.0, 1.0, 0.5], dtype=f64)  # cosine 0.6 with exact
+    for draws, acceptable in (
+        (2 * exact.expand(5, 3), True),  # relative bias 1, cosine 1
+        (1.05 * exact.expand(5, 3), True),  # relative bias 0.05
+        (rotated.expand(5, 3), False),
+    ):
+        row = EstimatorStats("x", "x", None, 5)
+        _statistics(row, draws.clone(), reference, 1e-3)
+        assert row.noise_floor == 0 and row.acceptable_bias is acceptable, (draws[0], row)
+        assert (row.cosine_mean >= ACCEPTABLE_COSINE or row.relative_bias <= 0.2) is acceptable

@@ -9,8 +9,9 @@ ranking, one line on each estimator whose bias is not acceptable, and writes <pr
 --out, then a summary of the recommendations.
 
 Ranking rule: only estimators whose forward pass is a hard choice, unless --allow-soft says the
-loss accepts relaxed inputs; those whose bias is at most 20% of ||exact|| or within 3 noise
-floors of zero first; within each group the lowest MSE at equal loss evaluations (--rank-by mse)
+loss accepts relaxed inputs; those whose bias is at most 20% of ||exact||, within 3 noise
+floors of zero, or whose mean gradient has a cosine of at least 0.9 with the exact one first;
+within each group the lowest MSE at equal loss evaluations (--rank-by mse)
 or the lowest MSE x cost (--rank-by mse-time). The first is the recommendation.
 
 Your own problem: --problem mymodule:make, where make() takes no argument and returns
