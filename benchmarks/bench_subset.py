@@ -1,26 +1,74 @@
-"""Subset(k).relax forward + backward against a per-item Python dynamic programme.
+"""Subset(k): relax and st-gumbel forward+backward against a top-k straight-through, side by side.
 
-The peer is what the published reference code for k-subset relaxations does (L2X-style feature
-selection, stochastic softmax tricks): a dynamic programme over items and counts run for one
-example at a time on the CPU, with its gradient taken by finite differences. It is written out
-here (log-space forward-backward marginals in numpy, central differences for the Jacobian, one
-example after another) and timed side by side with ``pickgrad.Subset(k).relax`` + ``backward``
-on the whole batch. Both compute the same marginals; the script checks that they agree.
+Compared in one run, interleaved, on the same fresh inputs (a pool of score tensors cycled
+through, so no timing sees the same data twice in a row: torch.topk is much faster on data it has
+just seen):
+
+* ``obvious``: the "obvious alternative" a user would write: a hard top-k mask
+  (``torch.topk`` + ``scatter``) with the gradient of ``softmax(scores / tau)`` (straight-through).
+* ``relax``: ``Subset(k).relax(scores, tau)`` (exact k-subset marginals) + ``backward``.
+* ``st-gumbel``: ``pickgrad.select(scores, Subset(k), "st-gumbel")`` + ``backward``.
+* ``gumbel-rao`` (K = 10 conditional draws) against ``st-gumbel`` at the first size.
+* ``reference``: what published k-subset code does (a per-example Python dynamic programme with a
+  finite-difference Jacobian), against ``relax``, on a small batch; the two must agree.
+
+Ratios are ``time / time of the obvious alternative`` (targets: relax and st-gumbel <= 3x,
+gumbel-rao <= 3x st-gumbel) and ``reference / relax`` (target >= 20x). Times are the best of
+``--repeats`` interleaved runs (the least disturbed on a shared machine). Each row also prints the
+float32 result's largest distance to the float64 result of the same inputs.
 
 Run:
-    python benchmarks/bench_subset.py            # batch 128, n = 90, k = 9
-    python benchmarks/bench_subset.py --quick    # a seconds-long smoke run
+    python benchmarks/bench_subset.py                  # the three sizes, 1 thread and default
+    python benchmarks/bench_subset.py --threads 1      # one thread only
+    python benchmarks/bench_subset.py --quick          # a seconds-long smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+import pickgrad
 from pickgrad import Subset
+
+SIZES = ((128, 20, 3), (128, 90, 9), (1024, 200, 10))
+
+
+def obvious_alternative(scores: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+    """Hard top-k mask in the forward pass, the gradient of softmax(scores / tau) backward."""
+    hard = torch.zeros_like(scores).scatter_(-1, torch.topk(scores, k).indices, 1.0)
+    soft = torch.softmax(scores / tau, -1)
+    return hard + soft - soft.detach()
+
+
+def forward_backward(
+    method: Callable[[torch.Tensor], torch.Tensor], upstream: torch.Tensor
+) -> Callable[[torch.Tensor], None]:
+    def run(scores: torch.Tensor) -> None:
+        leaf = scores.detach().requires_grad_()
+        (method(leaf) * upstream).sum().backward()
+
+    return run
+
+
+def interleaved_best(
+    methods: dict[str, Callable[[torch.Tensor], None]], pool: list[torch.Tensor], repeats: int
+) -> dict[str, float]:
+    """Best time in seconds of each method, run in turn on the same fresh input each round."""
+    for method in methods.values():
+        method(pool[0])  # warm-up
+    best = dict.fromkeys(methods, float("inf"))
+    for round_ in range(repeats):
+        scores = pool[(round_ + 1) % len(pool)]
+        for name, method in methods.items():
+            start = time.perf_counter()
+            method(scores)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def reference_marginals(z: np.ndarray, k: int) -> np.ndarray:
@@ -67,63 +115,117 @@ def reference_forward_backward(
     return marginals, grad
 
 
-def pickgrad_forward_backward(
-    scores: torch.Tensor, upstream: torch.Tensor, k: int, tau: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    leaf = scores.detach().requires_grad_()
-    marginals = Subset(k).relax(leaf, tau)
-    (marginals * upstream).sum().backward()
-    return marginals.detach(), leaf.grad
+def _methods(
+    structure: Subset, k: int, tau: float, upstream: torch.Tensor
+) -> dict[str, Callable[[torch.Tensor], None]]:
+    return {
+        "obvious": forward_backward(lambda s: obvious_alternative(s, k, tau), upstream),
+        "relax": forward_backward(lambda s: structure.relax(s, tau), upstream),
+        "st-gumbel": forward_backward(
+            lambda s: pickgrad.select(s, structure, "st-gumbel", tau=tau), upstream
+        ),
+    }
+
+
+def run_sizes(sizes, tau: float, repeats: int, pool_size: int) -> None:
+    for batch, n, k in sizes:
+        generator = torch.Generator().manual_seed(batch * 1000 + n)
+        pool = [torch.randn(batch, n, generator=generator) for _ in range(pool_size)]
+        upstream = torch.randn(batch, n, generator=generator)
+        structure = Subset(k)
+        methods = _methods(structure, k, tau, upstream)
+        best = interleaved_best(methods, pool, repeats)
+        error = float(
+            (structure.relax(pool[0], tau).double() - structure.relax(pool[0].double(), tau))
+            .abs()
+            .max()
+        )
+        base = best["obvious"]
+        print(
+            f"  ({batch}, {n}, k={k}): obvious {base * 1e3:8.3f} ms | relax {best['relax'] * 1e3:8.3f}"
+            f" ms = {best['relax'] / base:5.2f}x | st-gumbel {best['st-gumbel'] * 1e3:8.3f} ms = "
+            f"{best['st-gumbel'] / base:5.2f}x (target <= 3x) | float32 vs float64 {error:.1e}"
+        )
+
+
+def run_gumbel_rao(size, tau: float, repeats: int, pool_size: int) -> None:
+    batch, n, k = size
+    generator = torch.Generator().manual_seed(7)
+    pool = [torch.randn(batch, n, generator=generator) for _ in range(pool_size)]
+    upstream = torch.randn(batch, n, generator=generator)
+    structure = Subset(k)
+    methods = {
+        "st-gumbel": forward_backward(
+            lambda s: pickgrad.select(s, structure, "st-gumbel", tau=tau), upstream
+        ),
+        "gumbel-rao": forward_backward(
+            lambda s: pickgrad.select(s, structure, "gumbel-rao", tau=tau), upstream
+        ),
+    }
+    best = interleaved_best(methods, pool, repeats)
+    print(
+        f"  ({batch}, {n}, k={k}): st-gumbel {best['st-gumbel'] * 1e3:8.3f} ms | gumbel-rao "
+        f"(K=10) {best['gumbel-rao'] * 1e3:8.3f} ms = "
+        f"{best['gumbel-rao'] / best['st-gumbel']:5.2f}x st-gumbel (target <= 3x)"
+    )
+
+
+def run_reference(batch: int, n: int, k: int, tau: float, repeats: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(batch, n, generator=generator)
+    upstream = torch.randn(batch, n, generator=generator)
+    leaf_times = []
+    for _ in range(repeats):
+        leaf = scores.clone().requires_grad_()
+        start = time.perf_counter()
+        ours = Subset(k).relax(leaf, tau)
+        (ours * upstream).sum().backward()
+        leaf_times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    theirs, their_grad = reference_forward_backward(
+        scores.double().numpy(), upstream.double().numpy(), k, tau
+    )
+    reference_s = time.perf_counter() - start
+    marginal_error = float(np.abs(ours.detach().double().numpy() - theirs).max())
+    grad_error = float(np.abs(leaf.grad.double().numpy() - their_grad).max())
+    print(
+        f"  ({batch}, {n}, k={k}): relax {min(leaf_times) * 1e3:8.3f} ms | reference "
+        f"{reference_s * 1e3:9.1f} ms = {reference_s / min(leaf_times):7.1f}x (target >= 20x) | "
+        f"max |marginal diff| {marginal_error:.1e}, max |grad diff| {grad_error:.1e}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds-long smoke run")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--n", type=int, default=90)
-    parser.add_argument("--k", type=int, default=9)
     parser.add_argument("--tau", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of pickgrad (best of)")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds (best of)")
+    parser.add_argument(
+        "--threads",
+        default="1,default",
+        help="comma-separated torch thread counts to run with ('default': torch's own count)",
+    )
     args = parser.parse_args()
+    default_threads = torch.get_num_threads()
+    threads = [
+        default_threads if item.strip() == "default" else int(item)
+        for item in args.threads.split(",")
+    ]
+    sizes: tuple[tuple[int, int, int], ...] = SIZES
+    reference = (128, 90, 9)
     if args.quick:
-        args.batch, args.n, args.k, args.repeats = 8, 20, 4, 2
-
-    generator = torch.Generator().manual_seed(0)
-    dtype = getattr(torch, args.dtype)
-    scores = torch.randn(args.batch, args.n, generator=generator, dtype=dtype)
-    upstream = torch.randn(args.batch, args.n, generator=generator, dtype=dtype)
-
-    pickgrad_forward_backward(scores, upstream, args.k, args.tau)  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        ours, our_grad = pickgrad_forward_backward(scores, upstream, args.k, args.tau)
-        times.append(time.perf_counter() - start)
-    ours_s = min(times)  # the least disturbed by other load on a shared machine
-
-    start = time.perf_counter()
-    theirs, their_grad = reference_forward_backward(
-        scores.double().numpy(), upstream.double().numpy(), args.k, args.tau
-    )
-    reference_s = time.perf_counter() - start
-
-    marginal_error = float(np.abs(ours.double().numpy() - theirs).max())
-    grad_error = float(np.abs(our_grad.double().numpy() - their_grad).max())
-    print(
-        f"Subset(k={args.k}).relax forward+backward, batch {args.batch}, n {args.n}, "
-        f"tau {args.tau}, {args.dtype}, torch threads {torch.get_num_threads()}"
-    )
-    print(
-        f"  pickgrad (batched log-space DP, autograd): {ours_s * 1e3:10.1f} ms (best of {args.repeats})"
-    )
-    print(
-        f"  reference (per-item Python DP, finite-difference backward): {reference_s * 1e3:10.1f} ms"
-    )
-    print(f"  speed-up: {reference_s / ours_s:.1f}x (target >= 20x)")
-    print(
-        f"  max |marginal difference| {marginal_error:.2e}, max |gradient difference| {grad_error:.2e}"
-    )
+        sizes, reference, args.repeats = ((16, 20, 3), (8, 40, 5)), (4, 20, 4), 3
+    for count in dict.fromkeys(threads):
+        torch.set_num_threads(count)
+        label = f"{count} (default)" if count == default_threads else str(count)
+        print(f"torch threads {label}; tau {args.tau}; float32 scores; best of {args.repeats}")
+        print("relax and st-gumbel forward+backward, ratio to a top-k straight-through:")
+        run_sizes(sizes, args.tau, args.repeats, pool_size=7)
+        print("gumbel-rao against st-gumbel:")
+        run_gumbel_rao(sizes[0], args.tau, args.repeats, pool_size=7)
+        print("relax against a per-example Python DP with finite differences (reference code):")
+        run_reference(*reference, args.tau, repeats=min(args.repeats, 5))
+    torch.set_num_threads(default_threads)
 
 
 if __name__ == "__main__":

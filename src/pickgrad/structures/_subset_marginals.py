@@ -152,32 +152,93 @@ def _tangent(
     return (k * dw - m * dw.sum(-1, keepdim=True)) / total_w
 
 
+def _fast_forward(u: Tensor, k: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """:func:`_columns` and :func:`_combine` without autograd, in preallocated tables.
+
+    ``tables[j, d]`` is exclusive column j in order d (``tables[j, d, :, 0]`` is the empty
+    prefix), each row contiguous so that reversing it is a plain ``flip``.
+    """
+    batch, n = u.shape
+    x = torch.exp(u)
+    xs = torch.stack([x, x.flip(-1)])
+    tables = torch.empty((k, 2, batch, n), dtype=u.dtype, device=u.device)
+    tables[0].fill_(1.0)
+    tables[1:, :, :, 0] = 0.0
+    totals = torch.ones((k, 2, batch, 1), dtype=u.dtype, device=u.device)
+    work = torch.empty_like(xs)
+    for j in range(1, k):
+        torch.mul(tables[j - 1], xs, out=work)
+        torch.cumsum(work, -1, out=work)
+        totals[j] = work[..., -1:]
+        torch.div(work[..., :-1], totals[j], out=tables[j, :, :, 1:])
+    log_e = totals[:, 0].log().cumsum(0)  # (k, B, 1): log e_j(all), j < k
+    pairing = _pairing(k, u.device)
+    gamma = torch.exp(log_e + log_e.index_select(0, pairing) - log_e[-1:])
+    pre = tables[:, 0]
+    suf = tables[:, 1].flip(-1)  # suf[b][:, i] = e_b(items after i) / e_b(all)
+    scaled_pre = pre * gamma
+    acc = scaled_pre[0] * suf[k - 1]
+    for a in range(1, k):
+        acc.addcmul_(scaled_pre[a], suf[k - 1 - a])
+    w = acc.mul_(x)
+    total_w = w.sum(-1, keepdim=True)
+    m = (w * (k / total_w)).clamp_(max=1.0)
+    return m, (x, xs, tables, totals, pre, suf, scaled_pre, gamma, w, total_w, m)
+
+
+def _fast_tangent(g: Tensor, k: int, saved: tuple[Tensor, ...]) -> Tensor:
+    """:func:`_tangent` without autograd, on the tables of :func:`_fast_forward`."""
+    x, xs, tables, totals, pre, suf, scaled_pre, gamma, w, total_w, m = saved
+    gs = torch.stack([g, g.flip(-1)])
+    dtables = torch.empty_like(tables)
+    dtables[0].zero_()
+    dtables[1:, :, :, 0] = 0.0
+    rates = torch.zeros_like(totals)
+    work = torch.empty_like(xs)
+    for j in range(1, k):
+        torch.mul(tables[j - 1], gs, out=work)
+        work.add_(dtables[j - 1]).mul_(xs)
+        torch.cumsum(work, -1, out=work)
+        torch.div(work[..., -1:], totals[j], out=rates[j])
+        shifted = dtables[j, :, :, 1:]
+        torch.div(work[..., :-1], totals[j], out=shifted)
+        shifted.addcmul_(tables[j, :, :, 1:], rates[j], value=-1.0)
+    dlog_e = rates[:, 0].cumsum(0)
+    pairing = _pairing(k, x.device)
+    dgamma = gamma * (dlog_e + dlog_e.index_select(0, pairing) - dlog_e[-1:])
+    dpre = dtables[:, 0]
+    dsuf = dtables[:, 1].flip(-1)
+    first = torch.addcmul(pre * dgamma, gamma, dpre)  # d(gamma pre)
+    acc = first[0] * suf[k - 1]
+    acc.addcmul_(scaled_pre[0], dsuf[k - 1])
+    for a in range(1, k):
+        acc.addcmul_(first[a], suf[k - 1 - a]).addcmul_(scaled_pre[a], dsuf[k - 1 - a])
+    dw = acc.mul_(x).addcmul_(w, g)
+    return (dw * k - m * dw.sum(-1, keepdim=True)) / total_w
+
+
 class _ColumnMarginals(torch.autograd.Function):
     """Marginals of clamped ``u`` ``(B, n)`` float64, 2 <= k <= n / 2; backward = covariance."""
 
     @staticmethod
     def forward(ctx: Any, u: Tensor, k: int) -> Tensor:
-        rev = torch.arange(u.shape[-1] - 1, -1, -1, device=u.device)
-        x = torch.exp(u)
-        xs, columns, totals = _columns(x, k, rev)
-        m, w, total_w, pre, suf, gamma = _combine(x, columns, totals, rev, k)
+        m, saved = _fast_forward(u, k)
         ctx.save_for_backward(u)
         ctx.k = k
-        ctx.cache = (rev, x, xs, columns, totals, m, w, total_w, pre, suf, gamma)
-        return m
+        ctx.saved = saved
+        return m.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (u,) = ctx.saved_tensors
         k = ctx.k
-        if torch.is_grad_enabled():
-            # create_graph: recompute under autograd so the gradient is itself differentiable.
-            rev = ctx.cache[0]
-            x = torch.exp(u)
-            xs, columns, totals = _columns(x, k, rev)
-            m, w, total_w, pre, suf, gamma = _combine(x, columns, totals, rev, k)
-        else:
-            rev, x, xs, columns, totals, m, w, total_w, pre, suf, gamma = ctx.cache
+        if not torch.is_grad_enabled():
+            return _fast_tangent(grad.contiguous(), k, ctx.saved), None
+        # create_graph: the same maths in plain differentiable ops, recomputed from u.
+        rev = torch.arange(u.shape[-1] - 1, -1, -1, device=u.device)
+        x = torch.exp(u)
+        xs, columns, totals = _columns(x, k, rev)
+        m, w, total_w, pre, suf, gamma = _combine(x, columns, totals, rev, k)
         result = _tangent(grad, x, xs, columns, totals, rev, k, m, w, total_w, pre, suf, gamma)
         return result, None
 

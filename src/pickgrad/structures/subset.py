@@ -173,16 +173,22 @@ def _sample_threshold(
     def h(v: Tensor) -> tuple[Tensor, Tensor]:
         return _threshold_log_density(v, s, chosen, log_rest)
 
-    # h' > 0 below log_rest - log(k + 1) and < 0 above log_rest: bisect for the mode.
+    # h' > 0 below log_rest - log(k + 1) and < 0 above log_rest: bisect for the mode, to a
+    # bracket narrower than the smallest delta below (1e-3), so mode -+ delta lie on either side.
     low, high = log_rest - torch.log1p(k) - 1, log_rest + 1
-    for _ in range(100):
+    for _ in range(16):
         middle = (low + high) / 2
         rising = h(middle)[1] > 0
         low, high = torch.where(rising, middle, low), torch.where(rising, high, middle)
     mode = (low + high) / 2
-    top = h(mode)[0]
-    step = 1e-4
-    curvature = (h(mode + step)[1] - h(mode - step)[1]) / (2 * step)
+    (h_low, slope_low), (h_high, slope_high) = h(low), h(high)
+    # The flat piece of the hull: where the tangents at the bracket's ends meet. h is concave,
+    # so that height bounds h everywhere, whether or not the bracket is tight.
+    spread = slope_low - slope_high
+    meet = (h_high - h_low + slope_low * low - slope_high * high) / spread.clamp_min(1e-300)
+    top = torch.where(spread > 0, h_low + slope_low * (meet - low), h_low)
+    top = torch.maximum(top, torch.maximum(h_low, h_high))
+    curvature = spread / (high - low)
     delta = torch.rsqrt(curvature.abs().clamp_min(1e-12)).clamp(1e-3, 1e3)
     left, right = mode - delta, mode + delta
     (h_left, slope_left), (h_right, slope_right) = h(left), h(right)
