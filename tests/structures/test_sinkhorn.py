@@ -146,7 +146,7 @@ def test_small_tau_gives_the_brute_force_argmax(shape):
 
 
 def test_unconverged_solve_warns_once_with_the_error_reached():
-    scores = torch.tensor([[-2.2, 1.5, -1.2], [0.6, 3.9, -0.1], [0.3, 0.4, -0.5]])
+    scores = gaussian(4, 12, 12, seed=20, dtype=torch.float32)
     with pytest.warns(RuntimeWarning, match=r"column sums off by up to .*above tol=1e-05") as seen:
         Permutation().relax(scores, 0.01, max_iter=1)
     assert len(seen) == 1
@@ -155,7 +155,7 @@ def test_unconverged_solve_warns_once_with_the_error_reached():
 
 
 def test_unconverged_solve_through_an_estimator_warns():
-    scores = gaussian(2, 5, 5, seed=1, dtype=torch.float32)
+    scores = gaussian(4, 12, 12, seed=20, dtype=torch.float32)
     with pytest.warns(RuntimeWarning, match="raise max_iter or tol"):
         pickgrad.select(scores, Permutation(), "relaxed", tau=0.01, max_iter=1)
 

@@ -120,15 +120,16 @@ class Permutation(Structure):
 
       Method: every dtype is solved in float64 (float16 / bfloat16 / float32 results are cast
       back). The temperature is annealed from the scores' spread down to ``tau`` (epsilon
-      scaling, a factor 4 per stage), and at each temperature damped Newton steps on the dual
-      (a Sinkhorn-Newton method) balance the matrix; plain alternating normalisations need
-      thousands of rounds at small tau. The solve stops as soon as the sums are within ``tol``
-      (checked every 2 Newton steps). If ``max_iter`` Newton steps do not reach it, a
-      ``RuntimeWarning`` reports the error reached (Python's default filter shows a given
-      message once per call site). With value checks off (``pickgrad.set_validation(False)``
-      or under ``torch.compile``), nothing is read back to the host: a fixed schedule of
-      exactly ``max_iter`` Newton steps runs (8 annealing stages, then the last stage), with
-      no early stop and no warning; its convergence is measured, not checked.
+      scaling, a factor 4 per stage); each stage runs 10 Sinkhorn rounds and then damped Newton
+      steps on the dual (a Sinkhorn-Newton method), since plain alternating normalisations
+      need thousands of rounds at small tau. The solve stops as soon as the sums are within
+      ``tol`` (the error is read back every 2 Newton steps). If ``max_iter`` Newton steps do
+      not reach it, a ``RuntimeWarning`` reports the error reached (attributed to the line
+      calling ``relax``; Python's default filter shows a given message once per line). With
+      value checks off (``pickgrad.set_validation(False)``, or under ``torch.compile``) nothing
+      is read back to the host: a fixed schedule of exactly ``max_iter`` Newton steps runs
+      (8 annealing stages of 2 steps, then the last stage), with no early stop and no
+      warning; it converges on every case tested, but this is measured, not checked.
 
       Backward: implicit differentiation of the optimality conditions of the returned matrix
       (one ``m x m`` linear solve per item, m = s, or s + 1 with the slack row); memory is that
@@ -136,7 +137,7 @@ class Permutation(Structure):
 
       Options: ``tol`` (column-sum tolerance, a float >= ``MIN_TOL`` = 2.2e-13; default 1e-5,
       1e-10 for float64 scores), ``max_iter`` (cap on Newton steps, a positive int; default
-      60) and ``regularizer`` (only ``"entropy"``).
+      40) and ``regularizer`` (only ``"entropy"``).
       Applied to ``scores + G`` this is Gumbel-Sinkhorn (``gumbel-relaxed``, ``st-gumbel``).
     * ``enumerate((s, n))``: all n! / (n - s)! matchings.
     * ``log_partition`` would be the log-permanent of ``exp(scores / tau)``, #P-hard to compute,
