@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from collections.abc import Callable
@@ -192,9 +193,9 @@ PROBLEMS: dict[str, Callable[[int], Problem]] = {
     "pick-the-five": pick_the_five,
     "critic-slots": critic_slots,
     "bernoulli": bernoulli,
-    "polynomial-1.5": lambda seed=0: polynomial(1.5, seed),
-    "polynomial-2": lambda seed=0: polynomial(2.0, seed),
-    "polynomial-3": lambda seed=0: polynomial(3.0, seed),
+    "polynomial-1.5": functools.partial(polynomial, 1.5),
+    "polynomial-2": functools.partial(polynomial, 2.0),
+    "polynomial-3": functools.partial(polynomial, 3.0),
     "categorical-quadratic": categorical_quadratic,
 }
 

@@ -45,6 +45,7 @@ gets a one-line ``explanation`` from what was measured and what to try instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -308,11 +309,12 @@ class DiagnosticReport:
             for label in labels:
                 cells = []
                 for tau in taus:
-                    row = next((r for r in self.sweep if r.label == label and r.tau == tau), None)
+                    cell = next((r for r in self.sweep if r.label == label and r.tau == tau), None)
                     cells.append(
                         "-"
-                        if row is None or row.error is not None
-                        else f"{row.mse:.3g} ({row.bias:.2g}){'' if row.acceptable_bias else '*'}"
+                        if cell is None or cell.error is not None
+                        else f"{cell.mse:.3g} ({cell.bias:.2g})"
+                        + ("" if cell.acceptable_bias else "*")
                     )
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -328,8 +330,8 @@ class DiagnosticReport:
                 )
         else:
             rec = self.recommendation
-            tau = "" if rec.tau is None else f" at tau={rec.tau:g}"
-            lines.append(f"**Recommendation: {rec.label}{tau}** ({rec.reason}).")
+            at = "" if rec.tau is None else f" at tau={rec.tau:g}"
+            lines.append(f"**Recommendation: {rec.label}{at}** ({rec.reason}).")
         ranked = self.ranking()
         if ranked:
             lines += ["", "Ranking: " + ", ".join(_setting(row) for row in ranked) + "."]
@@ -896,11 +898,17 @@ def diagnose(
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs) * (n_samples + warmup), desc=name, unit="grad", leave=False)
-    rows, sweep = [], []
-    timing = dict(
-        loss_fn=loss_fn, scores=scores, structure=structure, samples_per_draw=samples_per_draw
+    rows: list[EstimatorStats] = []
+    sweep: list[EstimatorStats] = []
+    timing = functools.partial(
+        _reference_seconds,
+        loss_fn,
+        scores,
+        structure,
+        samples_per_draw=samples_per_draw,
+        n_draws=max(8, min(n_samples, 50)),
     )
-    reference_runs = [_reference_seconds(**timing, n_draws=max(8, min(n_samples, 50)), seed=seed)]
+    reference_runs = [timing(seed=seed)]
     try:
         for label, est, job_tau, in_sweep in jobs:
             if bar is not None:
@@ -929,9 +937,7 @@ def diagnose(
         if bar is not None:
             bar.close()
     # Timed before and after the estimators, so a load change in between is averaged out.
-    reference_runs.append(
-        _reference_seconds(**timing, n_draws=max(8, min(n_samples, 50)), seed=seed + 1)
-    )
+    reference_runs.append(timing(seed=seed + 1))
     finite = [seconds for seconds in reference_runs if math.isfinite(seconds)]
     measured = [row.time_per_gradient for row in [*rows, *sweep] if row.error is None]
     # If the loss has no st gradient, the cheapest estimator of this run is the unit instead.

@@ -453,10 +453,10 @@ def run(args: argparse.Namespace) -> int:
                             save(complete=False)
                         progress.update()
                     if name not in PINNED_TAU:
-                        best = max(
+                        chosen = max(
                             ranking.items(), key=lambda kv: (sign * kv[1][0], sign * kv[1][1])
                         )
-                        taus[task.name, name] = float(best[0])
+                        taus[task.name, name] = float(chosen[0])
         for task in tasks:
             task.prepare()
             for label, name, options in runs:
@@ -465,8 +465,8 @@ def run(args: argparse.Namespace) -> int:
                     results.append(reused)
                 else:
                     progress.set_postfix_str(f"{task.name}: {label}")
-                    tau = _tau_for(taus[task.name, name], args)
-                    results.append(train(task, label, name, options, tau, **common))
+                    schedule = _tau_for(taus[task.name, name], args)
+                    results.append(train(task, label, name, options, schedule, **common))
                     save(complete=False)
                 finished += 1
                 progress.update()
