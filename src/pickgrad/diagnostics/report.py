@@ -10,8 +10,9 @@ with the exact gradient ``g`` (see :func:`pickgrad.exact_gradient`):
 * ``cosine_draw = mean_r cos(d_r, g)``, ``cosine_mean = cos(mean_r d_r, g)``;
 * ``sign_agreement``: share of coordinates where ``sign(d_r) == sign(g)``, averaged over draws,
   over the coordinates where ``g`` is nonzero (resolved: ``|g| > 2 se`` for a reference);
-* ``time_per_gradient``: mean wall time of one ``estimate`` + backward, in seconds, at the
-  caller's torch thread setting (``torch.get_num_threads()``, recorded in the report's settings);
+* ``time_per_gradient``: median wall time of one ``estimate`` + backward, in seconds (the
+  median resists the load spikes of a shared machine), at the caller's torch thread setting
+  (``torch.get_num_threads()``, recorded in the report's settings);
 * ``relative_cost``: ``time_per_gradient`` over the time of a fixed reference op measured in the
   same run, the cheapest hard gradient of this loss (``st``: one argmax, the loss on the same
   number of samples, one backward), so that it does not move with the machine's load as much;
@@ -48,6 +49,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -515,11 +517,11 @@ def _draw_gradients(
     warmup: int,
     tick: Callable[[], None],
 ) -> tuple[Tensor, float]:
-    """``(n_draws, scores.numel())`` float64 gradient draws and the mean seconds per draw."""
+    """``(n_draws, scores.numel())`` float64 gradient draws and the median seconds per draw."""
     generator = torch.Generator(device=scores.device).manual_seed(seed)
     leaf = scores.detach().clone().requires_grad_(True)
     draws = torch.empty(n_draws, scores.numel(), dtype=torch.float64)
-    elapsed = 0.0
+    seconds: list[float] = []
     for index in range(warmup + n_draws):
         start = time.perf_counter()
         surrogate = estimate(
@@ -540,10 +542,10 @@ def _draw_gradients(
         if scores.device.type == "cuda":
             torch.cuda.synchronize(scores.device)
         if index >= warmup:
-            elapsed += time.perf_counter() - start
+            seconds.append(time.perf_counter() - start)
             draws[index - warmup] = gradient.detach().flatten().double().cpu()
         tick()
-    return draws, elapsed / n_draws
+    return draws, statistics.median(seconds)
 
 
 def _reference_seconds(
