@@ -6,8 +6,8 @@ Hypothesis profiles, chosen by the ``HYPOTHESIS_PROFILE`` environment variable:
   is reproducible), no deadline (timings on shared machines are noisy), 30 examples per test
   unless a test asks for its own count (the property suite in ``tests/properties`` does).
 * ``long``: for local runs, ``HYPOTHESIS_PROFILE=long python -m pytest tests/properties``:
-  randomized (new examples each run, failures kept in ``.hypothesis/``), 20 times the examples;
-  the property suite also enumerates trees up to n = 8 there.
+  randomized (new examples each run, failures kept in ``.hypothesis/``), 300 examples per test
+  and 10 times each property test's own count.
 
 ``pickgrad`` is kept as another name for ``ci``.
 """
@@ -27,7 +27,7 @@ settings.register_profile(
     "long",
     deadline=None,
     derandomize=False,
-    max_examples=600,
+    max_examples=300,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -8,6 +8,7 @@ Each function takes a drawn :class:`~properties.strategies.Problem` and asserts.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -191,6 +192,13 @@ def _check_gradient(scores: torch.Tensor) -> None:
     assert bool(torch.isfinite(scores.grad).all()), "non-finite gradient"
 
 
+def _baseline_values(options: dict[str, Any], problem: Problem) -> dict[str, Any]:
+    """``baseline_values`` for the learned (NVIL) baseline, as its network would give them."""
+    if options.get("baseline") != "learned":
+        return {}
+    return {"baseline_values": torch.zeros(problem.batch_shape, requires_grad=True)}
+
+
 def select_is_valid_with_finite_gradient(
     name: str, options: dict[str, Any], problem: Problem, seed: int
 ) -> None:
@@ -242,9 +250,7 @@ def estimate_is_valid_with_finite_gradient(
             return losses
         return losses.sum(tuple(range(1, losses.dim())))
 
-    extra: dict[str, Any] = {}
-    if options.get("baseline") == "learned":
-        extra["baseline_values"] = torch.zeros(problem.batch_shape, requires_grad=True)
+    extra = _baseline_values(options, problem)
     given_as, given_options = _given_as(name, options)
     surrogate = pickgrad.estimate(
         loss_fn,
@@ -264,3 +270,142 @@ def estimate_is_valid_with_finite_gradient(
         _check_value(estimator, problem, x)
     surrogate.backward()
     _check_gradient(scores)
+
+
+# --- extremes, modes and bad values (issue 11, points 3, 4, 5, 7, 8) ---------------------------
+
+
+def extreme_tau_raises_or_stays_finite(problem: Problem, tau: float) -> None:
+    """At any tau > 0, relax and log_partition give a finite, valid result or a ValueError
+    naming tau (point 4); never a silent NaN or inf."""
+    structure, scores = problem.structure, problem.scores
+    try:
+        # An iterative relax may warn that it missed its tolerance (Sinkhorn, point 1): allowed
+        # out here, where tau is far outside [0.01, 100]; its output must still be finite.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            x = structure.relax(scores, tau)
+    except ValueError as error:
+        assert "tau" in str(error), error
+    else:
+        if any(issubclass(w.category, RuntimeWarning) for w in caught):
+            assert bool(torch.isfinite(x).all()), "non-finite entries"
+            assert bool(((x >= 0) & (x <= 1)).all()), "entries outside [0, 1]"
+        else:
+            check_in_polytope(structure, x, scores.shape)
+    if not structure.supports("log_partition"):
+        return
+    try:
+        value = structure.log_partition(scores, tau)
+    except ValueError as error:
+        assert "tau" in str(error) or "overflow" in str(error), error
+    else:
+        assert bool(torch.isfinite(value).all()), f"log_partition gave {value}"
+
+
+def extreme_scores(problem: Problem, seed: int) -> torch.Tensor:
+    """The problem's score pattern rescaled so its largest entry is near the dtype's maximum."""
+    scores = problem.scores.double()
+    top = scores.abs().amax() if scores.numel() else torch.tensor(1.0, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    fraction = 0.5 + 0.5 * torch.rand((), generator=generator, dtype=torch.float64)
+    limit = torch.finfo(problem.dtype).max
+    unit = scores / top if float(top) > 0 else torch.ones_like(scores)
+    return (unit * (fraction * limit)).to(problem.dtype)
+
+
+def argmax_at_extreme_magnitudes_is_valid_or_refused(problem: Problem, seed: int) -> None:
+    """Scores near the dtype's largest value: argmax is a valid, optimal structure, or a
+    ValueError before computing (point 8)."""
+    structure = problem.structure
+    scores = extreme_scores(problem, seed)
+    try:
+        x = structure.argmax(scores)
+    except ValueError:
+        return
+    check_valid(structure, x, scores.shape)
+    # Compare objectives exactly scaled by a power of two, so float64 cannot overflow.
+    scaled = scores.double() * 2.0**-1000 if scores.dtype == torch.float64 else scores.double()
+    values, _ = objectives(structure, scaled)
+    got = objective_of(structure, scaled, x)
+    event = tuple(range(scores.dim() - structure.event_dims, scores.dim()))
+    tolerance = 1e-12 * scaled.abs().sum(event)
+    assert bool(((got - values.amax(-1)).abs() <= tolerance).all()), "argmax is not optimal"
+
+
+def relax_is_the_same_without_autograd(problem: Problem, **options: Any) -> None:
+    """relax under no_grad and inference_mode equals relax with autograd (point 7)."""
+    structure, scores, tau = problem.structure, problem.scores, problem.tau
+    expected = structure.relax(scores.clone().requires_grad_(True), tau, **options).detach()
+    with torch.no_grad():
+        plain = structure.relax(scores, tau, **options)
+    with torch.inference_mode():
+        inference = structure.relax(scores.clone(), tau, **options)
+    tolerance = entry_tolerance(structure, scores.dtype)
+    for got in (plain, inference):
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        error = (got.double() - expected.double()).abs()
+        assert bool((error <= tolerance).all()), "relax differs without autograd"
+
+
+def select_works_without_autograd(
+    name: str, options: dict[str, Any], problem: Problem, seed: int
+) -> None:
+    """Every pathwise estimator runs under no_grad and inference_mode with a valid value."""
+    if not serves(name, options, problem):
+        return
+    estimator = build(name, options)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            given_as, given_options = _given_as(name, options)
+            x = pickgrad.select(
+                problem.scores.clone(),
+                problem.structure,
+                given_as,
+                tau=problem.tau,
+                generator=torch.Generator().manual_seed(seed),
+                **given_options,
+            )
+            _check_value(estimator, problem, x)
+
+
+def non_finite_loss_is_a_clear_error(
+    name: str, options: dict[str, Any], problem: Problem, bad: float, where: int
+) -> None:
+    """A NaN or inf loss is a ValueError naming loss_fn; estimator state is left unchanged
+    (point 5)."""
+    if not serves(name, options, problem):
+        return
+    estimator = build(name, options)
+    scores = problem.scores.clone().requires_grad_(True)
+    n_samples = 2
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        losses = x.float().flatten(1).sum(-1)
+        return losses.index_fill(0, torch.tensor([where % n_samples]), bad)
+
+    # A first, finite call gives stateful estimators some state to protect.
+    extra = _baseline_values(options, problem)
+    pickgrad.estimate(
+        lambda x: x.float().flatten(1).sum(-1),
+        scores,
+        problem.structure,
+        estimator,
+        n_samples=2,
+        **extra,
+    )
+    before = {key: value.clone() for key, value in getattr(estimator, "state_dict", dict)().items()}
+    with pytest.raises(ValueError, match="loss_fn"):
+        pickgrad.estimate(
+            loss_fn,
+            scores,
+            problem.structure,
+            estimator,
+            n_samples=n_samples,
+            tau=problem.tau,
+            **extra,
+        )
+    after = getattr(estimator, "state_dict", dict)()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), f"state {key} changed by a non-finite loss"

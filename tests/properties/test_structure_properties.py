@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from pickgrad import Arborescence, OneHot, Permutation, SpanningTree, Subset
 from properties import laws
+from properties.pending import cases, committed
 from properties.strategies import (
     DTYPES,
     LONG,
@@ -34,25 +35,41 @@ from properties.strategies import (
 )
 
 #: Every relaxation: (structure kind, relax options).
-RELAX_CASES: list[tuple[str, dict[str, Any]]] = [
-    ("onehot", {}),
-    ("onehot", {"regularizer": "sparsemax"}),
-    ("subset", {}),
-    ("subset", {"regularizer": "binary-entropy"}),
-    ("subset", {"regularizer": "euclidean"}),
-    ("permutation", {}),
-    ("spanning-tree", {}),
-    ("arborescence", {}),
-]
-#: The relaxations that still break the law on the current code: in test_pending.py.
-PENDING_RELAX: list[tuple[str, dict[str, Any]]] = []
-LOG_PARTITION_KINDS = ("onehot", "subset", "spanning-tree", "arborescence")
+RELAX_CASES = cases(
+    [
+        ("onehot", {}),
+        ("onehot", {"regularizer": "sparsemax"}),
+        ("subset", {}),
+        ("subset", {"regularizer": "binary-entropy"}),
+        ("subset", {"regularizer": "euclidean"}),
+        ("permutation", {}),
+        ("spanning-tree", {}),
+        ("arborescence", {}),
+    ],
+    [
+        "onehot",
+        "onehot-sparsemax",
+        "subset",
+        "subset-binary-entropy",
+        "subset-euclidean",
+        "permutation",
+        "spanning-tree",
+        "arborescence",
+    ],
+)
+KINDS = cases(list(STRUCTURE_KINDS), list(STRUCTURE_KINDS))
+LOG_PARTITION_KINDS = [param for param in KINDS if param.id != "permutation"]
+EXTREME_TAUS = st.one_of(
+    st.floats(-300.0, -2.0).map(lambda exponent: 10.0**exponent),
+    st.floats(2.0, 300.0).map(lambda exponent: 10.0**exponent),
+)
 
 
-@pytest.mark.parametrize("kind", STRUCTURE_KINDS)
+@pytest.mark.parametrize("kind", KINDS)
 @examples(8)
 @given(data=st.data())
 def test_enumerate_lists_every_solution_once(kind, data):
+    # Trees of 7 nodes take about 1 s to enumerate; 6 keeps the CI profile quick.
     max_tree = MAX_ENUMERATED_TREE if LONG else 6
     structure, event_shape = data.draw(structures((kind,), max_tree=max_tree))
     every = structure.enumerate(event_shape, dtype=torch.float64)
@@ -61,7 +78,7 @@ def test_enumerate_lists_every_solution_once(kind, data):
     assert torch.unique(every.reshape(every.shape[0], -1), dim=0).shape[0] == every.shape[0]
 
 
-@pytest.mark.parametrize("kind", STRUCTURE_KINDS)
+@pytest.mark.parametrize("kind", KINDS)
 @examples(15)
 @given(data=st.data())
 def test_argmax_is_a_valid_structure_and_as_good_as_brute_force(kind, data):
@@ -70,23 +87,21 @@ def test_argmax_is_a_valid_structure_and_as_good_as_brute_force(kind, data):
     )
 
 
-def relax_id(case: tuple[str, dict[str, Any]]) -> str:
-    kind, options = case
-    return "-".join([kind, *map(str, options.values())])
+def make_relax_test(params: list[Any]) -> Any:
+    @pytest.mark.parametrize(("kind", "options"), params)
+    @examples(20)
+    @given(data=st.data())
+    def test(kind, options, data):
+        problem = data.draw(problems((kind,)), label="problem")
+        laws.relax_is_in_polytope_and_matches_float64(problem, **options)
+
+    return test
 
 
-@pytest.mark.parametrize(
-    "case", [case for case in RELAX_CASES if case not in PENDING_RELAX], ids=relax_id
-)
-@examples(20)
-@given(data=st.data())
-def test_relax_is_in_the_polytope_and_matches_float64(case, data):
-    kind, options = case
-    problem = data.draw(problems((kind,)), label="problem")
-    laws.relax_is_in_polytope_and_matches_float64(problem, **options)
+test_relax_is_in_the_polytope_and_matches_float64 = make_relax_test(committed("relax", RELAX_CASES))
 
 
-@pytest.mark.parametrize("kind", STRUCTURE_KINDS)
+@pytest.mark.parametrize("kind", KINDS)
 @examples(10)
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_relax_is_invariant_to_offsets_that_keep_the_law(kind, data, seed):
@@ -100,6 +115,44 @@ def test_relax_is_invariant_to_offsets_that_keep_the_law(kind, data, seed):
 def test_log_partition_is_the_logsumexp_over_enumeration(kind, data):
     problem = data.draw(problems((kind,), max_tree=MAX_ENUMERATED_TREE), label="problem")
     laws.log_partition_is_logsumexp_over_enumeration(problem)
+
+
+def make_extreme_tau_test(params: list[Any]) -> Any:
+    @pytest.mark.parametrize("kind", params)
+    @examples(10)
+    @given(data=st.data(), tau=EXTREME_TAUS)
+    def test(kind, data, tau):
+        problem = data.draw(problems((kind,)), label="problem")
+        laws.extreme_tau_raises_or_stays_finite(problem, tau)
+
+    return test
+
+
+test_extreme_tau_raises_or_stays_finite = make_extreme_tau_test(committed("extreme_tau", KINDS))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@examples(10)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_argmax_at_extreme_magnitudes_is_valid_or_refused(kind, data, seed):
+    problem = data.draw(problems((kind,), max_tree=MAX_ENUMERATED_TREE), label="problem")
+    laws.argmax_at_extreme_magnitudes_is_valid_or_refused(problem, seed)
+
+
+def make_relax_without_autograd_test(params: list[Any]) -> Any:
+    @pytest.mark.parametrize(("kind", "options"), params)
+    @examples(10)
+    @given(data=st.data())
+    def test(kind, options, data):
+        problem = data.draw(problems((kind,)), label="problem")
+        laws.relax_is_the_same_without_autograd(problem, **options)
+
+    return test
+
+
+test_relax_is_the_same_under_no_grad_and_inference_mode = make_relax_without_autograd_test(
+    committed("relax_without_autograd", RELAX_CASES)
+)
 
 
 @examples(10)
