@@ -83,8 +83,8 @@ class GraphLayoutConfig(TrainingConfig):
     valid_size: int = 10_000
     test_size: int = 10_000
     data_seed: int = 0
-    encoder_hidden: int = 64
-    decoder_hidden: int = 64
+    encoder_hidden: int = 48
+    decoder_hidden: int = 32
     decoder_channels: int = 8
     decoder_messages: str = "base+edge"
     decoder_rescale: bool = True

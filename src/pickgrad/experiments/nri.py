@@ -38,6 +38,15 @@ def pair_index(n: int) -> tuple[Tensor, Tensor]:
     return rows, cols
 
 
+def _signed_incidence(n: int) -> Tensor:
+    """``(m, n)``: row ``e`` of pair ``(i, j)`` is +1 at ``i`` and -1 at ``j``."""
+    rows, cols = pair_index(n)
+    signed = torch.zeros(rows.numel(), n)
+    signed[torch.arange(rows.numel()), rows] = 1.0
+    signed[torch.arange(rows.numel()), cols] = -1.0
+    return signed
+
+
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -49,7 +58,9 @@ class PairwiseMLP(nn.Module):
     """Symmetric pair features ``MLP(P v_i + P v_j + |Q v_i - Q v_j| W + E e_ij)``.
 
     Symmetric in ``i, j`` by construction; the absolute difference lets the first layer see
-    distances between the vertices' embeddings, which a plain sum cannot.
+    distances between the vertices' embeddings, which a plain sum cannot. The pairs are read
+    through the ``(m, n)`` incidence matrices ``both`` (+1, +1) and ``signed`` (+1, -1): a matrix
+    product, whose backward is another one (a gather's backward is a slow scatter on the CPU).
 
     Shapes: ``nodes (B, n, d)``, optional ``edges (B, m, e)`` -> ``(B, m, out)``.
     """
@@ -65,13 +76,11 @@ class PairwiseMLP(nn.Module):
         )
 
     def forward(
-        self, nodes: Tensor, rows: Tensor, cols: Tensor, edges: Tensor | None = None
+        self, nodes: Tensor, both: Tensor, signed: Tensor, edges: Tensor | None = None
     ) -> Tensor:
-        summed = self.sum_proj(nodes)
-        diff = self.diff_proj(nodes)
-        pre = (
-            summed[:, rows] + summed[:, cols] + self.diff_mix((diff[:, rows] - diff[:, cols]).abs())
-        )
+        summed = torch.matmul(both, self.sum_proj(nodes))
+        diff = torch.matmul(signed, self.diff_proj(nodes))
+        pre = summed + self.diff_mix(diff.abs())
         if self.edge_proj is not None and edges is not None:
             pre = pre + self.edge_proj(edges)
         return self.head(pre)
@@ -92,13 +101,10 @@ class TrajectoryEncoder(nn.Module):
 
     def __init__(self, n: int, frames: int, hidden: int, out: int) -> None:
         super().__init__()
-        rows, cols = pair_index(n)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
-        incidence = torch.zeros(n, rows.numel())
-        incidence[rows, torch.arange(rows.numel())] = 1.0 / (n - 1)
-        incidence[cols, torch.arange(rows.numel())] = 1.0 / (n - 1)
-        self.register_buffer("incidence_mean", incidence, persistent=False)
+        signed = _signed_incidence(n)
+        self.register_buffer("both", signed.abs(), persistent=False)
+        self.register_buffer("signed", signed, persistent=False)
+        self.register_buffer("incidence_mean", signed.abs().T / (n - 1), persistent=False)
         self.node_in = _mlp(frames * 2, hidden, hidden)
         self.pair_in = PairwiseMLP(hidden, 0, hidden, hidden)
         self.node_mid = _mlp(hidden, hidden, hidden)
@@ -107,9 +113,9 @@ class TrajectoryEncoder(nn.Module):
     def forward(self, trajectories: Tensor) -> Tensor:
         batch, n = trajectories.shape[:2]
         nodes = self.node_in(trajectories.reshape(batch, n, -1))
-        edges = self.pair_in(nodes, self.rows, self.cols)
+        edges = self.pair_in(nodes, self.both, self.signed)
         nodes = self.node_mid(torch.matmul(self.incidence_mean, edges))
-        return self.pair_out(nodes, self.rows, self.cols, edges)
+        return self.pair_out(nodes, self.both, self.signed, edges)
 
 
 class ForceDecoder(nn.Module):
@@ -140,14 +146,9 @@ class ForceDecoder(nn.Module):
         super().__init__()
         if messages not in DECODER_MESSAGES:
             raise ValueError(f"messages must be one of {DECODER_MESSAGES}, got {messages!r}")
-        rows, cols = pair_index(n)
-        m = rows.numel()
-        incidence = torch.zeros(n, m)
-        incidence[rows, torch.arange(m)] = 1.0
-        incidence[cols, torch.arange(m)] = -1.0  # d_ji = -d_ij
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
-        self.register_buffer("incidence", incidence, persistent=False)
+        signed = _signed_incidence(n)
+        self.register_buffer("signed", signed, persistent=False)  # d = signed @ p
+        self.register_buffer("incidence", signed.T.contiguous(), persistent=False)  # d_ji = -d_ij
         self.messages = messages
         self.channels = channels
         self.rescale = rescale
@@ -160,7 +161,7 @@ class ForceDecoder(nn.Module):
     def step(self, positions: Tensor, edges: Tensor) -> Tensor:
         """One message-passing round: ``positions (B', n, 2)``, ``edges (B', m)`` -> ``(B', n, 2)``."""
         batch, n = positions.shape[:2]
-        delta = positions[:, self.rows] - positions[:, self.cols]  # (B', m, 2)
+        delta = torch.matmul(self.signed, positions)  # (B', m, 2): p_i - p_j
         sq = (delta * delta).sum(-1, keepdim=True)
         weights = self.weights(torch.cat([sq.add(1e-8).sqrt(), 1.0 / (sq + 1e-2)], -1))
         if self.messages == "base+edge":
