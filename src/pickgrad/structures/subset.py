@@ -127,7 +127,7 @@ def capped_simplex_projection(z: Tensor, k: int) -> Tensor:
 
 
 def _threshold_log_density(
-    v: Tensor, s: Tensor, chosen: Tensor, log_rest: Tensor
+    v: Tensor, chosen_scores: Tensor, log_rest: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Unnormalised log-density ``h`` of ``v = max_{j not chosen} (s_j + G_j)`` given that every
     chosen utility exceeds it, and its derivative ``h'``.
@@ -137,10 +137,11 @@ def _threshold_log_density(
     functions of log-concave densities: h is concave.
 
     Args:
-        v: ``(..., *batch)``; s, chosen: ``(*batch, n)``; log_rest: ``(*batch,)``.
+        v: ``(..., *batch)``; chosen_scores: ``(*batch, k)`` (the chosen items' scores);
+        log_rest: ``(*batch,)``.
     """
     tiny = torch.finfo(v.dtype).tiny
-    gap = v.unsqueeze(-1) - s  # (..., *batch, n)
+    gap = v.unsqueeze(-1) - chosen_scores  # (..., *batch, k)
     x = torch.exp(-gap)
     # log(1 - exp(-x)) and x / (exp(x) - 1) = exp(-gap - x) / (1 - exp(-x)), with their limits
     # where x underflows to 0; the second form stays finite (0) where x overflows to inf.
@@ -148,8 +149,8 @@ def _threshold_log_density(
     log_survival = torch.where(x > tiny, torch.log(survival), -gap)
     ratio = torch.where(x > tiny, torch.exp(-gap - x) / survival, torch.ones_like(x))
     centred = v - log_rest
-    density = -centred - torch.exp(-centred) + (log_survival * chosen).sum(-1)
-    slope = -1 + torch.exp(-centred) - (ratio * chosen).sum(-1)
+    density = -centred - torch.exp(-centred) + log_survival.sum(-1)
+    slope = -1 + torch.exp(-centred) - ratio.sum(-1)
     return density, slope
 
 
@@ -163,19 +164,28 @@ def _sample_threshold(
     """Exact draws of ``v = max_{j not chosen} (s_j + G_j)`` given that the chosen set is the
     top-k, shape ``(n_draws, *batch)``.
 
-    Rejection from a piecewise-exponential hull of the concave log-density h: the flat line at
-    the mode m and the tangents at ``m -+ delta`` (delta about one standard deviation), which lie
-    above h because h is concave (Gilks & Wild, 1992).
+    Rejection from a piecewise-exponential hull of the concave log-density h: a flat line at
+    least as high as h's maximum and the tangents at ``m -+ delta`` (m the mode, delta about
+    one standard deviation), which lie above h because h is concave (Gilks & Wild, 1992).
+    Rejected draws are redrawn alone, so the work is about n_draws / (acceptance rate).
     """
-    k = chosen.sum(-1)
-    log_rest = torch.logsumexp(s.masked_fill(chosen, -math.inf), -1)
+    batch_shape = s.shape[:-1]
+    dtype, device = s.dtype, s.device
+    flat_s, flat_chosen = s.reshape(-1, s.shape[-1]), chosen.reshape(-1, s.shape[-1])
+    rows = flat_s.shape[0]
+    if rows == 0:
+        return torch.zeros((n_draws, *batch_shape), dtype=dtype, device=device)
+    k = flat_chosen.sum(-1)
+    # Every row has the same number of chosen items (x is a valid k-subset).
+    chosen_scores = flat_s.masked_select(flat_chosen).view(rows, -1)
+    log_rest = torch.logsumexp(flat_s.masked_fill(flat_chosen, -math.inf), -1)
 
     def h(v: Tensor) -> tuple[Tensor, Tensor]:
-        return _threshold_log_density(v, s, chosen, log_rest)
+        return _threshold_log_density(v, chosen_scores, log_rest)
 
     # h' > 0 below log_rest - log(k + 1) and < 0 above log_rest: bisect for the mode, to a
     # bracket narrower than the smallest delta below (1e-3), so mode -+ delta lie on either side.
-    low, high = log_rest - torch.log1p(k) - 1, log_rest + 1
+    low, high = log_rest - torch.log1p(k.to(dtype)) - 1, log_rest + 1
     for _ in range(16):
         middle = (low + high) / 2
         rising = h(middle)[1] > 0
@@ -192,46 +202,45 @@ def _sample_threshold(
     delta = torch.rsqrt(curvature.abs().clamp_min(1e-12)).clamp(1e-3, 1e3)
     left, right = mode - delta, mode + delta
     (h_left, slope_left), (h_right, slope_right) = h(left), h(right)
-    # Where the tangents meet the flat line at the mode; their tails are exponential.
+    # Where the tangents meet the flat line; their tails are exponential.
     left_end = left + (top - h_left) / slope_left
     right_start = right + (top - h_right) / slope_right
     areas = torch.stack([1 / slope_left, right_start - left_end, -1 / slope_right], -1)
+    bounds = areas.cumsum(-1)  # the hull's piece by inverse CDF over its three areas
 
-    shape = (n_draws, *s.shape[:-1])
-    dtype, device = s.dtype, s.device
-    result = torch.zeros(shape, dtype=dtype, device=device)
-    pending = torch.ones(shape, dtype=torch.bool, device=device)
+    result = torch.zeros(n_draws * rows, dtype=dtype, device=device)
+    pending = torch.arange(n_draws * rows, device=device)  # flat (draw, row) indices
     for _ in range(max_rounds):
-        piece = torch.multinomial(
-            areas.reshape(-1, 3), n_draws, replacement=True, generator=generator
-        )
-        piece = piece.T.reshape(shape)
-        exponential = torch.empty(shape, dtype=dtype, device=device).exponential_(
+        row = pending % rows
+        size = (len(pending),)
+        pick = torch.rand(size, dtype=dtype, device=device, generator=generator)
+        pick = pick * bounds[row, 2]
+        piece = (pick > bounds[row, 0]).to(torch.int64) + (pick > bounds[row, 1]).to(torch.int64)
+        exponential = torch.empty(size, dtype=dtype, device=device).exponential_(
             generator=generator
         )
-        uniform = torch.rand(shape, dtype=dtype, device=device, generator=generator)
-        accept_uniform = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+        uniform = torch.rand(size, dtype=dtype, device=device, generator=generator)
+        accept_uniform = torch.rand(size, dtype=dtype, device=device, generator=generator)
+        start, end = left_end[row], right_start[row]
+        rising_slope, falling_slope = slope_left[row], slope_right[row]
         proposal = torch.where(
             piece == 0,
-            left_end - exponential / slope_left,
+            start - exponential / rising_slope,
             torch.where(
-                piece == 1,
-                left_end + uniform * (right_start - left_end),
-                right_start - exponential / slope_right,
+                piece == 1, start + uniform * (end - start), end - exponential / falling_slope
             ),
         )
-        hull = top + torch.where(
+        hull = top[row] + torch.where(
             piece == 0,
-            slope_left * (proposal - left_end),
-            torch.where(
-                piece == 1, torch.zeros_like(proposal), slope_right * (proposal - right_start)
-            ),
+            rising_slope * (proposal - start),
+            torch.where(piece == 1, torch.zeros_like(proposal), falling_slope * (proposal - end)),
         )
-        accepted = pending & (torch.log(accept_uniform) <= h(proposal)[0] - hull)
-        result = torch.where(accepted, proposal, result)
-        pending = pending & ~accepted
-        if not bool(pending.any()):
-            return result
+        density = _threshold_log_density(proposal, chosen_scores[row], log_rest[row])[0]
+        accepted = torch.log(accept_uniform) <= density - hull
+        result[pending[accepted]] = proposal[accepted]
+        pending = pending[~accepted]
+        if len(pending) == 0:
+            return result.view(n_draws, *batch_shape)
     raise RuntimeError(
         "Subset.conditional_gumbel: the rejection sampler did not finish; please report"
     )
@@ -256,7 +265,9 @@ def subset_conditional_gumbel(
         scores: ``(*batch, n)``; x: ``(*batch, n)`` k-hot; n_draws: K.
 
     Returns:
-        ``(K, *batch, n)`` noise ``G = u - scores``.
+        ``(K, *batch, n)`` noise ``G = u - scores``, in the dtype of ``scores``; computed in
+        float64 (the threshold) and float32 or float64, then nudged by at most a few ulps where
+        needed so that ``argmax(scores + G) == x`` holds exactly in that dtype.
 
     Example:
         >>> scores, x = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 0.0, 1.0])
@@ -296,7 +307,18 @@ def subset_conditional_gumbel(
     is_winner = torch.zeros(shape, dtype=torch.bool, device=s.device).scatter_(-1, winner, True)
     below = torch.where(is_winner, v.expand(shape), -torch.logaddexp(-v, -(s + gumbel)))
     utilities = torch.where(chosen, above, below)
-    return (utilities - s).to(scores.dtype)
+    noise = (utilities - s).to(scores.dtype)
+    # Where a condition is very unlikely, chosen utilities sit within a few ulps of v, and
+    # rounding ``scores + noise`` in the output dtype can undo the order. Move such noise up an
+    # ulp at a time until every chosen perturbed score is strictly above every unchosen one
+    # (the law changes by rounding only; the unchosen maximum is untouched).
+    ceiling = (scores + noise).masked_fill(chosen, -math.inf).amax(-1, keepdim=True)
+    for _ in range(64):
+        low = chosen & (scores + noise <= ceiling)
+        if not bool(low.any()):
+            break
+        noise = torch.where(low, torch.nextafter(noise, torch.full_like(noise, math.inf)), noise)
+    return noise
 
 
 class Subset(Structure):
