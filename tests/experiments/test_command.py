@@ -11,7 +11,7 @@ import pytest
 from pickgrad import SpanningTree
 from pickgrad.cli import main
 
-QUICK = ["experiment", "graph-layout", "--quick", "--no-progress"]
+QUICK = ["experiment", "graph-layout", "--quick", "--no-progress", "--estimators", "st-gumbel"]
 
 
 @pytest.fixture
