@@ -27,6 +27,7 @@ from properties.strategies import (
     objective_of,
     objectives,
     relax_reference,
+    tree_nodes,
 )
 
 # --- structures --------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ def _ones(structure: Any, event_shape: tuple[int, ...]) -> int:
         return structure.k
     if isinstance(structure, Permutation):
         return event_shape[0]
-    return event_shape[-1] - 1
+    return tree_nodes(structure, event_shape) - 1
 
 
 def log_partition_is_logsumexp_over_enumeration(problem: Problem) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-_KINDS = ("onehot", "subset", "permutation", "spanning-tree", "arborescence")
+_KINDS = ("onehot", "subset", "permutation", "spanning-tree", "spanning-tree-edges", "arborescence")
 # select.py: pickgrad.estimate passes baseline_values to the estimator's constructor, so the
 # learned (NVIL) baseline of contract 4 cannot be used through it at all.
 _LEARNED = {f"reinforce-{case}-{kind}" for case in ("learned", "learned-True") for kind in _KINDS}
@@ -22,7 +22,7 @@ PENDING: dict[str, set[str]] = {
     "non_finite_loss": _LEARNED,
     # spanning_tree.py / arborescence.py: log_partition overflows a half dtype to inf at tiny tau
     # (point 3: raise or return float32); permutation.py: Sinkhorn returns NaN at tau ~1e-19.
-    "extreme_tau": {"spanning-tree", "arborescence", "permutation"},
+    "extreme_tau": {"spanning-tree", "spanning-tree-edges", "arborescence", "permutation"},
 }
 
 

@@ -43,11 +43,19 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from pickgrad import Arborescence, OneHot, Permutation, SpanningTree, Subset
+from pickgrad.structures import edges_to_matrix
 from pickgrad.structures.base import Structure
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-STRUCTURE_KINDS = ("onehot", "subset", "permutation", "spanning-tree", "arborescence")
+STRUCTURE_KINDS = (
+    "onehot",
+    "subset",
+    "permutation",
+    "spanning-tree",
+    "spanning-tree-edges",
+    "arborescence",
+)
 SCORE_KINDS = ("gaussian", "ties", "constant", "offset")
 
 #: Whether the long profile is selected (``HYPOTHESIS_PROFILE=long``): 10 times the examples.
@@ -120,18 +128,6 @@ class Problem:
         )
 
 
-def make_structure(kind: str, event_shape: tuple[int, ...], parameter: int) -> Structure:
-    if kind == "onehot":
-        return OneHot()
-    if kind == "subset":
-        return Subset(parameter)
-    if kind == "permutation":
-        return Permutation()
-    if kind == "spanning-tree":
-        return SpanningTree()
-    return Arborescence(root=parameter)
-
-
 @st.composite
 def structures(
     draw: st.DrawFn, kinds: tuple[str, ...] = STRUCTURE_KINDS, max_tree: int = 8
@@ -149,6 +145,8 @@ def structures(
     n = draw(st.integers(2, max_tree))
     if kind == "spanning-tree":
         return SpanningTree(), (n, n)
+    if kind == "spanning-tree-edges":
+        return SpanningTree(edge_list=True), (n * (n - 1) // 2,)
     return Arborescence(root=draw(st.integers(0, n - 1))), (n, n)
 
 
@@ -210,9 +208,31 @@ def _reach(adjacency: Tensor) -> Tensor:
     return reach > 0
 
 
+def is_edge_list(structure: Structure) -> bool:
+    """Whether this is ``SpanningTree(edge_list=True)``: scores and outputs ``(..., m)``."""
+    return isinstance(structure, SpanningTree) and bool(getattr(structure, "edge_list", False))
+
+
+def tree_nodes(structure: Structure, event_shape: tuple[int, ...]) -> int:
+    """The number of nodes n of a tree structure's event (m = n(n - 1)/2 edges in edge lists)."""
+    if is_edge_list(structure):
+        return (1 + math.isqrt(1 + 8 * event_shape[-1])) // 2
+    return event_shape[-1]
+
+
+def edge_matrix(x: Tensor) -> Tensor:
+    """The symmetric ``(..., n, n)`` adjacency of an edge list ``(..., m)``."""
+    upper = edges_to_matrix(x)
+    return upper + upper.transpose(-1, -2)
+
+
 def check_valid(structure: Structure, x: Tensor, scores_shape: tuple[int, ...]) -> None:
     """Assert that every ``x[b]`` is a hard solution of ``structure``, by its definition."""
     assert tuple(x.shape) == tuple(scores_shape), (tuple(x.shape), scores_shape)
+    if is_edge_list(structure):
+        matrix = edge_matrix(x)
+        check_valid(SpanningTree(), matrix, matrix.shape)
+        return
     x = x.double()
     assert bool(((x == 0) | (x == 1)).all()), "entries are not all 0 or 1"
     if isinstance(structure, OneHot):
@@ -259,6 +279,10 @@ def check_in_polytope(structure: Structure, x: Tensor, scores_shape: tuple[int, 
     arborescence polytope (at least one arc into every node set without the root).
     """
     assert tuple(x.shape) == tuple(scores_shape), (tuple(x.shape), scores_shape)
+    if is_edge_list(structure):
+        matrix = edge_matrix(x)
+        check_in_polytope(SpanningTree(), matrix, matrix.shape)
+        return
     x_dtype = x.dtype
     entry = entry_tolerance(structure, x_dtype)
     x = x.double()
@@ -315,7 +339,7 @@ def check_in_polytope(structure: Structure, x: Tensor, scores_shape: tuple[int, 
 def enumerable(structure: Structure, event_shape: tuple[int, ...]) -> bool:
     """Whether brute force over ``enumerate`` is affordable for this size."""
     if isinstance(structure, (SpanningTree, Arborescence)):
-        return event_shape[-1] <= MAX_ENUMERATED_TREE
+        return tree_nodes(structure, event_shape) <= MAX_ENUMERATED_TREE
     return True
 
 
@@ -402,5 +426,5 @@ def solution_count(structure: Structure, event_shape: tuple[int, ...]) -> int:
     if isinstance(structure, Permutation):
         s, n = event_shape
         return math.perm(n, s)
-    n = event_shape[-1]
+    n = tree_nodes(structure, event_shape)
     return n ** (n - 2)

@@ -44,6 +44,7 @@ RELAX_CASES = cases(
         ("subset", {"regularizer": "euclidean"}),
         ("permutation", {}),
         ("spanning-tree", {}),
+        ("spanning-tree-edges", {}),
         ("arborescence", {}),
     ],
     [
@@ -54,6 +55,7 @@ RELAX_CASES = cases(
         "subset-euclidean",
         "permutation",
         "spanning-tree",
+        "spanning-tree-edges",
         "arborescence",
     ],
 )
@@ -190,6 +192,11 @@ def test_invalid_sizes_raise_the_documented_errors(n: int, extra: int, dtype: to
         if n:
             with pytest.raises(ValueError, match="square"):
                 tree.relax(torch.zeros(n, n + 1 + extra, dtype=dtype))
+    # Edge lists need m = n (n - 1) / 2 entries.
+    nodes = max(n, 2)
+    m = nodes * (nodes - 1) // 2 + 1 + extra % (nodes - 1)  # between two triangular numbers
+    with pytest.raises(ValueError, match=rf"m = n \(n - 1\) / 2 .*got m={m}"):
+        SpanningTree(edge_list=True).relax(torch.zeros(m, dtype=dtype))
     if n >= 2:
         with pytest.raises(ValueError, match=rf"root={n + extra} .*must be < n"):
             Arborescence(root=n + extra).log_partition(torch.zeros(n, n, dtype=dtype))
