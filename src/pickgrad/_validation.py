@@ -34,7 +34,15 @@ def set_validation(enabled: bool) -> None:
     """Switch the value checks (NaN, inf, ranges) on or off for the whole process.
 
     Shape, dtype and option checks always run. With value checks off, no entry point reads a
-    tensor value back to Python, so hot paths make no device-to-host sync.
+    tensor value back to Python, so hot paths make no device-to-host sync (like
+    ``torch.distributions.Distribution.set_default_validate_args``). On by default; exported as
+    ``pickgrad.set_validation``.
+
+    Example:
+        >>> set_validation(False)
+        >>> value_checks_enabled()
+        False
+        >>> set_validation(True)
     """
     global _validate_values
     if not isinstance(enabled, bool):
@@ -44,7 +52,19 @@ def set_validation(enabled: bool) -> None:
 
 @contextmanager
 def validation(enabled: bool) -> Iterator[None]:
-    """Context manager form of :func:`set_validation`; restores the previous setting on exit."""
+    """Context manager form of :func:`set_validation`; restores the previous setting on exit.
+
+    Exported as ``pickgrad.validation``; use it to switch the checks off for one call.
+
+    Example:
+        >>> import pickgrad
+        >>> with pickgrad.validation(False):  # NaN passes unchecked: no host sync
+        ...     x = pickgrad.OneHot().argmax(torch.tensor([0.0, float("nan")]))
+        >>> pickgrad.OneHot().argmax(torch.tensor([0.0, float("nan")]))
+        Traceback (most recent call last):
+        ...
+        ValueError: scores contains non-finite values (1 NaN of 2 entries, shape (2,)); all must be finite
+    """
     global _validate_values
     previous = _validate_values
     set_validation(enabled)

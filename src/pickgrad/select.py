@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, SupportsFloat
 
 import torch
 from torch import Tensor
@@ -44,7 +44,7 @@ def select(
     structure: Structure,
     estimator: str | Estimator = "st-gumbel",
     *,
-    tau: float = 1.0,
+    tau: SupportsFloat = 1.0,
     generator: torch.Generator | None = None,
     **options: Any,
 ) -> Tensor:
@@ -55,7 +55,10 @@ def select(
         structure: what is chosen, e.g. ``OneHot()`` or ``Subset(k)``.
         estimator: a registered name (see :func:`pickgrad.available_estimators`) or an
             ``Estimator`` object.
-        tau: temperature > 0 of the relaxation, or a schedule (see :mod:`pickgrad.schedules`).
+        tau: temperature > 0 of the relaxation: a number, a 0-dim tensor (read as a float: no
+            gradient reaches it) or a schedule (see :mod:`pickgrad.schedules`). For estimators
+            that use it, ``scores / tau`` must fit the compute dtype (a ``ValueError`` says the
+            smallest ``tau`` allowed; value checks, see :func:`pickgrad.set_validation`).
         generator: source of the noise; the same seed gives the same sample.
         **options: options of the named estimator, e.g. ``n_draws=10`` for ``gumbel-rao``.
 
@@ -86,7 +89,7 @@ def estimate(
     estimator: str | Estimator,
     *,
     n_samples: int = 1,
-    tau: float = 1.0,
+    tau: SupportsFloat = 1.0,
     generator: torch.Generator | None = None,
     **options: Any,
 ) -> Tensor:
@@ -102,7 +105,7 @@ def estimate(
         structure: what is chosen.
         estimator: a registered name or an ``Estimator`` object.
         n_samples: number of samples drawn (and averaged over).
-        tau: temperature > 0, or a schedule.
+        tau: temperature > 0, or a schedule (as for :func:`select`).
         generator: source of the noise.
         **options: options of the named estimator, e.g. ``baseline="rloo"``.
 

@@ -251,6 +251,9 @@ class Structure:
             (float16/bfloat16 scores are computed in float32 and the result cast back).
         """
         tau_value = self.check_scores_and_tau(scores, tau)
+        if not self.supports("relax"):
+            self._raise_unsupported("relax")
+            raise NotImplementedError(f"{type(self).__name__} does not implement relax")
         self.check_relax_options(options)
         work = compute_dtype(scores.dtype)
         if work == scores.dtype:
@@ -338,7 +341,9 @@ class Structure:
     def _argmax(self, scores: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement argmax")
 
-    def _relax(self, scores: Tensor, tau: float, **options: Any) -> Tensor:
+    def _relax(self, scores: Tensor, tau: float) -> Tensor:
+        # Subclasses add their options as keyword parameters (see relax_option_names); a
+        # narrower override stays type-compatible because this declares none.
         raise NotImplementedError(f"{type(self).__name__} does not implement relax")
 
     def _log_partition(self, scores: Tensor, tau: float) -> Tensor:

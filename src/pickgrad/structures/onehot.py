@@ -175,12 +175,13 @@ def _conditional_softmax_tiles(
     stream = CounterRandom(seed)
     total = inverse_a.shape[0]
     step = max(1, _CONDITIONAL_TILE // (n_draws * n))
-    buffer = None
+    # Without ``out``, one buffer of a tile's size is reused for every tile.
+    reused = out is None
     if out is None:
-        buffer = torch.empty((min(step, total), n_draws, n), dtype=work, device=scores.device)
+        out = torch.empty((min(step, total), n_draws, n), dtype=work, device=scores.device)
     for start in range(0, total, step):
         rows = slice(start, min(start + step, total))
-        tile = out[rows] if buffer is None else buffer[: rows.stop - rows.start]
+        tile = out[: rows.stop - rows.start] if reused else out[rows]
         # log U = -E: the signs cancel in every ratio below, so the negation is never computed.
         log_u = stream.log_uniform_(tile, offset=start * n_draws * n)
         chosen = log_u.gather(-1, index[rows])  # -E_i
@@ -300,8 +301,11 @@ class OneHot(Structure):
 
     * ``argmax``: one-hot of the first maximal entry (ties go to the lowest index).
     * ``relax(scores, tau)``: ``softmax(scores / tau)`` (``regularizer="entropy"``, default) or
-      ``sparsemax(scores / tau)`` (``regularizer="sparsemax"``).
-    * ``log_partition``: ``logsumexp(scores / tau)``.
+      ``sparsemax(scores / tau)`` (``regularizer="sparsemax"``), computed as
+      ``(scores - max scores) / tau`` in float32 for half types (result in the input dtype): no
+      NaN for any finite scores and tau the range checks accept; float32 within 1e-5 of float64
+      for ``|scores| / tau`` up to 1e6; exactly invariant to a representable common shift.
+    * ``log_partition``: ``logsumexp(scores / tau)``, float32 for half scores.
     * ``perturb_log_prob``: ``log softmax(scores)[x]``, since ``argmax(scores + G)`` with
       standard Gumbel ``G`` is an exact sample of ``softmax(scores)``.
     * ``conditional_gumbel``: exact sampler of G given the argmax (top-down, Maddison et al. 2014).
@@ -383,9 +387,12 @@ class OneHot(Structure):
         tau: float,
         generator: torch.Generator | None,
         regularizer: str = "entropy",
+        **options: Any,
     ) -> Tensor | None:
-        if regularizer != "entropy" or not self._has_onehot_solvers() or graph_capture_active():
-            return None  # traced or transformed: the generic composition (the same noise)
+        if options or regularizer != "entropy" or not self._has_onehot_solvers():
+            return None
+        if graph_capture_active():  # traced or transformed: the generic composition (same noise)
+            return None
         return _StraightThroughGumbelSoftmax.apply(scores, tau, generator)
 
     def _fused_gumbel_rao(
@@ -396,9 +403,12 @@ class OneHot(Structure):
         tau: float,
         generator: torch.Generator | None,
         regularizer: str = "entropy",
+        **options: Any,
     ) -> Tensor | None:
-        if regularizer != "entropy" or not self._has_onehot_solvers() or graph_capture_active():
-            return None  # traced or transformed: the generic composition (the same noise)
+        if options or regularizer != "entropy" or not self._has_onehot_solvers():
+            return None
+        if graph_capture_active():  # traced or transformed: the generic composition (same noise)
+            return None
         seed = draw_seed_tensor(generator, scores.device)
         return _GumbelRaoSoftmax.apply(scores, x, n_draws, tau, seed)
 
