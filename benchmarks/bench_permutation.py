@@ -149,7 +149,8 @@ def main() -> None:
     print(f"  ratio pickgrad / scipy loop: {ours / loop:.2f} (target <= 1.2)")
 
     print(
-        "Gumbel-Sinkhorn forward+backward (float32, CPU; best of repeats, largest row/column-sum error)"
+        "Gumbel-Sinkhorn forward+backward (float32, CPU; best of repeats, "
+        "largest row/column-sum error)"
     )
     for shape in shapes:
         for tau in (1.0, 0.1):

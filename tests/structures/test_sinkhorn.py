@@ -325,3 +325,12 @@ def test_batches_of_0_to_3_leading_dims(batch):
 def test_log_sinkhorn_is_the_log_of_relax_at_tau_one():
     scores = gaussian(2, 3, 5, seed=19, dtype=torch.float32)
     torch.testing.assert_close(log_sinkhorn(scores / 0.5).exp(), Permutation().relax(scores, 0.5))
+
+
+def test_double_backward_is_refused_clearly():
+    scores = gaussian(3, 3, seed=21).requires_grad_()
+    (grad,) = torch.autograd.grad(
+        Permutation().relax(scores, 0.5).pow(2).sum(), scores, create_graph=True
+    )
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()

@@ -41,7 +41,10 @@ and eliminating b = Q^T 1 - P^T a (c = 1) leaves the m x m system
 singular on the constant vector (any a + t 1, b - t 1 gives the same gradient), solved with
 ``1 1^T / m`` added. Derivation: differentiate ``P 1 = r`` and ``P^T 1 = c`` with
 ``dP = P * (dC + df 1^T + 1 dg^T)`` and take the adjoint. The scores' gradient is
-``dL/dC / tau`` on the real rows.
+``dL/dC / tau`` on the real rows. The system gets a 1e-13 ridge as well: where the plan has
+exactly zero couplings (a hard matching at tiny tau) it has further null directions, along
+which the gradient does not depend on a. The backward keeps only the float64 plan
+``(..., m, n)`` (also for float32 and half scores), nothing per step.
 
 References: Sinkhorn, 1964; Cuturi, "Sinkhorn Distances", 2013; Schmitzer, "Stabilized Sparse
 Scaling Algorithms for Entropy Regularized Transport Problems", 2019 (epsilon scaling);

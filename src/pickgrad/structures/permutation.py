@@ -109,12 +109,14 @@ class Permutation(Structure):
       deterministically (the same input gives the same output).
     * ``relax(scores, tau)``: the entropic matching (Sinkhorn) of ``scores / tau``,
       ``P_ij = exp(scores_ij / tau + f_i + g_j)`` with rows summing to 1 and columns to 1,
-      solved to a tolerance: rows sum to 1 to rounding and columns within ``tol`` (in the float64
-      solver; the returned dtype adds its own rounding, about ``n * eps``), at every tau. Rectangular
-      scores get a slack row (partial transport), so columns sum to at most 1; the entropy
-      then also counts the capacity each column leaves unused (with one row this is
+      solved to a tolerance at every tau: rows sum to 1 to rounding and columns within ``tol``
+      in the float64 solver (casting to the returned dtype moves a sum by at most that dtype's
+      eps, since the entries are >= 0 and sum to 1). Rectangular scores get a slack row
+      (partial transport), so columns sum to at most 1; the entropy then also counts the
+      capacity each column leaves unused (with one row this is
       ``sigmoid((scores - nu) / tau)`` summing to 1, the ``"binary-entropy"`` relaxation of
-      ``Subset(1)``). Shifting any row or column of ``scores`` by a constant leaves it unchanged;
+      ``Subset(1)``). Shifting any row of ``scores`` (and any column when s == n; with s < n the
+      slack row's score is fixed) by a constant leaves it unchanged;
       scores are shifted by their row and column maxima first, so large offsets and exact ties
       stay exact.
 
@@ -132,8 +134,9 @@ class Permutation(Structure):
       warning; it converges on every case tested, but this is measured, not checked.
 
       Backward: implicit differentiation of the optimality conditions of the returned matrix
-      (one ``m x m`` linear solve per item, m = s, or s + 1 with the slack row); memory is that
-      of the matrix, independent of the number of steps. Double backward is not supported.
+      (one ``m x m`` linear solve per item, m = s, or s + 1 with the slack row); it keeps one
+      float64 ``(..., m, n)`` matrix, whatever the number of steps. Double backward is not
+      supported.
 
       Options: ``tol`` (column-sum tolerance, a float >= ``MIN_TOL`` = 2.2e-13; default 1e-5,
       1e-10 for float64 scores), ``max_iter`` (cap on Newton steps, a positive int; default
@@ -141,8 +144,9 @@ class Permutation(Structure):
       Applied to ``scores + G`` this is Gumbel-Sinkhorn (``gumbel-relaxed``, ``st-gumbel``).
     * ``enumerate((s, n))``: all n! / (n - s)! matchings.
     * ``log_partition`` would be the log-permanent of ``exp(scores / tau)``, #P-hard to compute,
-      so ``supports("log_partition")`` is False and it raises ``NotImplementedError``; neither the law of the perturbed argmax nor a
-      conditional Gumbel sampler is available (``reinforce`` uses the Gumbel utilities;
+      so ``supports("log_partition")`` is False and it raises ``NotImplementedError``; neither
+      the law of the perturbed argmax nor a conditional Gumbel sampler is available
+      (``reinforce`` uses the Gumbel utilities;
       ``gumbel-rao`` is not available).
 
     References: Mena, Belanger, Linderman & Snoek, "Learning Latent Permutations with
