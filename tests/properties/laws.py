@@ -410,3 +410,45 @@ def non_finite_loss_is_a_clear_error(
     assert before.keys() == after.keys()
     for key, value in before.items():
         assert torch.equal(value, after[key]), f"state {key} changed by a non-finite loss"
+
+
+def relax_at_extreme_magnitudes_is_valid_or_refused(problem: Problem, seed: int) -> None:
+    """Scores near the dtype's largest value: relax is a polytope point and log_partition finite,
+    or a ValueError before computing (point 4)."""
+    structure = problem.structure
+    scores = extreme_scores(problem, seed)
+    try:
+        x = structure.relax(scores, problem.tau)
+    except ValueError:
+        pass
+    else:
+        check_in_polytope(structure, x, scores.shape)
+    if structure.supports("log_partition"):
+        try:
+            value = structure.log_partition(scores, problem.tau)
+        except ValueError:
+            return
+        assert bool(torch.isfinite(value).all()), f"log_partition gave {value}"
+
+
+def samplers_reject_non_solutions(problem: Problem, seed: int) -> None:
+    """``conditional_gumbel`` and ``perturb_log_prob`` refuse an x that is not a hard solution
+    (point 9): here a solution with one entry flipped, so x is still 0/1 of the right shape."""
+    structure, scores = problem.structure, problem.scores
+    if scores.numel() == 0:
+        return
+    x = structure.argmax(scores)
+    flat = x.reshape(-1).clone()
+    index = int(torch.randint(flat.numel(), (), generator=torch.Generator().manual_seed(seed)))
+    flat[index] = 1 - flat[index]
+    wrong = flat.reshape(x.shape)
+    for capability in ("conditional_gumbel", "perturb_log_prob"):
+        if not structure.supports(capability):
+            continue
+        if structure.active_mask(problem.event_shape) is not None:
+            mask = structure.active_mask(problem.event_shape)
+            event_index = index % mask.numel()
+            if not bool(mask.reshape(-1)[event_index]):
+                continue  # an ignored entry: the structure may read x only where it scores
+        with pytest.raises(ValueError):
+            getattr(structure, capability)(scores, wrong)

@@ -141,6 +141,21 @@ def test_argmax_at_extreme_magnitudes_is_valid_or_refused(kind, data, seed):
     laws.argmax_at_extreme_magnitudes_is_valid_or_refused(problem, seed)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@examples(10)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_relax_at_extreme_magnitudes_is_valid_or_refused(kind, data, seed):
+    problem = data.draw(problems((kind,)), label="problem")
+    laws.relax_at_extreme_magnitudes_is_valid_or_refused(problem, seed)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@examples(10)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_samplers_reject_an_x_that_is_not_a_solution(kind, data, seed):
+    laws.samplers_reject_non_solutions(data.draw(problems((kind,)), label="problem"), seed)
+
+
 def make_relax_without_autograd_test(params: list[Any]) -> Any:
     @pytest.mark.parametrize(("kind", "options"), params)
     @examples(10)
@@ -202,6 +217,10 @@ def test_invalid_sizes_raise_the_documented_errors(n: int, extra: int, dtype: to
             Arborescence(root=n + extra).log_partition(torch.zeros(n, n, dtype=dtype))
     with pytest.raises(ValueError, match="root must be a node index >= 0"):
         Arborescence(root=-1 - extra)
+    # tau must be a positive real number or a schedule: strings and bools are TypeErrors.
+    for tau in (str(n + 1), bool(n % 2)):
+        with pytest.raises(TypeError, match="tau"):
+            OneHot().relax(torch.zeros(3, dtype=dtype), tau)  # type: ignore[arg-type]
     # Integer scores are a TypeError for every structure.
     for structure, shape in (
         (OneHot(), (3,)),
