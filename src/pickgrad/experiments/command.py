@@ -121,7 +121,28 @@ def build_config(experiment: Any, args: argparse.Namespace) -> Any:
     for item in args.set:
         name, value = _parse_field(config, item)
         changes[name] = value
-    return dataclasses.replace(config, **changes)
+    config = dataclasses.replace(config, **changes)
+    if args.estimators is None:
+        config = dataclasses.replace(config, estimators=_usable_defaults(experiment, config))
+    return config
+
+
+def _usable_defaults(experiment: Any, config: Any) -> tuple[str, ...]:
+    """The default estimators, less any this pickgrad cannot provide (said on stderr); named
+    explicitly with --estimators, such an estimator is an error instead."""
+    from pickgrad.experiments.estimators import resolve_estimator
+
+    usable = []
+    for name in config.estimators:
+        try:
+            for method in config.methods:
+                if method in experiment.methods:
+                    resolve_estimator(name, experiment.structure(config, method))
+        except ValueError as error:
+            print(f"pickgrad experiment: note: leaving out {name}: {error}", file=sys.stderr)
+            continue
+        usable.append(name)
+    return tuple(usable)
 
 
 def run(args: argparse.Namespace) -> int:

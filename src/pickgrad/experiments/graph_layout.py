@@ -69,14 +69,14 @@ class GraphLayoutConfig(TrainingConfig):
         kl_weight: weight of the Gumbel KL term (1: the ELBO; 0: reconstruction only).
     """
 
-    steps: int = 6000
+    steps: int = 3000
     batch_size: int = 128
     methods: tuple[str, ...] = tuple(METHODS)
     estimators: tuple[str, ...] = ("gumbel-relaxed", "st-gumbel", "reinforce", "nvil")
     tau: float = 0.5
     lr: float = 3e-3
-    eval_every: int = 500
-    checkpoint_every: int = 500
+    eval_every: int = 250
+    checkpoint_every: int = 250
     vertices: int = 10
     frames: int = 10
     train_size: int = 50_000
@@ -86,7 +86,7 @@ class GraphLayoutConfig(TrainingConfig):
     encoder_hidden: int = 48
     decoder_hidden: int = 32
     decoder_channels: int = 8
-    decoder_messages: str = "base+edge"
+    decoder_messages: str = "edge"
     decoder_rescale: bool = True
     rollout: int = 1
     variance: float = 5e-5
