@@ -64,7 +64,12 @@ def draw_recovered_graphs(
                 )  # fmt: skip
             axis.scatter(last[:, 0], last[:, 1], s=14, color="tab:blue", zorder=3)
             hits = float((edges * truth[e]).sum())
-            caption = label if label == "true tree" else f"{label}\n{hits:.0f}/{n - 1} edges right"
+            wrong = float(edges.sum()) - hits
+            caption = (
+                label
+                if label == "true tree"
+                else f"{label}\n{hits:.0f}/{n - 1} true edges found, {wrong:.0f} wrong"
+            )
             axis.set_title(caption, fontsize=7)
             axis.set_xticks([])
             axis.set_yticks([])
