@@ -146,3 +146,102 @@ def test_gradcheck_of_the_inverse_path_with_lengths(root: int) -> None:
     relax = lambda s: structure.relax(s, 0.6, lengths=lengths)  # noqa: E731
     assert torch.autograd.gradcheck(relax, (scores,))
     assert torch.autograd.gradgradcheck(relax, (scores,), fast_mode=True)
+
+
+# --- reliability at the extremes (issue 11, trees) --------------------------------------------
+
+
+def shifted(structure: SpanningTree | Arborescence, scores: torch.Tensor, c: float) -> torch.Tensor:
+    """Add ``c`` where the structure's law ignores it: every edge of a spanning tree (each has
+    n - 1 edges), or every arc into one non-root node of an arborescence (each has one)."""
+    out = scores.clone()
+    if isinstance(structure, SpanningTree):
+        return out + c
+    node = (structure.root + 1) % scores.shape[-1]
+    out[..., :, node] += c
+    return out
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=repr)
+@pytest.mark.parametrize("kind", ["gaussian", "ties"])
+def test_shift_invariance_in_float32(structure: SpanningTree | Arborescence, kind: str) -> None:
+    generator = torch.Generator().manual_seed(7)
+    for n in (3, 5, 8):
+        base = torch.randn(4, n, n, dtype=torch.float64, generator=generator)
+        if kind == "ties":
+            base = torch.randint(0, 2, (4, n, n), generator=generator).double()
+        for tau in (0.01, 1.0, 100.0):
+            reference = structure.relax(base, tau)
+            for ratio in (1e2, 1e4, 1e6):  # |scores| / tau
+                moved = shifted(structure, base, ratio * tau)
+                single = structure.relax(moved.float(), tau)
+                # The float32 input rounds the shifted scores: compare with float64 on those.
+                exact = structure.relax(moved.float().double(), tau)
+                assert float((single.double() - exact).abs().max()) < 1e-5, (n, tau, ratio)
+                assert bool(((single >= 0) & (single <= 1)).all())
+                # Invariance itself, in float64 (where rounding the shifted input costs < 1e-9).
+                torch.testing.assert_close(
+                    structure.relax(moved, tau), reference, rtol=0, atol=1e-7
+                )
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=repr)
+def test_marginals_stay_in_the_unit_interval(structure: SpanningTree | Arborescence) -> None:
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(64, 8, 8, dtype=torch.float64, generator=generator)
+    for dtype in (torch.float32, torch.float64):
+        x = structure.relax(scores.to(dtype), 0.01)
+        assert bool(((x >= 0) & (x <= 1)).all()), dtype
+    # The rounding into [0, 1] leaves the gradient alone: gradcheck on a well-conditioned graph.
+    leaf = torch.randn(2, 4, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: structure.relax(s, 0.7), (leaf,))
+
+
+@pytest.mark.parametrize("structure", [*STRUCTURES, SpanningTree(edge_list=True)], ids=repr)
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("scale", [1.0, 300.0])  # 300: the exact-elimination fallback
+def test_every_path_runs_without_autograd(
+    structure: SpanningTree | Arborescence, mode: type, scale: float
+) -> None:
+    generator = torch.Generator().manual_seed(5)
+    shape = (3, 10) if getattr(structure, "edge_list", False) else (3, 5, 5)
+    scores = torch.randn(shape, dtype=torch.float64, generator=generator) * scale
+    expected = structure.relax(scores, 0.5)
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        with mode():
+            x = structure.relax(scores.to(dtype), 0.5)
+            structure.log_partition(scores.to(dtype))
+            structure.argmax(scores.to(dtype))
+        assert x.dtype == dtype and bool(torch.isfinite(x).all())
+        if dtype == torch.float64:
+            torch.testing.assert_close(x, expected)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_runs_in_float32(
+    structure: SpanningTree | Arborescence, dtype: torch.dtype
+) -> None:
+    generator = torch.Generator().manual_seed(9)
+    scores = torch.randn(4, 6, 6, generator=generator).to(dtype)
+    for tau in (0.01, 1.0):
+        x = structure.relax(scores, tau)
+        assert x.dtype == dtype
+        torch.testing.assert_close(
+            x, structure.relax(scores.float(), tau).to(dtype), rtol=0, atol=0
+        )
+    assert structure.log_partition(scores).dtype == dtype
+    tiny = 1e-6 if dtype == torch.float16 else 1e-40  # log Z beyond the dtype's largest value
+    with pytest.raises(ValueError, match="overflow"):
+        structure.log_partition(scores, tau=tiny)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=repr)
+def test_relax_options_are_checked(structure: SpanningTree | Arborescence) -> None:
+    assert type(structure).relax_option_names == ("regularizer",)
+    with pytest.raises(TypeError, match=r"unknown relax option 'regulariser'.*regularizer"):
+        structure.relax(torch.zeros(3, 3), regulariser="entropy")
+    with pytest.raises(ValueError, match="regularizer must be 'entropy'"):
+        structure.relax(torch.zeros(3, 3), regularizer="sparsemax")
+    with pytest.raises(TypeError, match="regularizer must be a str"):
+        structure.relax(torch.zeros(3, 3), regularizer=1)

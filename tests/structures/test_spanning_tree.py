@@ -355,7 +355,11 @@ def test_straight_through_sends_both_halves_to_the_upper_score() -> None:
     assert torch.equal(scores.grad, expected)
 
 
-def test_gumbel_rao_is_refused_clearly() -> None:
-    assert "gumbel-rao" not in pickgrad.available_estimators(TREE)
-    with pytest.raises(NotImplementedError, match="has no sampler of Gumbel noise"):
-        TREE.conditional_gumbel(torch.zeros(3, 3), torch.zeros(3, 3))
+def test_gumbel_rao_is_available_and_hard(generator: torch.Generator) -> None:
+    assert "gumbel-rao" in pickgrad.available_estimators(TREE)
+    scores = torch.randn(4, 5, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    x = pickgrad.select(scores, TREE, "gumbel-rao", tau=0.5, generator=generator)
+    assert_valid_trees(x.detach(), 5)
+    (x * torch.randn(5, 5, dtype=torch.float64, generator=generator)).sum().backward()
+    assert scores.grad is not None and bool(torch.isfinite(scores.grad).all())
+    assert bool((scores.grad.tril() == 0).all()), "the ignored entries get no gradient"

@@ -17,12 +17,12 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_tau
+from pickgrad._validation import check_tau, value_checks_enabled
 from pickgrad.structures.base import Structure
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "max_spanning_tree_parents",
     "parents_to_adjacency",
     "spanning_tree_edges",
+    "unit_interval",
 ]
 
 #: The log-partition (subtraction-free elimination) and the exact fallback of the marginals run
@@ -575,14 +576,33 @@ def arc_marginals(
     return torch.cat([fast, again]).index_select(0, order).reshape(scores.shape)
 
 
+def unit_interval(marginals: Tensor) -> Tensor:
+    """``marginals`` rounded into [0, 1] in value, with its gradient unchanged.
+
+    Probabilities computed in floating point may land a few ulps outside [0, 1] (measured: down
+    to -1e-11 in float32 and up to 1 + 4e-15 in float64 at tau = 0.01); the correction is
+    smaller than the documented accuracy, so the backward pass ignores it (a plain clamp would
+    zero the gradient of those entries).
+    """
+    correction = marginals.detach().clamp(0.0, 1.0) - marginals.detach()
+    return marginals + correction
+
+
 def _elimination_marginals(z: Tensor, arcs: Tensor, root: int) -> Tensor:
     """Marginals as the gradient of the exact elimination's ``log Z`` (differentiable when
     ``z`` requires grad)."""
+    differentiable = z.requires_grad
+    if not differentiable:
+        # Under no_grad or inference_mode the gradient is still how the marginals are computed:
+        # step out of both (tensors made in inference mode must be cloned outside it first).
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = z.clone().requires_grad_()
+            log_z = _eliminate(leaf, arcs.clone(), root)
+            (exact,) = torch.autograd.grad(log_z.sum(), leaf)
+        return exact.masked_fill(~arcs, 0.0)
     with torch.enable_grad():
-        differentiable = z.requires_grad
-        leaf = z if differentiable else z.detach().requires_grad_()
-        log_z = _eliminate(leaf, arcs, root)
-        (exact,) = torch.autograd.grad(log_z.sum(), leaf, create_graph=differentiable)
+        log_z = _eliminate(z, arcs, root)
+        (exact,) = torch.autograd.grad(log_z.sum(), z, create_graph=True)
     return exact.masked_fill(~arcs, 0.0)
 
 
@@ -637,6 +657,8 @@ class TreeStructure(Structure):
     """Shared validation and ``lengths`` handling of ``SpanningTree`` and ``Arborescence``."""
 
     event_dims = 2
+    #: ``lengths`` is a keyword of the public methods, not a relax option.
+    relax_option_names: ClassVar[tuple[str, ...]] = ("regularizer",)
 
     def _check_event_shape(self, event_shape: tuple[int, ...], *, name: str) -> None:
         rows, cols = event_shape
@@ -697,6 +719,7 @@ class TreeStructure(Structure):
             ``(*batch, n, n)`` marginals, differentiable in ``scores``.
         """
         self.validate(scores)
+        self.check_relax_options(options)
         checked = self._check_lengths(lengths, scores)
         return self._relax(scores, check_tau(tau), lengths=checked, **options)
 
@@ -712,10 +735,23 @@ class TreeStructure(Structure):
         """
         self.validate(scores)
         checked = self._check_lengths(lengths, scores)
-        return self._log_partition(scores, check_tau(tau), lengths=checked)
+        value = self._log_partition(scores, check_tau(tau), lengths=checked)
+        if value_checks_enabled() and value.numel() > 0 and not bool(torch.isfinite(value).all()):
+            # Computed in float64; only the division by tau or the output dtype can overflow.
+            largest = float(scores.detach().abs().amax())
+            raise ValueError(
+                f"log_partition overflows: with tau={tau} and scores up to {largest:.3g} in "
+                f"magnitude, log Z does not fit {scores.dtype} (largest "
+                f"{torch.finfo(scores.dtype).max:.3g}); raise tau or use a wider dtype"
+            )
+        return value
 
     @staticmethod
     def _check_regularizer(regularizer: str) -> None:
+        if not isinstance(regularizer, str):
+            raise TypeError(
+                f"regularizer must be a str, got {type(regularizer).__name__} {regularizer!r}"
+            )
         if regularizer != "entropy":
             raise ValueError(
                 f"regularizer must be 'entropy' (matrix-tree marginals) for trees, got {regularizer!r}"

@@ -183,9 +183,16 @@ def conditional_tree_gumbel(
     safe_parents = torch.where(has_parent, parents, nodes_index)
     chain_order = per_chain(order)
     chain_parent = per_chain(safe_parents).gather(1, chain_order)
-    steps = [
-        (chain_order[:, t, None], chain_parent[:, t, None]) for t in range(1, n)
-    ]  # (C, 1) each
+    # Flat positions, per step: the node's and the parent's rows of a (C * n, n) view, and the
+    # node's column of a (C * n * n) view (index_select / index_copy_ on these measured several
+    # times faster than gather / scatter with expanded indices).
+    base = torch.arange(chains, device=device) * n
+    node_rows = [base + chain_order[:, t] for t in range(1, n)]
+    parent_rows = [base + chain_parent[:, t] for t in range(1, n)]
+    offsets = torch.arange(n, device=device) * n
+    node_columns = [
+        (base * n + chain_order[:, t])[:, None].add(offsets).reshape(-1) for t in range(1, n)
+    ]
     flat_upper = index[0] * n + index[1]
     flat_lower = index[1] * n + index[0]
 
@@ -197,22 +204,25 @@ def conditional_tree_gumbel(
         masked = utilities.masked_fill(free_edge, -math.inf)
         reach = torch.full((chains, n * n), -math.inf, dtype=dtype, device=device)
         reach.index_copy_(1, flat_upper, masked).index_copy_(1, flat_lower, masked)
-        reach = reach.view(chains, n, n)
-        for node, parent in reversed(steps):
-            row = reach.gather(1, node[..., None].expand(chains, 1, n))
-            reach.scatter_reduce_(1, parent[..., None].expand(chains, 1, n), row, reduce="amax")
-        floor = reach.masked_fill_(outside, -math.inf).amax(dim=-1)  # (C, n)
+        rows = reach.view(chains * n, n)
+        for node, parent in zip(reversed(node_rows), reversed(parent_rows), strict=True):
+            merged = torch.maximum(rows.index_select(0, node), rows.index_select(0, parent))
+            rows.index_copy_(0, parent, merged)
+        floor = reach.view(chains, n, n).masked_fill_(outside, -math.inf).amax(dim=-1)
         tree = lower_truncated_gumbel(mu_tree, floor, _exponential((chains, n), scores, generator))
         # Ceiling of each non-tree edge: its bottleneck, the smallest tree utility on its path.
-        bottleneck = torch.full((chains, n, n), math.inf, dtype=dtype, device=device)
-        tree_in_order = tree.gather(1, chain_order)[:, None, :]  # (C, 1, n), step t at [..., t]
-        for step, (node, parent) in enumerate(steps, start=1):
-            # The matrix is kept symmetric, so the parent's column is read as its (contiguous) row.
-            row = bottleneck.gather(1, parent[:, None, :].expand(chains, 1, n))
-            row = torch.minimum(row, tree_in_order[..., step : step + 1])
-            row.scatter_(2, node[:, None, :], math.inf)
-            bottleneck.scatter_(1, node[:, None, :].expand(chains, 1, n), row)
-            bottleneck.scatter_(2, node[:, None, :].expand(chains, n, 1), row.transpose(1, 2))
+        # The matrix is kept symmetric, so the parent's column is read as its row.
+        bottleneck = torch.full((chains * n, n), math.inf, dtype=dtype, device=device)
+        flat = bottleneck.view(-1)
+        tree_in_order = tree.gather(1, chain_order)  # (C, n), step t at [:, t]
+        for step in range(1, n):
+            node = node_rows[step - 1]
+            row = torch.minimum(
+                bottleneck.index_select(0, parent_rows[step - 1]), tree_in_order[:, step, None]
+            )
+            row.view(-1).index_fill_(0, node, math.inf)  # the node's own entry (node, node)
+            bottleneck.index_copy_(0, node, row)
+            flat.index_copy_(0, node_columns[step - 1], row.view(-1))
         ceiling = bottleneck.view(chains, n * n).index_select(1, flat_upper)
         utilities = upper_truncated_gumbel(
             mu_edges, ceiling, _exponential((chains, m), scores, generator)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ from pickgrad.structures._matrix_tree import (
     orient_from_root,
     parents_to_adjacency,
     spanning_tree_edges,
+    unit_interval,
 )
 
 __all__ = ["Arborescence"]
@@ -75,6 +76,9 @@ class Arborescence(TreeStructure):
         tensor([0., 1., 1.])
     """
 
+    #: ``lengths`` is a keyword of the public methods, not a relax option.
+    relax_option_names: ClassVar[tuple[str, ...]] = ("regularizer",)
+
     def __init__(self, root: int = 0) -> None:
         if isinstance(root, bool) or not isinstance(root, int):
             raise TypeError(f"root must be an int node index, got {type(root).__name__} {root!r}")
@@ -128,7 +132,7 @@ class Arborescence(TreeStructure):
         self._check_regularizer(regularizer)
         arcs = self._arcs(scores, lengths)
         work = scores.to(marginal_dtype(scores.dtype))
-        return arc_marginals(work, arcs, self.root, tau).to(scores.dtype)
+        return unit_interval(arc_marginals(work, arcs, self.root, tau)).to(scores.dtype)
 
     def _log_partition(self, scores: Tensor, tau: float, lengths: Tensor | None = None) -> Tensor:
         z = scores.to(WORK_DTYPE) / tau

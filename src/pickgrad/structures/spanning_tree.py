@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ from pickgrad.structures._matrix_tree import (
     node_mask,
     parents_to_adjacency,
     spanning_tree_edges,
+    unit_interval,
 )
 from pickgrad.structures._tree_conditional import DEFAULT_SWEEPS, conditional_tree_gumbel
 from pickgrad.structures.edges import edges_to_matrix, matrix_to_edges, nodes_from_edges
@@ -100,6 +101,9 @@ class SpanningTree(TreeStructure):
         >>> SpanningTree(edge_list=True).argmax(torch.tensor([3.0, 1.0, 2.0]))  # (0,1),(0,2),(1,2)
         tensor([1., 0., 1.])
     """
+
+    #: ``lengths`` is a keyword of the public methods, not a relax option.
+    relax_option_names: ClassVar[tuple[str, ...]] = ("regularizer",)
 
     def __init__(self, edge_list: bool = False, *, n_sweeps: int = DEFAULT_SWEEPS) -> None:
         if not isinstance(edge_list, bool):
@@ -182,7 +186,7 @@ class SpanningTree(TreeStructure):
         # marginal is the sum of its two arcs'.
         marginals = arc_marginals(work, arcs, 0, tau)
         edges = marginals + marginals.transpose(-1, -2)
-        return edges.to(scores.dtype)
+        return unit_interval(edges).to(scores.dtype)
 
     def _log_partition(self, scores: Tensor, tau: float, lengths: Tensor | None = None) -> Tensor:
         scores = self._to_matrix(scores)
