@@ -52,8 +52,21 @@ class Arborescence(TreeStructure):
       ``lengths[b]`` nodes (root < lengths[b] <= n) and the padded entries of the output are 0.
       Estimators do not pass ``lengths``.
 
-    There is no exact sampler of the Gumbel noise given the perturbed argmax, so ``gumbel-rao``
-    is not available; ``reinforce`` uses the Gumbel utilities' density.
+    ``gumbel-rao`` is not available: there is no sampler of the Gumbel noise given the
+    perturbed argmax, and ``reinforce`` uses the Gumbel utilities' density instead. What was
+    tried: the two-block Gibbs sampler of ``SpanningTree`` rests on the cycle property, which
+    makes "A is optimal" a set of pairwise order constraints between chosen and unchosen
+    edges, so that each block's coordinates are independent truncated Gumbels. Arborescences
+    are the intersection of two matroids (graphic and one-parent-per-node), and their
+    optimality is not a set of single exchanges: Chu-Liu/Edmonds certifies it with reduced
+    costs of contracted cycles, i.e. the condition on the unchosen arcs involves sums over
+    several arcs at once (an arc into a cycle competes with the whole cycle), so the
+    unchosen arcs are not conditionally independent given the chosen ones and neither block
+    update is a product of truncated Gumbels. A single-site Gibbs sampler is sound (each
+    arc's feasible set given the others is one half-line, its end the utility at which the
+    best arborescence forced to contain, or to avoid, that arc ties), but it needs one exact
+    Chu-Liu/Edmonds solve per arc and sweep, run one arc after another: O(n^2) sequential
+    solves per sweep, far from the speed that would make it usable; it is not implemented.
 
     Args:
         root: index of the root node (an int >= 0, smaller than the number of nodes).
