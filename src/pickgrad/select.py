@@ -91,6 +91,7 @@ def estimate(
     n_samples: int = 1,
     tau: SupportsFloat = 1.0,
     generator: torch.Generator | None = None,
+    baseline_values: Tensor | None = None,
     **options: Any,
 ) -> Tensor:
     """A scalar surrogate whose value is the mean loss and whose gradient is the estimator's.
@@ -107,6 +108,11 @@ def estimate(
         n_samples: number of samples drawn (and averaged over).
         tau: temperature > 0, or a schedule (as for :func:`select`).
         generator: source of the noise.
+        baseline_values: per-example baselines from the user's own network, a tensor
+            broadcastable to the losses' ``(*batch)`` shape, for ``Reinforce(baseline="learned")``
+            (NVIL); the surrogate's gradient with respect to it is that of
+            ``mean((baseline_values - loss)**2)``, so one backward trains the baseline too. Other
+            estimators refuse it (``TypeError``).
         **options: options of the named estimator, e.g. ``baseline="rloo"``.
 
     Returns:
@@ -129,6 +135,7 @@ def estimate(
     check_positive_int(n_samples, name="n_samples")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    extra = {} if baseline_values is None else {"baseline_values": baseline_values}
     return resolved.estimate(
-        loss_fn, scores, structure, n_samples=n_samples, tau=tau_value, generator=generator
+        loss_fn, scores, structure, n_samples=n_samples, tau=tau_value, generator=generator, **extra
     )

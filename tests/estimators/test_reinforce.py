@@ -465,3 +465,41 @@ def test_without_validation_the_ema_and_the_normalisation_skip_non_finite_losses
         pickgrad.estimate(_poisoned(float("nan")), scores, ONEHOT, ema, n_samples=3)
     assert ema.ema is not None and torch.isfinite(torch.tensor(ema.ema))
     assert ema.running_std is not None and torch.isfinite(torch.tensor(ema.running_std))
+
+
+def test_public_estimate_passes_baseline_values_through() -> None:
+    scores = torch.randn(3, 4)
+    baseline = torch.randn(3)
+    grads = []
+    for call in ("public", "object"):
+        leaf, b = scores.clone().requires_grad_(True), baseline.clone().requires_grad_(True)
+        estimator = pickgrad.Reinforce(baseline="learned")
+        loss_fn = lambda x: (x * torch.arange(4.0)).sum(-1)  # noqa: E731
+        gen = torch.Generator().manual_seed(7)
+        if call == "public":
+            out = pickgrad.estimate(
+                loss_fn,
+                leaf,
+                pickgrad.OneHot(),
+                estimator,
+                n_samples=3,
+                generator=gen,
+                baseline_values=b,
+            )
+        else:
+            out = estimator.estimate(
+                loss_fn,
+                leaf,
+                pickgrad.OneHot(),
+                n_samples=3,
+                tau=1.0,
+                generator=gen,
+                baseline_values=b,
+            )
+        out.backward()
+        grads.append((leaf.grad, b.grad))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    with pytest.raises(TypeError, match="baseline_values"):
+        pickgrad.estimate(
+            lambda x: x.sum(-1), scores, pickgrad.OneHot(), "st-gumbel", baseline_values=baseline
+        )

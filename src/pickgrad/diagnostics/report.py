@@ -51,7 +51,6 @@ import json
 import math
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -426,9 +425,7 @@ def kept_estimator(estimator: str | Estimator, **options: Any) -> Estimator:
     fresh object per call loses the state; the diagnostics and the demo keep theirs, so the
     warning does not apply.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*keeps state between calls.*")
-        return get_estimator(estimator, **options)
+    return get_estimator(estimator, warn_stateful=False, **options)
 
 
 def _parse_value(text: str) -> Any:
