@@ -617,3 +617,29 @@ def test_fused_estimators_compile_to_one_graph_and_match_eager(estimator: str) -
     (grad_compiled,) = torch.autograd.grad((x_compiled * weights).sum(), scores)
     assert torch.equal(x_compiled, x)
     torch.testing.assert_close(grad_compiled, grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+def test_half_conditional_gumbel_is_float32_and_keeps_even_unlikely_argmaxes(
+    dtype: torch.dtype,
+) -> None:
+    scores = torch.tensor([[6e4, -6e4, 0.0], [1.0, 2.0, 3.0]], dtype=dtype)
+    x = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=dtype)
+    noise = ONEHOT.conditional_gumbel(scores, x, 4, generator=torch.Generator().manual_seed(0))
+    assert noise.dtype == torch.float32 and bool(torch.isfinite(noise).all())
+    assert torch.equal(ONEHOT.argmax(scores.float() + noise), x.float().expand(4, 2, 3))
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+def test_generic_gumbel_rao_on_half_scores_is_finite_and_half(dtype: torch.dtype) -> None:
+    class Plain(OneHot):  # a subclass with its own relax: no fused path
+        def _relax(
+            self, scores: torch.Tensor, tau: float, regularizer: str = "entropy"
+        ) -> torch.Tensor:
+            return super()._relax(scores, tau, regularizer)
+
+    scores = torch.tensor([[6e4, -6e4, 0.0, 1.0]], dtype=dtype, requires_grad=True)
+    x = pickgrad.select(scores, Plain(), "gumbel-rao", tau=0.5)
+    assert x.dtype == dtype
+    (grad,) = torch.autograd.grad((x * torch.arange(4.0).to(dtype)).sum(), scores)
+    assert grad.dtype == dtype and bool(torch.isfinite(grad).all())

@@ -299,7 +299,9 @@ class Structure:
         :meth:`check_solution`).
 
         Returns:
-            ``(n_draws, *scores.shape)`` noise in the dtype of ``scores``, without gradient.
+            ``(n_draws, *scores.shape)`` noise without gradient, in the dtype of ``scores`` or,
+            for float16/bfloat16 scores, float32 where the structure says so (``OneHot`` does:
+            the noise that makes an unlikely ``x`` the argmax can exceed float16's range).
         """
         self.validate(scores)
         self._raise_unsupported("conditional_gumbel")

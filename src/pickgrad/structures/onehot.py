@@ -308,7 +308,8 @@ class OneHot(Structure):
     * ``log_partition``: ``logsumexp(scores / tau)``, float32 for half scores.
     * ``perturb_log_prob``: ``log softmax(scores)[x]``, since ``argmax(scores + G)`` with
       standard Gumbel ``G`` is an exact sample of ``softmax(scores)``.
-    * ``conditional_gumbel``: exact sampler of G given the argmax (top-down, Maddison et al. 2014).
+    * ``conditional_gumbel``: exact sampler of G given the argmax (top-down, Maddison et al. 2014),
+      float32 for half scores (the noise can exceed float16's range).
     * fused fast paths for ``st-gumbel`` and ``gumbel-rao`` (entropy regulariser): the same noise
       and gradients as the generic composition, with fewer passes and less memory.
 
@@ -370,7 +371,9 @@ class OneHot(Structure):
         top = torch.logsumexp(s, dim=-1, keepdim=True) + (gumbel * chosen).sum(-1, keepdim=True)
         others = -torch.logaddexp(-top, -(s + gumbel))
         noise = torch.where(chosen, top, others) - s
-        return noise.movedim(-2, 0).to(scores.dtype)
+        # In the compute dtype: for half scores the noise that makes an unlikely x the argmax
+        # can exceed float16's range (|G| up to the score range), where it would be inf.
+        return noise.movedim(-2, 0)
 
     def _has_onehot_solvers(self) -> bool:
         # The fused paths hard-code this class's argmax, softmax and conditional sampler; a
