@@ -18,14 +18,14 @@ from pickgrad.experiments.checkpoints import CheckpointError
 from pickgrad.experiments.loop import Interrupted
 
 EXPERIMENT = get_experiment("graph-layout")
-RUN = "tree__reinforce__seed0"
+RUN = "tree__nvil__seed0"
 
 
 def _config(**changes: Any) -> Any:
     quick = EXPERIMENT.default_config(quick=True)
     settings = {
         "methods": ("tree",),
-        "estimators": ("reinforce", "st-gumbel"),
+        "estimators": ("nvil", "st-gumbel"),
         "eval_every": 5,
         "checkpoint_every": 5,
         "progress": False,
@@ -114,7 +114,7 @@ def test_bad_checkpoints_are_refused(
 ) -> None:
     _, _, cache = uninterrupted
     out = tmp_path / "cut"
-    config = _config(methods=("tree",), estimators=("reinforce",))
+    config = _config(methods=("tree",), estimators=("nvil",))
 
     def kill() -> None:
         raise _Killed
@@ -130,10 +130,10 @@ def test_bad_checkpoints_are_refused(
             EXPERIMENT, dataclasses.replace(config, lr=0.5), out, cache_dir=cache, resume=True
         )
     # another run's checkpoint in this run's folder
-    other = out / "runs" / "tree__reinforce__seed1"
+    other = out / "runs" / "tree__nvil__seed1"
     other.mkdir(parents=True)
     shutil.copy(checkpoint, other / "checkpoint.pt")
-    with pytest.raises(CheckpointError, match="belongs to run 'tree__reinforce__seed0'"):
+    with pytest.raises(CheckpointError, match="belongs to run 'tree__nvil__seed0'"):
         run_experiment(
             EXPERIMENT, dataclasses.replace(config, seeds=(1,)), out, cache_dir=cache, resume=True
         )
@@ -145,7 +145,7 @@ def test_bad_checkpoints_are_refused(
     checkpoint.write_bytes(b"PK\x03\x04 some zip")
     code = main(
         ["experiment", "graph-layout", "--quick", "--no-progress", "--methods", "tree",
-         "--estimators", "reinforce", "--eval-every", "5", "--checkpoint-every", "5",
+         "--estimators", "nvil", "--eval-every", "5", "--checkpoint-every", "5",
          "--out", str(out), "--cache-dir", str(cache), "--resume"]
     )  # fmt: skip
     assert code == 2

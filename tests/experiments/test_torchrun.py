@@ -16,7 +16,7 @@ from pickgrad.experiments import get_experiment, run_experiment
 
 EXPERIMENT = get_experiment("graph-layout")
 FLAGS = [
-    "--quick", "--no-progress", "--methods", "tree", "--estimators", "gumbel-relaxed", "reinforce",
+    "--quick", "--no-progress", "--methods", "tree", "--estimators", "gumbel-relaxed", "nvil",
     "--steps", "12", "--eval-every", "4", "--checkpoint-every", "8",
 ]  # fmt: skip
 
@@ -54,14 +54,14 @@ def test_two_processes_match_one_process_and_resume_in_one(tmp_path: Path) -> No
     # One process, the same global batch split into the same two shards.
     config = dataclasses.replace(
         EXPERIMENT.default_config(quick=True),
-        methods=("tree",), estimators=("gumbel-relaxed", "reinforce"), steps=12, eval_every=4,
+        methods=("tree",), estimators=("gumbel-relaxed", "nvil"), steps=12, eval_every=4,
         checkpoint_every=8, shards=2, progress=False,
     )  # fmt: skip
     single = run_experiment(EXPERIMENT, config, tmp_path / "one", cache_dir=cache)
     _assert_close_runs(distributed["runs"], single["runs"])
 
     # The two-process checkpoint (step 8) resumes in this one process and ends the same.
-    for run in ("tree__gumbel-relaxed__seed0", "tree__reinforce__seed0"):
+    for run in ("tree__gumbel-relaxed__seed0", "tree__nvil__seed0"):
         (two / "runs" / run / "result.json").unlink()
     resumed = run_experiment(EXPERIMENT, config, two, cache_dir=cache, resume=True)
     _assert_close_runs(distributed["runs"], resumed["runs"])
