@@ -137,6 +137,20 @@ def test_batch_shapes_with_zero_to_three_leading_dims(batch):
             )
 
 
+@pytest.mark.parametrize("check_every", [2, 8, 1000])
+def test_surplus_masked_steps_between_syncs_change_nothing(check_every):
+    # Off the CPU the solver reads "every item done" only every few steps; the steps run after
+    # an item is done must leave it unchanged. Checked here on the CPU with the same code.
+    generator = torch.Generator().manual_seed(9)
+    scores = torch.randint(0, 3, (25, 15, 18), generator=generator).double()
+    scores[::2] += torch.randn(13, 15, 18, generator=generator, dtype=torch.float64)
+    every_step = _assignment._shortest_augmenting_paths(scores, 1)
+    columns = _assignment._shortest_augmenting_paths(scores, check_every)
+    assert torch.equal(columns, every_step)
+    x = torch.zeros_like(scores).scatter_(-1, columns[..., None], 1.0)
+    assert_optimal(scores, x, scipy_best(scores))
+
+
 def test_half_precision_keeps_dtype_and_is_exact_on_its_values():
     scores = torch.randn(5, 6, 8, generator=torch.Generator().manual_seed(5))
     for dtype in (torch.float16, torch.bfloat16):

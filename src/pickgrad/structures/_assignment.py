@@ -73,7 +73,8 @@ def linear_assignment(scores: Tensor) -> Tensor:
     x = torch.zeros_like(scores)
     if x.numel() == 0:
         return x
-    columns = _shortest_augmenting_paths(scores.detach().reshape(-1, s, n))
+    check_every = 1 if scores.device.type == "cpu" else _CHECK_EVERY
+    columns = _shortest_augmenting_paths(scores.detach().reshape(-1, s, n), check_every)
     return x.scatter_(-1, columns.reshape(*scores.shape[:-1], 1), 1.0)
 
 
@@ -91,8 +92,11 @@ def _check_scores(scores: Tensor) -> tuple[int, int]:
     return s, n
 
 
-def _shortest_augmenting_paths(scores: Tensor) -> Tensor:
-    """``(B, s, n)`` scores -> ``(B, s)`` long: the column of each row in a maximum matching."""
+def _shortest_augmenting_paths(scores: Tensor, check_every: int = 1) -> Tensor:
+    """``(B, s, n)`` scores -> ``(B, s)`` long: the column of each row in a maximum matching.
+
+    ``check_every``: loop steps between two reads of "every item is done" (a host sync); the
+    result does not depend on it (surplus steps are masked no-ops)."""
     batch, s, n = scores.shape
     device = scores.device
     scores = scores.to(torch.float64)
@@ -118,7 +122,7 @@ def _shortest_augmenting_paths(scores: Tensor) -> Tensor:
     for k in range(n_rounds):
         active = k < unmatched
         current = order[:, min(k, s - 1)]
-        _add_row(cost, u, v, row4col, col4row, current, active, items)
+        _add_row(cost, u, v, row4col, col4row, current, active, items, check_every)
     return col4row
 
 
@@ -131,6 +135,7 @@ def _add_row(
     current: Tensor,
     active: Tensor,
     items: Tensor,
+    check_every: int,
 ) -> None:
     """Match row ``current[b]`` of every item with ``active[b]``: one batched Dijkstra search to
     the nearest free column, then the dual update and the augmentation (all in place)."""
@@ -150,7 +155,6 @@ def _add_row(
     sink = torch.zeros(batch, 1, dtype=torch.long, device=device)
     row = current[:, None].clone()
     searching = active[:, None].clone()
-    check_every = 1 if device.type == "cpu" else _CHECK_EVERY
     step = 0
     while True:
         reduced = flat_cost.index_select(0, (offset + row).view(-1)) - v
@@ -182,8 +186,9 @@ def _add_row(
     u += row_gain
     v -= gain
 
-    # Augment along the path from the sink back to the current row.
+    # Augment along the path from the sink back to the current row (finished items: no-ops).
     column = sink
+    step = 0
     pending = active[:, None].clone()
     target = current[:, None]
     while True:
@@ -193,7 +198,8 @@ def _add_row(
         col4row.scatter_(1, row, torch.where(pending, column, previous))
         pending = pending & (row != target)
         column = torch.where(pending, previous, column)
-        if not bool(pending.any()):
+        step += 1
+        if step % check_every == 0 and not bool(pending.any()):
             break
 
 
