@@ -14,6 +14,7 @@ Example:
 """
 
 from pickgrad.experiments import graph_layout as _graph_layout  # noqa: F401  (registers it)
+from pickgrad.experiments import listops as _listops  # noqa: F401  (registers it)
 from pickgrad.experiments.base import (
     Experiment,
     ExperimentData,
