@@ -22,12 +22,13 @@ def evaluate(
     count = split[0].shape[0]
     share = -(-count // context.world_size)
     first, last = context.rank * share, min(count, (context.rank + 1) * share)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     sums: dict[str, Tensor] = {}
     with torch.no_grad():
         for start in range(first, last, batch_size):
-            piece = tuple(t[start : min(last, start + batch_size)] for t in split)
+            piece = tuple(t[start : min(last, start + batch_size)].to(device) for t in split)
             for key, value in model.evaluation_sums(piece).items():
                 sums[key] = sums.get(key, 0.0) + value.detach().double().cpu()
     model.train(was_training)
