@@ -173,3 +173,18 @@ def test_bad_method_is_refused() -> None:
     config = dataclasses.replace(EXPERIMENT.default_config(quick=True), methods=("forest",))
     with pytest.raises(ValueError, match=r"unknown method.*valid: arborescence, tree"):
         check_request(EXPERIMENT, config)
+
+
+@pytest.mark.parametrize("estimator", ["nvil", "perturbed", "st"])
+def test_other_estimators_by_name(estimator: str) -> None:
+    config = EXPERIMENT.default_config(quick=True)
+    choice = resolve_estimator(estimator, EXPERIMENT.structure(config, "arborescence"))
+    torch.manual_seed(0)
+    model = EXPERIMENT.build_model(config, "arborescence", choice)
+    loss, _ = model(_batch(4, seed=5), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.network.head.weight.grad is not None
+    assert model.network.head.weight.grad.abs().sum() > 0  # the scorer learns through pickgrad
+    if estimator == "nvil":  # the learned baseline is trained by the same backward
+        assert model.baseline is not None and model.baseline.weight.grad is not None
