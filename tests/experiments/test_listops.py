@@ -144,7 +144,8 @@ def test_quick_run_through_the_command(tmp_path: Path, capsys: pytest.CaptureFix
         assert 0.0 <= run["test"]["arc_precision"] <= 1.0
         assert run["best_step"] in [p["step"] for p in run["curve"]]
     assert "| arborescence | st-gumbel | 1 |" in (out / "results.md").read_text()
-    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    for picture in ("learning_curves.png", "parses.png"):
+        assert (out / picture).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_killed_run_resumes_bit_identically(tmp_path: Path) -> None:

@@ -285,3 +285,10 @@ class ListOps(Experiment):
     ) -> ListOpsModel:
         assert isinstance(config, ListOpsConfig)
         return ListOpsModel(config, method, estimator)
+
+    def draw_examples(
+        self, models: dict[str, ExperimentModel], data: ExperimentData, folder: Path
+    ) -> None:
+        from pickgrad.experiments.listops_plot import draw_parses
+
+        draw_parses(models, data.test, folder / "parses.png")
