@@ -111,7 +111,9 @@ def _sinkhorn_rounds(
         # (B, n, 1) operands.
         v = 1 / (kernel * a.unsqueeze(-1)).sum(-2)
         a = target / (kernel * v.unsqueeze(-2)).sum(-1)
-    f = f + torch.log(a).to(f.dtype).unsqueeze(-1)
+    # A row whose float32 kernel underflowed to zero gives 0 or inf: leave it to Newton.
+    log_a = torch.log(a).to(f.dtype)
+    f = f + torch.where(torch.isfinite(log_a), log_a, 0.0).unsqueeze(-1)
     p, rows = _balance_columns(c, f)
     return f, p, rows
 
@@ -194,8 +196,10 @@ def _solve(
             used += count
         f_scores = f * t
     # Rows exact last (the documented invariant); the column error is what is left.
-    p = p / rows.unsqueeze(-1) * r.unsqueeze(-1)
-    error = (p.sum(-2) - 1).abs().amax(-1)
+    # A row left with no mass (unconverged, e.g. at an extreme tau) stays zero: the error and
+    # the warning report it, rather than a 0 / 0.
+    p = p * torch.where(rows > 0, r / rows, 0.0).unsqueeze(-1)
+    error = torch.maximum((p.sum(-2) - 1).abs().amax(-1), (p.sum(-1) - r).abs().amax(-1))
     return p, error, used
 
 
