@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from pickgrad.experiments.base import ExperimentModel
+from pickgrad.experiments.listops import ListOpsModel
 from pickgrad.experiments.listops_data import VOCABULARY, heads_to_arcs
 
 __all__ = ["draw_parses"]
@@ -41,7 +42,7 @@ def draw_parses(
     chosen = torch.nonzero(lengths <= 16).flatten()[:examples]
     if chosen.numel() == 0:
         chosen = torch.arange(min(examples, tokens.shape[0]))
-    drawn = {k: m for k, m in models.items() if getattr(m, "method", "") != "lstm"}
+    drawn = {k: m for k, m in models.items() if isinstance(m, ListOpsModel) and m.method != "lstm"}
     columns = 1 + len(drawn)
     figure, axes = plt.subplots(
         len(chosen), columns, figsize=(4.5 * columns, 1.8 * len(chosen)), squeeze=False
@@ -53,8 +54,9 @@ def draw_parses(
         graphs = {"true parse": truth}
         for label, model in drawn.items():
             with torch.no_grad():
-                states = model.network.encode(batch[0][:, :n].long(), batch[1])  # type: ignore[attr-defined]
-                arcs = model.argmax_arcs(states, batch[1])  # type: ignore[attr-defined]
+                states = model.network.encode(batch[0][:, :n].long(), batch[1])
+                arcs = model.argmax_arcs(states, batch[1])
+            assert arcs is not None  # lstm was left out
             graphs[label] = arcs[0].cpu()
         names = [VOCABULARY[int(t)] for t in tokens[index, :n]]
         undirected_truth = (truth + truth.T).clamp(max=1)
@@ -63,7 +65,7 @@ def draw_parses(
             for position, name in enumerate(names):
                 axis.text(position, 0, name, ha="center", va="top", fontsize=7)
             for parent, child in graph.nonzero().tolist():
-                directed = getattr(drawn.get(label), "method", "") != "tree"
+                directed = label not in drawn or drawn[label].method != "tree"
                 right = truth[parent, child] if directed else undirected_truth[parent, child]
                 middle, half = (parent + child) / 2, abs(child - parent) / 2
                 angles = torch.linspace(0, torch.pi, 20)
