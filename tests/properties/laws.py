@@ -193,11 +193,15 @@ def _check_gradient(scores: torch.Tensor) -> None:
     assert bool(torch.isfinite(scores.grad).all()), "non-finite gradient"
 
 
-def _baseline_values(options: dict[str, Any], problem: Problem) -> dict[str, Any]:
-    """``baseline_values`` for the learned (NVIL) baseline, as its network would give them."""
+def _baseline_values(
+    options: dict[str, Any], problem: Problem, *, per_example: bool
+) -> dict[str, Any]:
+    """``baseline_values`` for the learned (NVIL) baseline, as its network would give them: one
+    per example when the losses are, else one for the whole batch."""
     if options.get("baseline") != "learned":
         return {}
-    return {"baseline_values": torch.zeros(problem.batch_shape, requires_grad=True)}
+    shape = problem.batch_shape if per_example else ()
+    return {"baseline_values": torch.zeros(shape, requires_grad=True)}
 
 
 def select_is_valid_with_finite_gradient(
@@ -251,7 +255,7 @@ def estimate_is_valid_with_finite_gradient(
             return losses
         return losses.sum(tuple(range(1, losses.dim())))
 
-    extra = _baseline_values(options, problem)
+    extra = _baseline_values(options, problem, per_example=per_example)
     given_as, given_options = _given_as(name, options)
     surrogate = pickgrad.estimate(
         loss_fn,
@@ -386,7 +390,7 @@ def non_finite_loss_is_a_clear_error(
         return losses.index_fill(0, torch.tensor([where % n_samples]), bad)
 
     # A first, finite call gives stateful estimators some state to protect.
-    extra = _baseline_values(options, problem)
+    extra = _baseline_values(options, problem, per_example=False)
     pickgrad.estimate(
         lambda x: x.float().flatten(1).sum(-1),
         scores,

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_tau, value_checks_enabled
+from pickgrad._validation import value_checks_enabled
 from pickgrad.structures.base import Structure
 
 __all__ = [
@@ -718,10 +718,10 @@ class TreeStructure(Structure):
         Returns:
             ``(*batch, n, n)`` marginals, differentiable in ``scores``.
         """
-        self.validate(scores)
+        tau_value = self.check_scores_and_tau(scores, tau)
         self.check_relax_options(options)
         checked = self._check_lengths(lengths, scores)
-        return self._relax(scores, check_tau(tau), lengths=checked, **options)
+        return self._relax(scores, tau_value, lengths=checked, **options)
 
     def log_partition(
         self, scores: Tensor, tau: float = 1.0, *, lengths: Tensor | None = None
@@ -733,9 +733,9 @@ class TreeStructure(Structure):
             tau: temperature > 0.
             lengths: optional ``(*batch)`` integer tensor of node counts (see :meth:`argmax`).
         """
-        self.validate(scores)
+        tau_value = self.check_scores_and_tau(scores, tau)
         checked = self._check_lengths(lengths, scores)
-        value = self._log_partition(scores, check_tau(tau), lengths=checked)
+        value = self._log_partition(scores, tau_value, lengths=checked)
         if value_checks_enabled() and value.numel() > 0 and not bool(torch.isfinite(value).all()):
             # Computed in float64; only the division by tau or the output dtype can overflow.
             largest = float(scores.detach().abs().amax())
