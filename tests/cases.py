@@ -31,6 +31,7 @@ STRUCTURE_CASES: list[StructureCase] = [
     StructureCase("permutation", Permutation(), (2, 3, 3)),
     StructureCase("permutation-rectangular", Permutation(), (3, 4)),
     StructureCase("spanning-tree", SpanningTree(), (2, 4, 4)),
+    StructureCase("spanning-tree-edges", SpanningTree(edge_list=True), (2, 6)),
     StructureCase("arborescence", Arborescence(), (2, 4, 4)),
     StructureCase("arborescence-root-2", Arborescence(root=2), (3, 3)),
 ]

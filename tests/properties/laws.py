@@ -1,8 +1,7 @@
 """The properties themselves, one function per law, shared by the test modules.
 
-``test_structure_properties.py`` and ``test_estimator_properties.py`` run them on the
-(structure, estimator) combinations that hold on the current code; ``test_pending.py`` (not
-committed until the fixes land) runs the same functions on the combinations that still fail.
+``test_structure_properties.py`` and ``test_estimator_properties.py`` run them on every
+(structure, estimator) combination.
 Each function takes a drawn :class:`~properties.strategies.Problem` and asserts.
 """
 

@@ -36,7 +36,9 @@ from __future__ import annotations
 import functools
 import math
 import os
+from typing import Any
 
+import pytest
 import torch
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -428,3 +430,11 @@ def solution_count(structure: Structure, event_shape: tuple[int, ...]) -> int:
         return math.perm(n, s)
     n = tree_nodes(structure, event_shape)
     return n ** (n - 2)
+
+
+def cases(values: list[Any], ids: list[str]) -> list[Any]:
+    """``pytest.param`` objects with the given ids."""
+    return [
+        pytest.param(*value, id=id_) if isinstance(value, tuple) else pytest.param(value, id=id_)
+        for value, id_ in zip(values, ids, strict=True)
+    ]

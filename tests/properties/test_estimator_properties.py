@@ -7,8 +7,7 @@ definition), soft ones a point of the structure's polytope; the gradient reachin
 must be finite, of the scores' shape and dtype. An estimator that needs a capability the
 structure lacks must say so with ``NotImplementedError``. Also: every pathwise estimator runs
 under ``no_grad`` and ``inference_mode``, and a non-finite loss is a ``ValueError`` naming
-``loss_fn`` that leaves the estimator's state alone. The laws are in :mod:`properties.laws`;
-the cases still failing are listed in :mod:`properties.pending`.
+``loss_fn`` that leaves the estimator's state alone. The laws are in :mod:`properties.laws`.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from hypothesis import strategies as st
 
 import pickgrad
 from properties import laws
-from properties.pending import committed
 from properties.strategies import STRUCTURE_KINDS, examples, problems
 
 #: Every registered estimator with its defaults, and reinforce with each baseline, including
@@ -113,15 +111,9 @@ def make_non_finite_loss_test(params: list[Any]) -> Any:
     return test
 
 
-test_select_gives_a_valid_value_and_a_finite_gradient = make_select_test(
-    committed("select", PATHWISE_PAIRS)
-)
-test_estimate_gives_valid_samples_a_finite_value_and_gradient = make_estimate_test(
-    committed("estimate", ESTIMATOR_PAIRS)
-)
+test_select_gives_a_valid_value_and_a_finite_gradient = make_select_test(PATHWISE_PAIRS)
+test_estimate_gives_valid_samples_a_finite_value_and_gradient = make_estimate_test(ESTIMATOR_PAIRS)
 test_select_works_under_no_grad_and_inference_mode = make_select_without_autograd_test(
-    committed("select_without_autograd", PATHWISE_PAIRS)
+    PATHWISE_PAIRS
 )
-test_a_non_finite_loss_is_a_clear_error = make_non_finite_loss_test(
-    committed("non_finite_loss", ESTIMATOR_PAIRS)
-)
+test_a_non_finite_loss_is_a_clear_error = make_non_finite_loss_test(ESTIMATOR_PAIRS)

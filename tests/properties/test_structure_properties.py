@@ -4,8 +4,8 @@ Drawn by :mod:`properties.strategies`: every structure at every valid size from 
 shapes with 0 to 3 leading dimensions (empty included), the four floating dtypes, tau in
 [0.01, 100], score scales in [1e-3, 1e4] with exact ties and large common offsets. References
 are computed in float64 from the scores as rounded to their dtype. The laws are in
-:mod:`properties.laws`; a (law, structure) pair that still fails on the current code runs in
-``test_pending.py`` instead, until its fix lands.
+:mod:`properties.laws`; the minimal reproductions of bugs the suite found are kept as
+regression tests in ``test_regressions.py``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 
 from pickgrad import Arborescence, OneHot, Permutation, SpanningTree, Subset
 from properties import laws
-from properties.pending import cases, committed
 from properties.strategies import (
     DTYPES,
     LONG,
     MAX_ENUMERATED_TREE,
     STRUCTURE_KINDS,
     Problem,
+    cases,
     check_valid,
     enumerated,
     examples,
@@ -100,7 +100,7 @@ def make_relax_test(params: list[Any]) -> Any:
     return test
 
 
-test_relax_is_in_the_polytope_and_matches_float64 = make_relax_test(committed("relax", RELAX_CASES))
+test_relax_is_in_the_polytope_and_matches_float64 = make_relax_test(RELAX_CASES)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -130,7 +130,7 @@ def make_extreme_tau_test(params: list[Any]) -> Any:
     return test
 
 
-test_extreme_tau_raises_or_stays_finite = make_extreme_tau_test(committed("extreme_tau", KINDS))
+test_extreme_tau_raises_or_stays_finite = make_extreme_tau_test(KINDS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -168,7 +168,7 @@ def make_relax_without_autograd_test(params: list[Any]) -> Any:
 
 
 test_relax_is_the_same_under_no_grad_and_inference_mode = make_relax_without_autograd_test(
-    committed("relax_without_autograd", RELAX_CASES)
+    RELAX_CASES
 )
 
 
