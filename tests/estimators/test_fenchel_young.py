@@ -173,3 +173,8 @@ def test_bad_input_is_rejected(kwargs: dict, error: type, match: str) -> None:
         fenchel_young_loss(
             torch.zeros(2, 3), arguments.pop("target"), arguments.pop("structure"), **arguments
         )
+
+
+def test_sigma_that_overflows_the_compute_dtype_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="sigma"):
+        fenchel_young_loss(torch.randn(3), torch.tensor([0.0, 1.0, 0.0]), OneHot(), sigma=1e-40)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_generator, check_positive_int, check_tau
+from pickgrad._validation import check_generator, check_positive_int
 from pickgrad.estimators.perturbed import check_noise, perturbed_samples
 from pickgrad.noise import sampling_dtype
 from pickgrad.structures.base import Structure
@@ -86,9 +86,8 @@ def fenchel_young_loss(
         raise TypeError(f"structure must be a pickgrad Structure, got {type(structure).__name__}")
     if not structure.supports("argmax"):
         raise NotImplementedError(f"fenchel_young_loss needs argmax, which {structure!r} lacks")
-    structure.validate(scores)
+    sigma = structure.check_scores_and_tau(scores, sigma, tau_name="sigma")
     target = _check_target(target, scores)
-    sigma = check_tau(sigma, name="sigma")
     check_positive_int(n_perturbations, name="n_perturbations")
     check_noise(noise)
     if reduction not in REDUCTIONS:
