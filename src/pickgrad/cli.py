@@ -102,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pickgrad`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # What ran, as a user would retype it; results files record it (sys.argv is the caller's
+    # when main() is called from Python, e.g. from a test).
+    words = sys.argv[1:] if argv is None else list(argv)
+    args.command_line = " ".join(["pickgrad", *words])
     if args.command is None:
         parser.print_help()
         return 0

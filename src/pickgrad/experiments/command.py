@@ -172,7 +172,14 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
         return fail(str(error))
     try:
-        results = run_experiment(experiment, config, out, cache_dir=cache, resume=args.resume)
+        results = run_experiment(
+            experiment,
+            config,
+            out,
+            cache_dir=cache,
+            resume=args.resume,
+            command=getattr(args, "command_line", None),
+        )
     except CheckpointError as error:
         return fail(str(error))
     except Interrupted as stopped:

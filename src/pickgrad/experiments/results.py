@@ -23,8 +23,11 @@ from pickgrad.experiments.eval import summarise_runs
 __all__ = ["environment", "markdown_table", "plot_learning_curves", "summarise", "write_results"]
 
 
-def environment() -> dict[str, Any]:
-    """The command line, the git commit of the source (if any) and the versions that ran."""
+def environment(command: str | None = None) -> dict[str, Any]:
+    """The command line, the git commit of the source (if any) and the versions that ran.
+
+    ``command`` is the command as given (default: this process's ``sys.argv``).
+    """
     root = Path(pickgrad.__file__).resolve().parents[2]
     try:
         commit = (
@@ -42,7 +45,7 @@ def environment() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "commit": commit,
         "dirty": dirty,
         "versions": {

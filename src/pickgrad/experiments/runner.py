@@ -82,6 +82,7 @@ def run_experiment(
     cache_dir: Path,
     resume: bool = False,
     after_step: Callable[[int], None] | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every run of ``config``, writing the results into ``out``.
 
@@ -134,7 +135,7 @@ def run_experiment(
         )
         results = {
             "experiment": experiment.name,
-            **environment(),
+            **environment(command),
             "config": config_to_dict(config),
             "data": {"sha256": data.checksum, "path": data.path},
             "chance": experiment.chance(config),
