@@ -277,7 +277,7 @@ def solve_assignment(scores: Tensor) -> Tensor:
     ``benchmarks/bench_assignment.py``: on CUDA the batched solver (no copy to the host and
     back; not yet measured on a GPU: ``benchmarks/gpu_assignment.sh``); on every other device
     the scipy loop. On the CPU the batched solver was slower at every size measured, so there
-    is no crossover: 7-11x the scipy loop's time at (1024, 20, 20), 11-23x at (64, 100, 100),
+    is no crossover: 6-11x the scipy loop's time at (1024, 20, 20), 11-23x at (64, 100, 100),
     15-17x at (4, 1000, 1000), 25x at (256, 6, 6), 350x at (1, 200, 200) (one and two
     threads, a shared, loaded 2-core machine). Its cost is one batched step of ~25 small
     kernels per Dijkstra step, and the steps of a batch are the longest search of its items
