@@ -15,16 +15,14 @@ fixed seed, and cached on disk beside a SHA-256 checksum of their bytes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from pickgrad.experiments.data_cache import load_or_generate_tensors
 from pickgrad.structures import SpanningTree, edges_to_matrix
 
 __all__ = [
@@ -33,7 +31,6 @@ __all__ = [
     "generate_split",
     "load_or_generate",
     "random_trees",
-    "tensor_checksum",
 ]
 
 # Bump when the generator changes, so a stale cache is never read as current data.
@@ -138,16 +135,6 @@ def generate_split(
     return out, edges
 
 
-def tensor_checksum(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 over the names, shapes, dtypes and bytes of ``tensors`` (in sorted name order)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].contiguous().cpu()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class GraphLayoutData:
     """The three splits: ``positions (N, n, T, 2)`` in [-1, 1] and ``edges (N, m)`` 0/1 each."""
@@ -196,32 +183,16 @@ def load_or_generate(
             f"graph-layout data needs n >= 3 vertices, frames >= 2 and every split >= 1 example, "
             f"got n={n}, frames={frames}, sizes={sizes}"
         )
-    folder = Path(cache_dir)
     stem = (
         f"graph_layout_v{GENERATOR_VERSION}_n{n}_T{frames}_{'-'.join(map(str, sizes))}_seed{seed}"
     )
-    path, meta_path = folder / f"{stem}.pt", folder / f"{stem}.json"
-    if path.exists() and meta_path.exists():
-        tensors = torch.load(path, weights_only=True)
-        checksum = tensor_checksum(tensors)
-        expected = json.loads(meta_path.read_text())["sha256"]
-        if checksum != expected:
-            raise ValueError(
-                f"cached graph-layout data {str(path)!r} does not match its checksum "
-                f"({checksum[:12]} != {expected[:12]}); delete it and its .json to regenerate"
-            )
-    else:
-        tensors = _generate(n, frames, sizes, seed)
-        checksum = tensor_checksum(tensors)
-        folder.mkdir(parents=True, exist_ok=True)
-        # Unique temporary names, renamed into place: processes generating the same data at
-        # once (torchrun ranks, parallel runs) never read or leave a half-written file.
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        torch.save(tensors, partial)
-        partial.replace(path)
-        meta_partial = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.partial")
-        meta_partial.write_text(json.dumps({"sha256": checksum, "version": GENERATOR_VERSION}))
-        meta_partial.replace(meta_path)
+    tensors, checksum, path = load_or_generate_tensors(
+        cache_dir,
+        stem,
+        lambda: _generate(n, frames, sizes, seed),
+        what="graph-layout data",
+        version=GENERATOR_VERSION,
+    )
     return GraphLayoutData(
         train=(tensors["train_positions"], tensors["train_edges"]),
         valid=(tensors["valid_positions"], tensors["valid_edges"]),

@@ -29,8 +29,6 @@ int64, the parent index of each token (-1 for the root and for padding).
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pickgrad.experiments.graph_layout_data import tensor_checksum
+from pickgrad.experiments.data_cache import load_or_generate_tensors
 
 __all__ = [
     "CLOSE",
@@ -258,28 +256,14 @@ def load_or_generate(
     """
     if len(sizes) != 3 or min(sizes) < 1:
         raise ValueError(f"sizes must be three split sizes >= 1, got {sizes}")
-    folder = Path(cache_dir)
     stem = f"listops_v{GENERATOR_VERSION}_{'-'.join(map(str, sizes))}_seed{seed}"
-    path, meta_path = folder / f"{stem}.pt", folder / f"{stem}.json"
-    if path.exists() and meta_path.exists():
-        tensors = torch.load(path, weights_only=True)
-        checksum = tensor_checksum(tensors)
-        expected = json.loads(meta_path.read_text())["sha256"]
-        if checksum != expected:
-            raise ValueError(
-                f"cached ListOps data {str(path)!r} does not match its checksum "
-                f"({checksum[:12]} != {expected[:12]}); delete it and its .json to regenerate"
-            )
-    else:
-        tensors = _generate(sizes, seed)
-        checksum = tensor_checksum(tensors)
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        torch.save(tensors, partial)
-        partial.replace(path)
-        meta_partial = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.partial")
-        meta_partial.write_text(json.dumps({"sha256": checksum, "version": GENERATOR_VERSION}))
-        meta_partial.replace(meta_path)
+    tensors, checksum, path = load_or_generate_tensors(
+        cache_dir,
+        stem,
+        lambda: _generate(sizes, seed),
+        what="ListOps data",
+        version=GENERATOR_VERSION,
+    )
 
     def split(name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return tuple(tensors[f"{name}_{key}"] for key in FIELDS)  # type: ignore[return-value]
