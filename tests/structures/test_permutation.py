@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 
 import pickgrad
 from pickgrad import Permutation
-from pickgrad.structures import permutation as permutation_module
+from pickgrad.structures import _assignment as assignment_module
 
 
 @st.composite
@@ -59,9 +59,9 @@ def test_argmax_with_ties_is_optimal_and_deterministic(shape, seed):
 def test_argmax_split_over_threads_equals_the_plain_loop(monkeypatch):
     scores = torch.randn(50, 4, 6)
     one_by_one = torch.stack([Permutation().argmax(item) for item in scores])
-    monkeypatch.setattr(permutation_module, "_ITEMS_PER_THREAD", 4)
-    monkeypatch.setattr(permutation_module.torch, "get_num_threads", lambda: 3)
-    monkeypatch.setattr(permutation_module.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(assignment_module, "_ITEMS_PER_THREAD", 4)
+    monkeypatch.setattr(assignment_module.torch, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(assignment_module.os, "cpu_count", lambda: 3)
     assert torch.equal(Permutation().argmax(scores), one_by_one)
 
 

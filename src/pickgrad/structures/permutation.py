@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from pickgrad._validation import check_positive_int, compute_dtype
+from pickgrad.structures._assignment import solve_assignment
 from pickgrad.structures._sinkhorn import DEFAULT_MAX_ITER, MIN_TOL, sinkhorn
 from pickgrad.structures.base import Structure
 
@@ -59,42 +57,6 @@ def _check_sinkhorn_options(dtype: torch.dtype, tol: Any, max_iter: Any) -> None
         )
 
 
-#: Batch items per worker thread below which the assignments are solved in the calling thread.
-_ITEMS_PER_THREAD = 64
-_executor: ThreadPoolExecutor | None = None
-
-
-def _solve_range(cost: np.ndarray, columns: np.ndarray, start: int, stop: int) -> None:
-    from scipy.optimize import linear_sum_assignment
-
-    for item in range(start, stop):
-        columns[item] = linear_sum_assignment(cost[item])[1]
-
-
-def _solve_assignments(cost: np.ndarray, columns: np.ndarray) -> None:
-    """Fill ``columns[b]`` with the minimum-cost assignment of ``cost[b]`` for every b.
-
-    scipy's solver releases the GIL, so large batches are split over up to
-    ``torch.get_num_threads()`` threads; each item is solved exactly as in a plain loop, so the
-    result does not depend on the split.
-    """
-    global _executor
-    batch = cost.shape[0]
-    workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1, batch // _ITEMS_PER_THREAD))
-    if workers == 1:
-        _solve_range(cost, columns, 0, batch)
-        return
-    if _executor is None or _executor._max_workers < workers:
-        _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pickgrad-lsa")
-    bounds = np.linspace(0, batch, workers + 1).astype(int)
-    jobs = [
-        _executor.submit(_solve_range, cost, columns, int(start), int(stop))
-        for start, stop in itertools.pairwise(bounds)
-    ]
-    for job in jobs:
-        job.result()
-
-
 class Permutation(Structure):
     """A matching of s rows to distinct columns out of n: ``x[i, j] = 1`` iff row i gets column j.
 
@@ -103,10 +65,12 @@ class Permutation(Structure):
     of N for each of B examples.
 
     * ``argmax``: an exact linear assignment maximising ``<scores, x>``, by
-      ``scipy.optimize.linear_sum_assignment`` (Jonker-Volgenant) on each batch item, large
-      batches split over up to ``torch.get_num_threads()`` CPU threads. On a GPU the scores are
-      copied to the CPU, solved there and the result copied back. Ties are broken
-      deterministically (the same input gives the same output).
+      ``scipy.optimize.linear_sum_assignment`` (Jonker-Volgenant) on each batch item on the CPU,
+      large batches split over up to ``torch.get_num_threads()`` threads (faster there than
+      pickgrad's batched torch solver at every measured size); on CUDA, by the batched exact
+      solver in torch on the device (successive shortest augmenting paths over the whole
+      batch; see ``pickgrad.structures._assignment``). Ties are broken deterministically (the
+      same input gives the same output).
     * ``relax(scores, tau)``: the entropic matching (Sinkhorn) of ``scores / tau``,
       ``P_ij = exp(scores_ij / tau + f_i + g_j)`` with rows summing to 1 and columns to 1,
       solved to a tolerance at every tau: rows sum to 1 to rounding and columns within ``tol``
@@ -182,17 +146,7 @@ class Permutation(Structure):
             )
 
     def _argmax(self, scores: Tensor) -> Tensor:
-        s, n = scores.shape[-2:]
-        # One conversion for the whole batch, in numpy (torch's parallel kernels would compete
-        # with the solver threads); the solver works in float64 on a cost to minimise.
-        host = scores.detach().cpu()
-        if host.dtype in (torch.float16, torch.bfloat16):
-            host = host.float()
-        cost = np.negative(host.numpy(), dtype=np.float64).reshape(-1, s, n)
-        columns = np.empty((cost.shape[0], s), dtype=np.int64)
-        _solve_assignments(cost, columns)
-        index = torch.from_numpy(columns).to(scores.device).reshape(*scores.shape[:-1], 1)
-        return torch.zeros_like(scores).scatter_(-1, index, 1.0)
+        return solve_assignment(scores)
 
     def _relax(
         self,
