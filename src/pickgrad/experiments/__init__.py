@@ -4,13 +4,16 @@
 :mod:`~pickgrad.experiments.config` (the frozen config and its digest),
 :mod:`~pickgrad.experiments.seeding`, :mod:`~pickgrad.experiments.loop` (training, resume),
 :mod:`~pickgrad.experiments.eval`, :mod:`~pickgrad.experiments.checkpoints`,
-:mod:`~pickgrad.experiments.torchrun` and :mod:`~pickgrad.experiments.results`. An experiment
-subclasses :class:`Experiment` and registers itself with :func:`register_experiment`.
+:mod:`~pickgrad.experiments.torchrun`, :mod:`~pickgrad.experiments.results` and
+:mod:`~pickgrad.experiments.data_cache` (generated data cached with a checksum). An experiment
+subclasses :class:`Experiment` and registers itself with :func:`register_experiment`; today:
+``graph-layout`` (latent spanning trees, :mod:`~pickgrad.experiments.graph_layout`) and
+``listops`` (latent parse arborescences, :mod:`~pickgrad.experiments.listops`).
 
 Example:
     >>> from pickgrad.experiments import available_experiments
-    >>> "graph-layout" in available_experiments()
-    True
+    >>> sorted(available_experiments())
+    ['graph-layout', 'listops']
 """
 
 from pickgrad.experiments import graph_layout as _graph_layout  # noqa: F401  (registers it)
