@@ -175,8 +175,8 @@ def test_gumbel_rao_backward_is_the_mean_jacobian_over_conditional_draws(
 class GenericOneHot(OneHot):
     """OneHot without its fused fast paths: the estimators fall back to the generic composition."""
 
-    _fused_st_gumbel = Structure._fused_st_gumbel
-    _fused_gumbel_rao = Structure._fused_gumbel_rao
+    _perturb_argmax_relax = Structure._perturb_argmax_relax
+    _conditional_mean_relax = Structure._conditional_mean_relax
 
 
 @pytest.mark.parametrize("estimator", ["st-gumbel", "gumbel-rao"])
@@ -190,7 +190,7 @@ def test_fused_path_equals_the_generic_composition(
     estimator: str, tau: float, shape: tuple[int, ...], upstream: str
 ) -> None:
     fused_structure = OneHot()
-    assert fused_structure._fused_st_gumbel(torch.zeros(3), 1.0, None) is not None
+    assert fused_structure._perturb_argmax_relax(torch.zeros(3), 1.0, None) is not None
     results = []
     for structure in (fused_structure, GenericOneHot()):
         scores = _scores(*shape).requires_grad_()
@@ -257,7 +257,7 @@ def test_fused_backward_twice_through_a_retained_graph(seeded: bool, estimator: 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("tau", [0.05, 1.0, 20.0])
-def test_fused_gumbel_rao_is_finite_for_extreme_scores_and_temperatures(
+def test_conditional_mean_relax_is_finite_for_extreme_scores_and_temperatures(
     dtype: torch.dtype, tau: float
 ) -> None:
     # Scores spread over +-100 underflow softmax to exact zeros, and tau = 0.05 raises the

@@ -117,10 +117,10 @@ class SpyOneHot(OneHot):
         self.argmax_calls += 1
         return super()._argmax(scores)
 
-    def _fused_st_gumbel(self, *args: Any, **options: Any) -> None:
+    def _perturb_argmax_relax(self, *args: Any, **options: Any) -> None:
         return None
 
-    def _fused_gumbel_rao(self, *args: Any, **options: Any) -> None:
+    def _conditional_mean_relax(self, *args: Any, **options: Any) -> None:
         return None
 
 

@@ -75,7 +75,7 @@ class StraightThroughGumbel(RelaxingEstimator):
     def _select(
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
-        fused = structure._fused_st_gumbel(scores, tau, generator, **self.relax_options)
+        fused = structure._perturb_argmax_relax(scores, tau, generator, **self.relax_options)
         if fused is not None:
             return fused
         perturbed = scores + _gumbel_like(scores, generator)
@@ -123,7 +123,7 @@ class GumbelRao(RelaxingEstimator):
     ) -> Tensor:
         detached = scores.detach()
         hard = structure._argmax(detached + _gumbel_like(detached, generator))
-        fused = structure._fused_gumbel_rao(
+        fused = structure._conditional_mean_relax(
             scores, hard, self.n_draws, tau, generator, **self.relax_options
         )
         if fused is not None:

@@ -384,23 +384,24 @@ class Structure:
         mask = self.active_mask(self.event_shape(scores), scores.device)
         return scores if mask is None else scores * mask
 
-    # --- optional fused fast paths (None: the estimator uses its generic composition) ---------
+    # --- optional fused capabilities (None: callers use the generic composition) --------------
+    # Named for what they compute, so that no structure names an estimator.
 
-    def _fused_st_gumbel(
+    def _perturb_argmax_relax(
         self,
         scores: Tensor,
         tau: float,
         generator: torch.Generator | None,
         **options: Any,
     ) -> Tensor | None:
-        """Optional fast path of ``st-gumbel``; ``None`` (the default) when not provided.
+        """One pass of perturb, argmax and relax; ``None`` (the default) when not provided.
 
         Returns ``argmax(scores + G)`` with the gradient of ``relax(scores + G, tau, **options)``,
         ``G`` drawn from ``generator`` exactly as ``sample_gumbel(scores.shape, ...)`` would.
         """
         return None
 
-    def _fused_gumbel_rao(
+    def _conditional_mean_relax(
         self,
         scores: Tensor,
         x: Tensor,
@@ -409,7 +410,8 @@ class Structure:
         generator: torch.Generator | None,
         **options: Any,
     ) -> Tensor | None:
-        """Optional fast path of ``gumbel-rao``; ``None`` (the default) when not provided.
+        """``x`` with the mean relaxed gradient over conditional draws, in one pass; ``None`` (the
+        default) when not provided.
 
         Returns ``x``'s value with the gradient ``(1/K) sum_k d relax(scores + G_k, tau) / d scores``,
         the ``G_k`` being the draws ``_conditional_gumbel(scores, x, K, generator)`` would make from

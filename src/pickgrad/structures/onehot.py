@@ -95,7 +95,7 @@ def _perturbed_softmax_(
     return index, buffer.div_(buffer.sum(-1, keepdim=True))
 
 
-class _StraightThroughGumbelSoftmax(torch.autograd.Function):
+class _PerturbArgmaxSoftmax(torch.autograd.Function):
     """Forward ``argmax(scores + G)``; backward the Jacobian of ``softmax((scores + G) / tau)``.
 
     Saves only the softmax. The first backward overwrites it with the gradient, tile by tile, so
@@ -206,7 +206,7 @@ def _conditional_softmax(
     return out.reshape(*scores.shape[:-1], n_draws, n)
 
 
-class _GumbelRaoSoftmax(torch.autograd.Function):
+class _ConditionalMeanSoftmax(torch.autograd.Function):
     """Forward ``x``; backward ``(1/K) sum_k J_k^T grad`` with ``J_k = (diag p_k - p_k p_k^T) / tau``.
 
     ``p_k`` are the relaxed points at K conditional draws. Nothing K x n is kept between forward
@@ -310,8 +310,11 @@ class OneHot(Structure):
       standard Gumbel ``G`` is an exact sample of ``softmax(scores)``.
     * ``conditional_gumbel``: exact sampler of G given the argmax (top-down, Maddison et al. 2014),
       float32 for half scores (the noise can exceed float16's range).
-    * fused fast paths for ``st-gumbel`` and ``gumbel-rao`` (entropy regulariser): the same noise
-      and gradients as the generic composition, with fewer passes and less memory.
+    * fused capabilities (entropy regulariser), used by ``st-gumbel`` and ``gumbel-rao``:
+      ``_perturb_argmax_relax`` (perturb, argmax and softmax gradient in one pass) and
+      ``_conditional_mean_relax`` (the mean softmax gradient over conditional draws, redrawn in
+      the backward pass): the same noise and gradients as the generic composition, with fewer
+      passes and less memory.
 
     Example:
         >>> s = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
@@ -357,7 +360,7 @@ class OneHot(Structure):
         # Given argmax = i: the max z_i = s_i + G_i is Gumbel(logsumexp(s)) and independent of i;
         # every other z_j is Gumbel(s_j) truncated to (-inf, z_i]. The draws come from a private
         # generator seeded from ``generator`` and are laid out (..., K, n), exactly as
-        # _fused_gumbel_rao draws them, so both see the same noise from one generator state.
+        # _conditional_mean_relax draws them, so both see the same noise from one generator state.
         # The law of the noise is unchanged by a common shift of the scores: taking the row
         # maximum out keeps the differences exact for scores with a large common offset.
         work = compute_dtype(scores.dtype)
@@ -384,7 +387,7 @@ class OneHot(Structure):
             for name in ("_argmax", "_relax", "_conditional_gumbel")
         )
 
-    def _fused_st_gumbel(
+    def _perturb_argmax_relax(
         self,
         scores: Tensor,
         tau: float,
@@ -396,9 +399,9 @@ class OneHot(Structure):
             return None
         if graph_capture_active():  # traced or transformed: the generic composition (same noise)
             return None
-        return _StraightThroughGumbelSoftmax.apply(scores, tau, generator)
+        return _PerturbArgmaxSoftmax.apply(scores, tau, generator)
 
-    def _fused_gumbel_rao(
+    def _conditional_mean_relax(
         self,
         scores: Tensor,
         x: Tensor,
@@ -413,7 +416,7 @@ class OneHot(Structure):
         if graph_capture_active():  # traced or transformed: the generic composition (same noise)
             return None
         seed = draw_seed_tensor(generator, scores.device)
-        return _GumbelRaoSoftmax.apply(scores, x, n_draws, tau, seed)
+        return _ConditionalMeanSoftmax.apply(scores, x, n_draws, tau, seed)
 
     def enumerate(
         self,
