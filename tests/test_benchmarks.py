@@ -24,6 +24,12 @@ def test_every_benchmark_is_covered() -> None:
         "bench_trees.py",
         "bench_solvers.py",
         "bench_diagnose.py",
+        "bench_advisor.py",
+        "bench_assignment.py",
+        "bench_scaling.py",
+        "bench_tree_gumbel_rao.py",
+        "bench_graph_layout.py",
+        "bench_listops.py",
     }
 
 
