@@ -17,6 +17,7 @@ from torch import Tensor
 
 __all__ = [
     "check_generator",
+    "check_like_scores",
     "check_positive_int",
     "check_scores",
     "check_tau",
@@ -325,3 +326,22 @@ def check_generator(generator: Any, device: torch.device) -> torch.Generator | N
             f"create it with torch.Generator(device={device.type!r})"
         )
     return generator
+
+
+def check_like_scores(value: Any, scores: Tensor, *, name: str, real: str = "real") -> Tensor:
+    """Check that ``value`` is a real tensor of the shape and device of ``scores``; return it.
+
+    ``real`` says what a real value is in the message of the complex-dtype error (e.g.
+    ``"real (0/1 entries)"`` for a hard solution).
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.shape != scores.shape:
+        raise ValueError(
+            f"{name} must have the shape of scores {tuple(scores.shape)}, got {tuple(value.shape)}"
+        )
+    if value.device != scores.device:
+        raise ValueError(f"{name} is on {value.device} but scores are on {scores.device}")
+    if value.is_complex():
+        raise TypeError(f"{name} must be {real}, got {value.dtype}")
+    return value

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_generator, check_positive_int
+from pickgrad._validation import check_generator, check_like_scores, check_positive_int
 from pickgrad.estimators.perturbed import check_noise, perturbed_samples
 from pickgrad.noise import sampling_dtype
 from pickgrad.structures.base import Structure
@@ -118,16 +118,7 @@ def fenchel_young_loss(
 
 
 def _check_target(target: Any, scores: Tensor) -> Tensor:
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if target.shape != scores.shape:
-        raise ValueError(
-            f"target must have the shape of scores {tuple(scores.shape)}, got {tuple(target.shape)}"
-        )
-    if target.device != scores.device:
-        raise ValueError(f"target is on {target.device} but scores are on {scores.device}")
-    if target.is_complex():
-        raise TypeError(f"target must be real, got {target.dtype}")
+    check_like_scores(target, scores, name="target")
     if target.numel() > 0 and not bool(
         torch.isfinite(target.to(sampling_dtype(scores.dtype))).all()
     ):

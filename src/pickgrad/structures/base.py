@@ -21,6 +21,7 @@ from torch import Tensor
 
 from pickgrad._validation import (
     check_generator,
+    check_like_scores,
     check_positive_int,
     check_scores,
     check_tau,
@@ -158,16 +159,7 @@ class Structure:
             ...
             ValueError: x is not a hard solution of OneHot() at 2 batch entries: (1,), (2,)
         """
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.shape != scores.shape:
-            raise ValueError(
-                f"{name} must have the shape of scores {tuple(scores.shape)}, got {tuple(x.shape)}"
-            )
-        if x.device != scores.device:
-            raise ValueError(f"{name} is on {x.device} but scores are on {scores.device}")
-        if x.is_complex():
-            raise TypeError(f"{name} must be real (0/1 entries), got {x.dtype}")
+        check_like_scores(x, scores, name=name, real="real (0/1 entries)")
         if value_checks_enabled() and x.numel() > 0:
             values = x.detach()
             if not values.is_floating_point():
