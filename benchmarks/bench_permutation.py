@@ -27,20 +27,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from _timing import best_time
 from pickgrad import Permutation, select
 from pickgrad.noise import sample_gumbel
-
-
-def best_time(function: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` timed calls after a warm-up: on a shared machine the minimum
-    is the least disturbed by other load."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def scipy_loop_argmax(scores: torch.Tensor) -> torch.Tensor:

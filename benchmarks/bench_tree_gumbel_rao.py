@@ -21,25 +21,14 @@ Timings are the minimum over repeats (the machine may be shared).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 
 import pickgrad
+from _timing import best_time
 from pickgrad import SpanningTree
 from pickgrad.structures import edge_index
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Minimum wall time of ``fn`` in seconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def bench_speed(batch: int, n: int, repeats: int, n_draws: int = 10) -> None:

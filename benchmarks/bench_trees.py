@@ -34,19 +34,8 @@ import networkx as nx
 import numpy as np
 import torch
 
+from _timing import best_time
 from pickgrad import Arborescence, SpanningTree
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Minimum wall time of ``fn`` in seconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
 
 # --- argmax ---------------------------------------------------------------------------------------
 
