@@ -135,7 +135,8 @@ class SlotSelector(nn.Module):
             features.append(context[:, None, :].expand(batch, n_items, self.context_dim))
         elif context is not None:
             raise ValueError("context given but context_dim=0; set context_dim in the constructor")
-        return self.scorer(torch.cat(features, dim=-1)).transpose(1, 2)
+        scores: Tensor = self.scorer(torch.cat(features, dim=-1))
+        return scores.transpose(1, 2)
 
     def forward(
         self,
@@ -164,15 +165,15 @@ class SlotSelector(nn.Module):
         """Restore the schedule's state saved by :meth:`get_extra_state`."""
         if not isinstance(state, dict) or not set(state) <= {"schedule"}:
             raise ValueError(f"not a SlotSelector extra state: {state!r}")
-        has_schedule = isinstance(self.tau, Schedule)
-        if ("schedule" in state) != has_schedule:
+        tau = self.tau
+        if ("schedule" in state) != isinstance(tau, Schedule):
             saved = "a schedule" if "schedule" in state else "a fixed temperature"
             raise ValueError(
                 f"the state_dict was saved with {saved} as tau, but this SlotSelector's tau is "
                 f"{self.tau!r}; build it with the same kind of tau before loading"
             )
-        if has_schedule:
-            self.tau.load_state_dict(state["schedule"])  # type: ignore[union-attr]
+        if isinstance(tau, Schedule):
+            tau.load_state_dict(state["schedule"])
 
     def extra_repr(self) -> str:
         return (
@@ -182,6 +183,6 @@ class SlotSelector(nn.Module):
 
 
 def _permutation() -> Structure:
-    from pickgrad.structures import Permutation  # type: ignore[attr-defined]
+    from pickgrad.structures import Permutation
 
     return Permutation()

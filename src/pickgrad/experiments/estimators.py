@@ -69,7 +69,7 @@ def resolve_estimator(name: str, structure: Structure) -> EstimatorChoice:
         )
     if name == "nvil":
         try:
-            nvil = Reinforce(baseline="learned", normalize=True)  # type: ignore[call-arg]
+            nvil = Reinforce(baseline="learned", normalize=True)
         except (TypeError, ValueError) as error:
             raise ValueError(
                 "estimator 'nvil' needs pickgrad.Reinforce(baseline='learned', normalize=True), "
@@ -80,10 +80,8 @@ def resolve_estimator(name: str, structure: Structure) -> EstimatorChoice:
     if name == "reinforce":
         estimator: Estimator = Reinforce(baseline="rloo")
     else:
-        try:  # the object is kept for the whole run, so no warning about stateful names
-            estimator = get_estimator(name, warn_stateful=False)  # type: ignore[call-arg]
-        except TypeError:
-            estimator = get_estimator(name)
+        # The object is kept for the whole run, so no warning about stateful names.
+        estimator = get_estimator(name, warn_stateful=False)
     return EstimatorChoice(
         name, estimator, needs_loss=type(estimator).needs_loss, learned_baseline=False
     )
@@ -92,7 +90,7 @@ def resolve_estimator(name: str, structure: Structure) -> EstimatorChoice:
 def _check_learned_baseline(nvil: Estimator) -> None:
     """Refuse ``nvil`` before training if ``pickgrad.estimate`` does not take ``baseline_values``."""
     scores = torch.zeros(2, 2, requires_grad=True)
-    probe = type(nvil)(baseline="learned")  # type: ignore[call-arg]
+    probe = type(nvil)(baseline="learned")
     try:
         pickgrad_estimate(
             lambda x: x[..., 0], scores, OneHot(), probe, n_samples=2,
