@@ -131,9 +131,11 @@ def test_bad_input() -> None:
 
 
 class OneHotWithoutLaw(OneHot):
-    """OneHot that hides its closed-form law, to exercise the reference fallback."""
+    """OneHot that hides its closed-form law and its enumeration, to exercise the reference
+    fallback."""
 
     _perturb_log_prob = Structure._perturb_log_prob
+    enumerate = Structure.enumerate  # type: ignore[assignment]
 
 
 def test_reference_fallback_is_unbiased_within_its_standard_error() -> None:
@@ -286,8 +288,13 @@ def test_spanning_tree_gradient_is_the_derivative_of_its_expectation() -> None:
         )
 
 
-def test_large_trees_fall_back_to_the_reference() -> None:
-    scores = torch.zeros(6, 6, dtype=f64)  # 6 nodes > MAX_TREE_NODES
-    result = exact_gradient(lambda x: x[..., 0, 1], scores, pickgrad.SpanningTree(), n_reference=64)
+def test_large_trees_fall_back_to_conditional_then_reference() -> None:
+    scores = torch.zeros(6, 6, dtype=f64)  # 6 nodes > MAX_TREE_NODES: 1296 trees, conditional
+    result = exact_gradient(
+        lambda x: x[..., 0, 1], scores, pickgrad.SpanningTree(), n_conditional=64
+    )
     assert exact_module.MAX_TREE_NODES == 5
+    assert not result.exact and "conditional Monte Carlo" in result.method
+    scores = torch.zeros(7, 7, dtype=f64)  # 16807 trees > MAX_CONDITIONAL_SOLUTIONS
+    result = exact_gradient(lambda x: x[..., 0, 1], scores, pickgrad.SpanningTree(), n_reference=64)
     assert not result.exact and "reference" in result.method
