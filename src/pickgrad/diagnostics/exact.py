@@ -336,7 +336,7 @@ def _solution_count(structure: Structure, event: tuple[int, ...]) -> int:
         else:
             n = event[-1]
         return int(n ** max(n - 2, 0))
-    return 2 ** math.prod(event)
+    return int(2 ** math.prod(event))
 
 
 def _scored_entries(structure: Structure, event: tuple[int, ...], device: torch.device) -> Tensor:
