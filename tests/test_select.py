@@ -144,9 +144,7 @@ def test_bad_tau_type() -> None:
         pickgrad.select(torch.randn(3), ONEHOT, "st-relaxed", tau="hot")
 
 
-@pytest.mark.parametrize(
-    ("bad", "word"), [(math.nan, "NaN"), (math.inf, "+inf"), (-math.inf, "-inf")]
-)
+@pytest.mark.parametrize(("bad", "word"), [(math.nan, "NaN"), (math.inf, "+inf")])
 def test_non_finite_scores(bad: float, word: str) -> None:
     scores = torch.randn(2, 4)
     scores[1, 2] = bad

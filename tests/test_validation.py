@@ -13,9 +13,12 @@ import torch
 
 import pickgrad
 from pickgrad._validation import (
+    apply_mask,
+    check_mask,
     check_scores,
     check_tau,
     compute_dtype,
+    inspect_scores,
     set_validation,
     validation,
     value_checks_enabled,
@@ -188,10 +191,41 @@ def test_range_and_finiteness_checks_are_value_checks() -> None:
 
 def test_non_finite_scores_are_counted_by_kind() -> None:
     scores = torch.tensor([[math.nan, math.inf], [-math.inf, -math.inf]])
-    with pytest.raises(
-        ValueError, match=r"\(1 NaN, 1 \+inf, 2 -inf of 4 entries, shape \(2, 2\)\)"
-    ):
+    with pytest.raises(ValueError, match=r"\(1 NaN, 1 \+inf of 4 entries, shape \(2, 2\)\)"):
         check_scores(scores)
+
+
+def test_minus_inf_scores_are_masked_entries_not_errors() -> None:
+    scores = torch.tensor([[0.0, -math.inf], [-math.inf, 2.0]])
+    assert check_scores(scores) is scores
+    assert inspect_scores(scores) is True
+    assert inspect_scores(torch.zeros(2)) is False
+    with validation(False):  # unknown without reading values
+        assert inspect_scores(scores) is False
+
+
+def test_range_checks_ignore_minus_inf_entries() -> None:
+    # max |allowed| = 2e38: 2e38 * 3 overflows float32; the -inf entry does not count.
+    with pytest.raises(ValueError, match="magnitude up to 2e\\+38"):
+        check_scores(torch.tensor([2e38, 2e38, -math.inf]))
+    check_scores(torch.tensor([1.0, -math.inf, 2.0]), tau=1e-30)
+    with pytest.raises(ValueError, match="tau=1e-38 is too small for scores of magnitude up to 2"):
+        check_scores(torch.tensor([1.0, -math.inf, 2.0]), tau=1e-38)
+
+
+def test_check_mask_names_dtype_shape_and_device() -> None:
+    scores = torch.zeros(2, 3)
+    assert check_mask(torch.ones(3, dtype=torch.bool), scores).shape == (3,)
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor .* got dtype torch.float32"):
+        check_mask(torch.ones(3), scores)
+    with pytest.raises(TypeError, match=r"mask must be a bool torch.Tensor .* got list"):
+        check_mask([True], scores)
+    with pytest.raises(ValueError, match=r"mask of shape \(2, 2\) does not broadcast .* \(2, 3\)"):
+        check_mask(torch.ones(2, 2, dtype=torch.bool), scores)
+    with pytest.raises(ValueError, match=r"mask of shape \(4, 2, 3\) does not broadcast"):
+        check_mask(torch.ones(4, 2, 3, dtype=torch.bool), scores)
+    masked = apply_mask(torch.ones(2, 3), torch.tensor([True, False, True]))
+    assert masked[:, 1].eq(-math.inf).all() and masked[:, 0].eq(1).all()
 
 
 @pytest.mark.parametrize("batch", [(), (0,), (2,), (2, 0, 3), (1, 2, 3)])

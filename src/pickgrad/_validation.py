@@ -16,13 +16,17 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "apply_mask",
     "check_generator",
     "check_like_scores",
+    "check_mask",
     "check_positive_int",
+    "check_score_types",
     "check_scores",
     "check_tau",
     "compute_dtype",
     "graph_capture_active",
+    "inspect_scores",
     "set_validation",
     "validation",
     "value_checks_enabled",
@@ -64,7 +68,7 @@ def validation(enabled: bool) -> Iterator[None]:
         >>> pickgrad.OneHot().argmax(torch.tensor([0.0, float("nan")]))
         Traceback (most recent call last):
         ...
-        ValueError: scores contains non-finite values (1 NaN of 2 entries, shape (2,)); all must be finite
+        ValueError: scores contains non-finite values (1 NaN of 2 entries, shape (2,)); only -inf (a masked entry) is allowed
     """
     global _validate_values
     previous = _validate_values
@@ -153,16 +157,18 @@ def check_scores(
     tau: float | None = None,
     tau_name: str = "tau",
 ) -> Tensor:
-    """Check ``scores``: a floating tensor with non-empty event dims, finite, in range.
+    """Check ``scores``: a floating tensor with non-empty event dims, no NaN or +inf, in range.
 
     Always (no tensor value is read): ``scores`` is a floating ``torch.Tensor`` with at least
     ``event_dims`` dimensions, none of the event dimensions empty.
 
-    When :func:`value_checks_enabled` (one reduction, ``max |scores|``, read back once):
+    When :func:`value_checks_enabled` (one reduction, ``aminmax``, read back once; a second one
+    only when some entry is ``-inf``):
 
-    * every entry is finite (NaN, ``+inf`` and ``-inf`` are errors);
+    * no entry is NaN or ``+inf``; ``-inf`` entries are allowed and mean "not allowed" (masked);
     * sums over one event fit the compute dtype (see :func:`compute_dtype`):
-      ``max |scores| * m <= finfo.max`` with m the number of entries of an event;
+      ``max |scores| * m <= finfo.max`` with m the number of entries of an event, the maximum
+      taken over the entries that are not ``-inf``;
     * with ``tau`` given, so do the scaled scores: ``max |scores| * m / tau <= finfo.max``.
 
     Args:
@@ -176,13 +182,43 @@ def check_scores(
         ``scores`` itself.
 
     Example:
-        >>> check_scores(torch.zeros(2, 3)).shape
-        torch.Size([2, 3])
+        >>> check_scores(torch.tensor([0.0, -float("inf")])).shape
+        torch.Size([2])
         >>> check_scores(torch.full((3,), 1e37), tau=0.01)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         ValueError: tau=0.01 is too small for scores of magnitude up to 1e+37: ...
     """
+    inspect_scores(scores, name=name, event_dims=event_dims, tau=tau, tau_name=tau_name)
+    return scores
+
+
+def inspect_scores(
+    scores: Any,
+    *,
+    name: str = "scores",
+    event_dims: int = 1,
+    tau: float | None = None,
+    tau_name: str = "tau",
+) -> bool:
+    """:func:`check_scores`, returning whether some entry is ``-inf`` (masked).
+
+    The answer is only known when the value checks run (:func:`value_checks_enabled`); with them
+    off it is False, whatever the scores hold, and no tensor value is read.
+
+    Example:
+        >>> inspect_scores(torch.tensor([1.0, -float("inf")]))
+        True
+    """
+    check_score_types(scores, name=name, event_dims=event_dims)
+    if value_checks_enabled() and scores.numel() > 0:
+        event_shape = scores.shape[scores.dim() - event_dims :]
+        return _check_score_values(scores, name, math.prod(event_shape), tau, tau_name)
+    return False
+
+
+def check_score_types(scores: Any, *, name: str = "scores", event_dims: int = 1) -> Tensor:
+    """The part of :func:`check_scores` that reads no value: type, dtype, dims; returns it."""
     if not isinstance(scores, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
     if not scores.is_floating_point():
@@ -201,30 +237,33 @@ def check_scores(
             f"{name} has an empty event dimension: shape {tuple(scores.shape)}; "
             "there must be at least one item to choose from"
         )
-    if value_checks_enabled() and scores.numel() > 0:
-        _check_score_values(scores, name, math.prod(event_shape), tau, tau_name)
     return scores
 
 
 def _check_score_values(
     scores: Tensor, name: str, terms: int, tau: float | None, tau_name: str
-) -> None:
-    """The value part of :func:`check_scores`: one reduction when everything is fine."""
+) -> bool:
+    """The value part of :func:`check_scores`: one reduction when every entry is finite.
+
+    Returns whether some entry is ``-inf``."""
     detached = scores.detach()
-    # One pass and no temporary; NaN if any entry is NaN, inf if any is infinite.
-    low, high = torch.aminmax(detached)
-    magnitude = float(torch.maximum(high, -low))
-    if not math.isfinite(magnitude):
+    # One pass and no temporary; NaN if any entry is NaN.
+    low, high = (float(v) for v in torch.stack(torch.aminmax(detached)).tolist())
+    masked = low == -math.inf
+    if math.isnan(low) or math.isnan(high) or high == math.inf:
         counts = {
             "NaN": int(torch.isnan(detached).sum()),
             "+inf": int((detached == math.inf).sum()),
-            "-inf": int((detached == -math.inf).sum()),
         }
         found = ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
         raise ValueError(
             f"{name} contains non-finite values ({found} of {detached.numel()} entries, "
-            f"shape {tuple(scores.shape)}); all must be finite"
+            f"shape {tuple(scores.shape)}); only -inf (a masked entry) is allowed"
         )
+    if masked:  # the range of the allowed entries only
+        allowed = detached.masked_fill(detached == -math.inf, 0.0)
+        low, high = (float(v) for v in torch.stack(torch.aminmax(allowed)).tolist())
+    magnitude = max(high, -low)
     work = compute_dtype(scores.dtype)
     limit = torch.finfo(work).max
     if magnitude * terms > limit:
@@ -241,6 +280,62 @@ def _check_score_values(
             f"{scores.dtype} {name} are computed in); use {tau_name} >= "
             f"{magnitude * terms / limit:.3g} or rescale {name}"
         )
+    return masked
+
+
+def check_mask(mask: Any, scores: Tensor, *, name: str = "mask") -> Tensor:
+    """Check ``mask``: a bool tensor on the device of ``scores``, broadcastable to its shape.
+
+    ``True`` marks an allowed entry. Only shapes, dtype and device are checked (no value is
+    read), so this always runs.
+
+    Returns:
+        ``mask`` itself.
+
+    Example:
+        >>> check_mask(torch.tensor([True, False]), torch.zeros(3, 2)).shape
+        torch.Size([2])
+        >>> check_mask(torch.tensor([1, 0]), torch.zeros(2))
+        Traceback (most recent call last):
+        ...
+        TypeError: mask must be a bool tensor (True = allowed), got dtype torch.int64; use mask.bool() or a comparison
+    """
+    if not isinstance(mask, Tensor):
+        raise TypeError(
+            f"{name} must be a bool torch.Tensor (True = allowed) or None, got {type(mask).__name__}"
+        )
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must be a bool tensor (True = allowed), got dtype {mask.dtype}; "
+            f"use {name}.bool() or a comparison"
+        )
+    try:
+        shape = torch.broadcast_shapes(mask.shape, scores.shape)
+    except RuntimeError:
+        shape = None
+    if shape != scores.shape:
+        raise ValueError(
+            f"{name} of shape {tuple(mask.shape)} does not broadcast to the shape of scores "
+            f"{tuple(scores.shape)}"
+        )
+    if mask.device != scores.device:
+        raise ValueError(f"{name} is on {mask.device} but scores are on {scores.device}")
+    return mask
+
+
+def apply_mask(scores: Tensor, mask: Tensor | None, *, name: str = "mask") -> Tensor:
+    """``scores`` with ``-inf`` where ``mask`` is False (``mask`` checked by :func:`check_mask`).
+
+    ``mask=None`` returns ``scores`` itself. Differentiable: masked entries get zero gradient.
+
+    Example:
+        >>> apply_mask(torch.tensor([1.0, 2.0]), torch.tensor([True, False]))
+        tensor([1., -inf])
+    """
+    if mask is None:
+        return scores
+    check_mask(mask, scores, name=name)
+    return scores.masked_fill(~mask, -math.inf)
 
 
 def check_tau(tau: Any, *, name: str = "tau", dtype: torch.dtype | None = None) -> float:

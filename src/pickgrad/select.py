@@ -16,9 +16,16 @@ __all__ = ["estimate", "select"]
 
 
 def _prepare(
-    scores: Any, structure: Any, estimator: str | Estimator, tau: Any, generator: Any, options: dict
-) -> tuple[Estimator, float]:
-    """Resolve the estimator and run every check before any work; return it and ``tau``."""
+    scores: Any,
+    structure: Any,
+    estimator: str | Estimator,
+    tau: Any,
+    generator: Any,
+    options: dict,
+    mask: Tensor | None = None,
+) -> tuple[Estimator, float, Tensor]:
+    """Resolve the estimator and run every check before any work; return it, ``tau`` and the
+    scores with ``mask`` applied (``-inf`` where it is False)."""
     if not isinstance(structure, Structure):
         raise TypeError(
             "structure must be a pickgrad Structure such as pickgrad.OneHot(), "
@@ -27,16 +34,16 @@ def _prepare(
     resolved = get_estimator(estimator, **options)
     if resolved.uses_tau:
         # scores / tau is computed: tau must keep it within the compute dtype's range.
-        tau_value = structure.check_scores_and_tau(scores, tau)
+        scores, tau_value = structure._prepare(scores, mask, tau=tau)
     else:
-        structure.validate(scores)
+        scores, _ = structure._prepare(scores, mask)
         tau_value = check_tau(tau)
     check_generator(generator, scores.device)
     resolved.check_structure(structure)
     relax_options = getattr(resolved, "relax_options", None)
     if isinstance(relax_options, Mapping) and relax_options:
         structure.check_relax_options(relax_options)
-    return resolved, tau_value
+    return resolved, tau_value, scores
 
 
 def select(
@@ -46,6 +53,7 @@ def select(
     *,
     tau: SupportsFloat = 1.0,
     generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
     **options: Any,
 ) -> Tensor:
     """Choose a discrete structure from ``scores`` and let gradients flow back by ``estimator``.
@@ -60,6 +68,10 @@ def select(
             that use it, ``scores / tau`` must fit the compute dtype (a ``ValueError`` says the
             smallest ``tau`` allowed; value checks, see :func:`pickgrad.set_validation`).
         generator: source of the noise; the same seed gives the same sample.
+        mask: optional bool tensor broadcastable to ``scores``, True = allowed; exactly
+            ``scores.masked_fill(~mask, -inf)`` (``-inf`` scores are masked too). Masked
+            entries never appear in ``x`` and get exactly zero gradient; a mask that leaves a
+            batch entry no solution is a ``ValueError`` naming it (a value check).
         **options: options of the named estimator, e.g. ``n_draws=10`` for ``gumbel-rao``.
 
     Returns:
@@ -78,7 +90,9 @@ def select(
         >>> scores.grad.round(decimals=3)
         tensor([[-0.0960,  0.1320, -0.0350]])
     """
-    resolved, tau_value = _prepare(scores, structure, estimator, tau, generator, options)
+    resolved, tau_value, scores = _prepare(
+        scores, structure, estimator, tau, generator, options, mask
+    )
     return resolved.select(scores, structure, tau=tau_value, generator=generator)
 
 
@@ -92,6 +106,7 @@ def estimate(
     tau: SupportsFloat = 1.0,
     generator: torch.Generator | None = None,
     baseline_values: Tensor | None = None,
+    mask: Tensor | None = None,
     **options: Any,
 ) -> Tensor:
     """A scalar surrogate whose value is the mean loss and whose gradient is the estimator's.
@@ -113,6 +128,10 @@ def estimate(
             (NVIL); the surrogate's gradient with respect to it is that of
             ``mean((baseline_values - loss)**2)``, so one backward trains the baseline too. Other
             estimators refuse it (``TypeError``).
+        mask: optional bool tensor broadcastable to ``scores``, True = allowed; exactly
+            ``scores.masked_fill(~mask, -inf)`` (``-inf`` scores are masked too). Masked
+            entries never appear in ``x`` and get exactly zero gradient; a mask that leaves a
+            batch entry no solution is a ``ValueError`` naming it (a value check).
         **options: options of the named estimator, e.g. ``baseline="rloo"``.
 
     Returns:
@@ -131,7 +150,9 @@ def estimate(
         >>> int(scores.grad.argmin())  # the gradient pushes the score of item 2 up
         2
     """
-    resolved, tau_value = _prepare(scores, structure, estimator, tau, generator, options)
+    resolved, tau_value, scores = _prepare(
+        scores, structure, estimator, tau, generator, options, mask
+    )
     check_positive_int(n_samples, name="n_samples")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")

@@ -413,11 +413,17 @@ class Estimator:
         *,
         tau: float,
         generator: torch.Generator | None,
+        mask: Tensor | None = None,
     ) -> Tensor:
         """Return ``x`` with this estimator's forward value and gradient (input already validated).
 
         Half-precision ``scores`` are computed in float32; ``x`` has the dtype of ``scores``.
+        ``mask`` (bool, broadcastable, True = allowed) is applied as
+        ``scores.masked_fill(~mask, -inf)`` and checked as :meth:`Structure.mask_scores` does
+        (``-inf`` scores are masked entries: never in ``x``, exactly zero gradient).
         """
+        if mask is not None:
+            scores = structure.mask_scores(scores, mask)
         self.check_values(scores, tau)
         work = compute_dtype(scores.dtype)
         if work == scores.dtype:
@@ -435,8 +441,11 @@ class Estimator:
         tau: float,
         generator: torch.Generator | None,
         baseline_values: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
         """Scalar surrogate: value = mean loss over the samples, gradient = this estimator's.
+
+        ``mask`` as for :meth:`select`.
 
         ``loss_fn`` sees samples ``(n_samples, *scores.shape)`` in the dtype of ``scores``
         (computed in float32 for half types). It must return finite losses: NaN or inf is a
@@ -455,6 +464,8 @@ class Estimator:
                 f"estimator {self!r} needs baseline_values: a tensor of per-example baselines "
                 "from your network, broadcastable to the losses' batch shape"
             )
+        if mask is not None:
+            scores = structure.mask_scores(scores, mask)
         self.check_values(scores, tau)
         work = compute_dtype(scores.dtype)
         if work != scores.dtype:

@@ -21,6 +21,7 @@ Perturbed Optimizers", NeurIPS 2020.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -70,7 +71,8 @@ def check_noise_scale(scores: Tensor, sigma: float, option: str, estimator: str)
         return
     work = compute_dtype(scores.dtype)
     limit = torch.finfo(work).max
-    largest = float(scores.detach().abs().max())
+    detached = scores.detach()
+    largest = float(detached.masked_fill(detached == -math.inf, 0.0).abs().max())  # -inf: masked
     if largest / sigma >= limit:
         raise ValueError(
             f"{option}={sigma!r} of estimator {estimator!r} is too small for these scores: "
@@ -150,7 +152,7 @@ class _PerturbedJacobian(torch.autograd.Function):
         event_dims: int,
         hard: bool,
     ) -> Tensor:
-        ctx.save_for_backward(samples, weights)
+        ctx.save_for_backward(samples, weights, scores)
         ctx.sigma, ctx.mask, ctx.event_dims, ctx.dtype = sigma, mask, event_dims, scores.dtype
         value = samples[0].clone() if hard else samples.mean(0)
         return value.to(scores.dtype)
@@ -158,13 +160,15 @@ class _PerturbedJacobian(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        samples, weights = ctx.saved_tensors
+        samples, weights, scores = ctx.saved_tensors
         event = tuple(range(-ctx.event_dims, 0))
         # <y_m, g> per sample, times grad nu(Z_m), averaged: J^T g = E[<y, g> grad nu(Z)] / sigma.
         inner = (samples * grad.to(samples.dtype)).sum(event, keepdim=True)
         result = (inner * weights).mean(0) / ctx.sigma
         if ctx.mask is not None:
             result = result * ctx.mask
+        # Masked (-inf) scores: never in a sample, so no gradient (the noise term would give one).
+        result = torch.where(scores == -math.inf, torch.zeros((), dtype=result.dtype), result)
         return result.to(ctx.dtype), None, None, None, None, None, None
 
 

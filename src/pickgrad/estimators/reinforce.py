@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -219,6 +220,9 @@ class Reinforce(Estimator):
             return structure._perturb_log_prob(scores, x)
         gap = noise.detach()  # u - scores at the sampled utilities u, held fixed
         z = gap + scores.detach() - scores  # equals the noise, differentiable in scores
+        # A masked (-inf) score's utility is -inf whatever its noise: no density term there,
+        # and no NaN from -inf - -inf (in value or gradient).
+        z = torch.where(scores == -math.inf, torch.zeros((), dtype=z.dtype), z)
         log_q = -z - torch.exp(-z)
         mask = structure.active_mask(structure.event_shape(scores), scores.device)
         if mask is not None:

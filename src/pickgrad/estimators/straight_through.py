@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -33,7 +34,29 @@ class StraightThrough(Estimator):
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         hard = structure._argmax(scores.detach())
-        return replace_gradient(hard, structure.linear_objective(scores))
+        return _StraightThroughMasked.apply(hard, structure.linear_objective(scores))
+
+
+class _StraightThroughMasked(torch.autograd.Function):
+    """Forward ``hard``; backward the incoming gradient, zeroed where ``objective`` is ``-inf``.
+
+    Masked (``-inf``) scores get exactly zero gradient (the identity would give them the
+    output's gradient); the comparison runs in the backward pass only.
+    """
+
+    @staticmethod
+    def forward(hard: Tensor, objective: Tensor) -> Tensor:
+        return hard.detach()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
+        (objective,) = ctx.saved_tensors
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        return None, torch.where(objective == -math.inf, zero, grad)
 
 
 @register_estimator

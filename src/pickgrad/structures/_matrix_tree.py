@@ -22,8 +22,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pickgrad._validation import value_checks_enabled
-from pickgrad.structures.base import Structure
+from pickgrad._validation import check_score_types, value_checks_enabled
+from pickgrad.structures._masks import fill_masked
+from pickgrad.structures.base import _NO_TAU, Structure
 
 __all__ = [
     "TreeStructure",
@@ -688,57 +689,99 @@ class TreeStructure(Structure):
             return full_arc_mask(n, self._root, scores.device)
         return arc_mask(node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device), self._root)
 
-    def argmax(self, scores: Tensor, *, lengths: Tensor | None = None) -> Tensor:
+    def _allowed_arcs(self, arc_scores: Tensor, lengths: Tensor | None) -> Tensor:
+        """:meth:`_arcs` without the masked (``-inf``) arcs of ``arc_scores`` ``(..., n, n)``:
+        the matrix-tree computations then never see a ``-inf`` weight (exp(-inf) = 0 would do
+        in the Laplacian, but log-space sums of two -inf give NaN)."""
+        return self._arcs(arc_scores, lengths) & (arc_scores > -math.inf)
+
+    def _solver_scores(self, scores: Tensor) -> Tensor:
+        """``scores`` (``(..., n, n)``) with masked entries made finite for the exact argmax:
+        below every allowed one by more than n times their spread, so a tree that uses one
+        scores below every tree that avoids them (every tree has n - 1 edges)."""
+        return fill_masked(scores, lambda spread: scores.shape[-1] * spread + 1)[0]
+
+    def _infeasible_reason(self) -> str:
+        return "the allowed edges hold no tree spanning every node"
+
+    def _prepare_trees(
+        self, scores: Any, mask: Tensor | None, lengths: Any, tau: Any = _NO_TAU
+    ) -> tuple[Tensor, float, Tensor | None]:
+        """Check ``lengths``, apply ``mask`` and validate (see :meth:`Structure.mask_scores`)."""
+        check_score_types(scores, event_dims=self.event_dims)
+        checked = self._check_lengths(lengths, scores)
+        masked, tau_value = self._prepare(scores, mask, tau=tau, lengths=checked)
+        return masked, tau_value, checked
+
+    def argmax(
+        self, scores: Tensor, *, mask: Tensor | None = None, lengths: Tensor | None = None
+    ) -> Tensor:
         """The maximum-weight tree of each graph, batched; carries no gradient.
 
         Args:
             scores: ``(*batch, n, n)`` floating tensor.
+            mask: optional bool tensor broadcastable to ``scores``, True = allowed (exactly
+                ``scores.masked_fill(~mask, -inf)``): masked edges/arcs are never used; a mask
+                that leaves a graph no tree is a ``ValueError`` naming it (a value check).
             lengths: optional ``(*batch)`` integer tensor: example b uses only its first
                 ``lengths[b]`` nodes (1 <= lengths[b] <= n); entries of padded nodes are 0.
 
         Returns:
             ``(*batch, n, n)`` tensor of zeros and ones in the dtype and device of ``scores``.
         """
-        self.validate(scores)
-        checked = self._check_lengths(lengths, scores)
+        scores, _, checked = self._prepare_trees(scores, mask, lengths)
         with torch.no_grad():
             return self._argmax(scores.detach(), lengths=checked)
 
     def relax(
-        self, scores: Tensor, tau: float = 1.0, *, lengths: Tensor | None = None, **options: Any
+        self,
+        scores: Tensor,
+        tau: float = 1.0,
+        *,
+        mask: Tensor | None = None,
+        lengths: Tensor | None = None,
+        **options: Any,
     ) -> Tensor:
         """Matrix-tree marginals of the Gibbs distribution ``p(x) ∝ exp(<scores, x> / tau)``.
 
         Args:
             scores: ``(*batch, n, n)`` floating tensor.
             tau: temperature > 0 (a float or a schedule).
+            mask: optional bool mask, True = allowed (see :meth:`argmax`); masked entries get
+                exactly zero mass and zero gradient.
             lengths: optional ``(*batch)`` integer tensor of node counts (see :meth:`argmax`).
             **options: ``regularizer="entropy"`` (the only one offered).
 
         Returns:
             ``(*batch, n, n)`` marginals, differentiable in ``scores``.
         """
-        tau_value = self.check_scores_and_tau(scores, tau)
+        scores, tau_value, checked = self._prepare_trees(scores, mask, lengths, tau)
         self.check_relax_options(options)
-        checked = self._check_lengths(lengths, scores)
         return self._relax(scores, tau_value, lengths=checked, **options)
 
     def log_partition(
-        self, scores: Tensor, tau: float = 1.0, *, lengths: Tensor | None = None
+        self,
+        scores: Tensor,
+        tau: float = 1.0,
+        *,
+        mask: Tensor | None = None,
+        lengths: Tensor | None = None,
     ) -> Tensor:
         """``log sum_x exp(<scores, x> / tau)`` over every tree x; shape ``(*batch,)``.
 
         Args:
             scores: ``(*batch, n, n)`` floating tensor.
             tau: temperature > 0.
+            mask: optional bool mask, True = allowed (see :meth:`argmax`); masked entries get
+                exactly zero mass and zero gradient.
             lengths: optional ``(*batch)`` integer tensor of node counts (see :meth:`argmax`).
         """
-        tau_value = self.check_scores_and_tau(scores, tau)
-        checked = self._check_lengths(lengths, scores)
+        scores, tau_value, checked = self._prepare_trees(scores, mask, lengths, tau)
         value = self._log_partition(scores, tau_value, lengths=checked)
         if value_checks_enabled() and value.numel() > 0 and not bool(torch.isfinite(value).all()):
             # Computed in float64; only the division by tau or the output dtype can overflow.
-            largest = float(scores.detach().abs().amax())
+            detached = scores.detach()
+            largest = float(detached.masked_fill(detached == -math.inf, 0).abs().amax())
             raise ValueError(
                 f"log_partition overflows: with tau={tau} and scores up to {largest:.3g} in "
                 f"magnitude, log Z does not fit {scores.dtype} (largest "

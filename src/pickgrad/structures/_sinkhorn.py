@@ -63,6 +63,7 @@ import torch
 from torch import Tensor
 
 from pickgrad._validation import value_checks_enabled
+from pickgrad.structures._masks import fill_masked
 
 __all__ = ["DEFAULT_MAX_ITER", "MIN_TOL", "sinkhorn"]
 
@@ -215,6 +216,11 @@ def _plan(scores: Tensor, tau: float, tol: float, max_iter: int) -> tuple[Tensor
     """The full float64 plan ``(..., m, n)`` (slack row last), its error ``(...)`` and steps."""
     *batch_shape, s, n = scores.shape
     x = scores.detach().to(SOLVER_DTYPE).reshape(-1, s, n)
+    # Masked (-inf) couplings: solved with finite scores far below every other (the solver's
+    # annealing and Newton steps need finite input), then set to exactly 0 in the plan, which
+    # moves the sums by about exp(-gap / tau) (below 1e-280); the backward, a product with the
+    # plan, then gives them exactly zero gradient.
+    x, masked = fill_masked(x, lambda spread: 4 * (s + 1) * spread + 1500 * tau)
     x = x - x.amax(-1, keepdim=True)
     if s < n:
         # The slack row's score is a free constant (absorbed by its potential); 0 keeps every
@@ -225,6 +231,7 @@ def _plan(scores: Tensor, tau: float, tol: float, max_iter: int) -> tuple[Tensor
     if x.shape[0] == 0:
         return x.reshape(*batch_shape, *x.shape[-2:]), x.new_zeros(batch_shape), 0
     p, error, used = _solve(x, tau, r, tol, max_iter, value_checks_enabled())
+    p[:, :s].masked_fill_(masked, 0.0)
     return p.reshape(*batch_shape, *p.shape[-2:]), error.reshape(batch_shape), used
 
 

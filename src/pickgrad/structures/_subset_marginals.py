@@ -71,9 +71,29 @@ def column_path_is_exact(n: int, k: int) -> bool:
 
 
 def _threshold(z: Tensor, k: int) -> Tensor:
-    """Midpoint of the k-th and (k+1)-th largest entries of ``z`` (1 <= k < n); ``(..., 1)``."""
+    """Midpoint of the k-th and (k+1)-th largest entries of ``z`` (1 <= k < n); ``(..., 1)``.
+
+    Masked (``-inf``) entries: with at most k others, the k-th largest minus twice the clamp
+    width (the allowed items sit above the clamp: in every subset, as they must be); with none
+    allowed, 0. Either way finite, so ``z - t`` is ``-inf`` exactly on the masked entries."""
     top = torch.topk(z.detach(), k + 1, dim=-1).values
-    return (top[..., k - 1 : k] + top[..., k : k + 1]) / 2
+    kth, next_ = top[..., k - 1 : k], top[..., k : k + 1]
+    middle = (kth + next_) / 2
+    below = kth - 2 * _clamp_width(z.shape[-1])
+    return torch.where(next_ > -math.inf, middle, torch.where(kth > -math.inf, below, 0.0))
+
+
+def _complement_scores(s: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """``(c, masked)``: the scores of the complement problem (``-s``), each masked (``-inf``)
+    entry of ``s`` replaced by a finite score so high (twice the clamp width above every other)
+    that it is in every complement subset that counts, i.e. in no subset."""
+    masked = s == -math.inf
+    c = -s
+    allowed_c = c.masked_fill(masked, -math.inf)
+    high = allowed_c.amax(-1, keepdim=True).detach()
+    high = torch.where(high > -math.inf, high, 0.0)
+    fill = high + 2 * _clamp_width(s.shape[-1]) * tau + high.abs() * 2.0**-40
+    return torch.where(masked, fill, c), masked
 
 
 # --- the column programme ---------------------------------------------------------------------
@@ -316,12 +336,14 @@ def subset_marginals(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
     """
     n = scores.shape[-1]
     s = scores.to(torch.float64)
-    if k >= n:
-        return (torch.ones_like(s) + 0 * s).to(scores.dtype)  # the one subset; zero gradient
+    if k >= n:  # the one subset; zero gradient (no -inf * 0 with masked entries)
+        return (1 + 0 * torch.where(s == -math.inf, 0.0, s)).to(scores.dtype)
     if k == 1:
         return torch.softmax(s / tau, -1).to(scores.dtype)
     if 2 * k > n:  # the complement: the n - k items left out, with negated scores
-        return (1 - subset_marginals(-s, n - k, tau)).to(scores.dtype)
+        c, masked = _complement_scores(s, tau)
+        m = torch.where(masked, 0.0, 1 - subset_marginals(c, n - k, tau))
+        return m.to(scores.dtype)
     shape = s.shape
     flat = s.reshape(-1, n)
     if flat.shape[0] == 0:
@@ -362,7 +384,13 @@ def subset_log_partition(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
     if k == 1:
         return torch.logsumexp(s / tau, -1)
     if 2 * k > n:
-        return s.sum(-1) / tau + subset_log_partition(-s, n - k, tau)
+        c, masked = _complement_scores(s, tau)
+        # sum over every item of s, the masked ones at the score -c they have in the complement
+        total = torch.where(masked, -c, s).sum(-1) / tau
+        value = total + subset_log_partition(c, n - k, tau)
+        # Fewer than k allowed items: no subset (the complement's excess would hide it).
+        short = masked.sum(-1) > n - k
+        return torch.where(short, -math.inf, value)
     t = _threshold(s, k)
     u = (s - t) / tau
     shift = k * t[..., 0] / tau

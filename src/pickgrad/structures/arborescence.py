@@ -126,7 +126,8 @@ class Arborescence(TreeStructure):
 
     def _argmax(self, scores: Tensor, lengths: Tensor | None = None) -> Tensor:
         n = scores.shape[-1]
-        flat = scores.reshape(-1, n, n).to(WORK_DTYPE)  # reduced costs are differences
+        # Reduced costs are differences: float64, and masked arcs made finite.
+        flat = self._solver_scores(scores.reshape(-1, n, n).to(WORK_DTYPE))
         nodes = node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device).reshape(-1, n)
         parents = max_arborescence_parents(flat, self.root, nodes)
         return parents_to_adjacency(parents, scores.dtype).reshape(scores.shape)
@@ -143,14 +144,14 @@ class Arborescence(TreeStructure):
         regularizer: str = "entropy",
     ) -> Tensor:
         self._check_regularizer(regularizer)
-        arcs = self._arcs(scores, lengths)
         work = scores.to(marginal_dtype(scores.dtype))
+        arcs = self._allowed_arcs(work, lengths)
         return unit_interval(arc_marginals(work, arcs, self.root, tau)).to(scores.dtype)
 
     def _log_partition(self, scores: Tensor, tau: float, lengths: Tensor | None = None) -> Tensor:
         z = scores.to(WORK_DTYPE) / tau
         return arborescence_log_partition(
-            z, self._arcs(scores, lengths).expand(z.shape), self.root
+            z, self._allowed_arcs(z, lengths).expand(z.shape), self.root
         ).to(scores.dtype)
 
     def enumerate(

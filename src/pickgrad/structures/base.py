@@ -13,6 +13,7 @@ underscore methods directly, so hot paths check their input only once.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -20,16 +21,21 @@ import torch
 from torch import Tensor
 
 from pickgrad._validation import (
+    apply_mask,
     check_generator,
     check_like_scores,
     check_positive_int,
-    check_scores,
+    check_score_types,
     check_tau,
     compute_dtype,
+    inspect_scores,
     value_checks_enabled,
 )
 
 __all__ = ["CAPABILITIES", "Structure"]
+
+#: Stands for "no temperature given" in :meth:`Structure.mask_scores` (None is a bad tau).
+_NO_TAU: Any = object()
 
 #: Capabilities an estimator may ask for, each the name of a public method of ``Structure``.
 CAPABILITIES = (
@@ -112,11 +118,114 @@ class Structure:
             >>> OneHot().validate(torch.tensor([1.0, float("nan")]))
             Traceback (most recent call last):
             ...
-            ValueError: scores contains non-finite values (1 NaN of 2 entries, shape (2,)); all must be finite
+            ValueError: scores contains non-finite values (1 NaN of 2 entries, shape (2,)); only -inf (a masked entry) is allowed
         """
-        check_scores(scores, name=name, event_dims=self.event_dims, tau=tau, tau_name=tau_name)
-        self._check_event_shape(tuple(scores.shape[scores.dim() - self.event_dims :]), name=name)
+        self._inspect(scores, name=name, tau=tau, tau_name=tau_name)
         return scores
+
+    def _inspect(
+        self, scores: Any, *, name: str = "scores", tau: float | None = None, tau_name: str = "tau"
+    ) -> bool:
+        """:meth:`validate`, returning whether some entry is ``-inf`` (known with value checks)."""
+        masked = inspect_scores(
+            scores, name=name, event_dims=self.event_dims, tau=tau, tau_name=tau_name
+        )
+        self._check_event_shape(tuple(scores.shape[scores.dim() - self.event_dims :]), name=name)
+        return masked
+
+    def mask_scores(
+        self,
+        scores: Any,
+        mask: Tensor | None = None,
+        *,
+        tau: Any = _NO_TAU,
+        name: str = "scores",
+        **solver_options: Any,
+    ) -> Tensor:
+        """Apply ``mask`` to ``scores`` and validate the result; return the masked scores.
+
+        ``mask`` (bool, broadcastable to ``scores``, True = allowed) means exactly
+        ``scores.masked_fill(~mask, -inf)``; ``-inf`` scores (given or made by the mask) mark
+        entries no solution may use. Validates as :meth:`validate` (with ``tau``, as
+        :meth:`check_scores_and_tau`) and, with the value checks on and some entry ``-inf``,
+        checks that every batch entry still has a solution: otherwise a ``ValueError`` names
+        the batch entries left without one. ``solver_options`` (``lengths`` for trees) go to
+        the argmax that decides it.
+
+        Example:
+            >>> from pickgrad import Subset
+            >>> Subset(2).mask_scores(torch.zeros(2, 3), torch.tensor([[True, True, False],
+            ...                                                        [True, False, False]]))
+            Traceback (most recent call last):
+            ...
+            ValueError: mask leaves no feasible solution of Subset(k=2) at 1 batch entry: (1,) (fewer than k=2 allowed items)
+        """
+        return self._prepare(scores, mask, tau=tau, name=name, **solver_options)[0]
+
+    def _prepare(
+        self,
+        scores: Any,
+        mask: Tensor | None,
+        *,
+        tau: Any = _NO_TAU,
+        name: str = "scores",
+        **solver_options: Any,
+    ) -> tuple[Tensor, float]:
+        """:meth:`mask_scores`, also returning ``tau`` checked as a float (1.0 when None)."""
+        if mask is not None:
+            check_score_types(scores, name=name, event_dims=self.event_dims)  # before the mask
+            scores = apply_mask(scores, mask)
+        if tau is _NO_TAU:
+            value = 1.0
+            masked = self._inspect(scores, name=name)
+        else:
+            if isinstance(scores, Tensor) and scores.is_floating_point():
+                value = check_tau(tau, dtype=scores.dtype)
+            else:
+                value = check_tau(tau)
+            masked = self._inspect(scores, name=name, tau=value)
+        if masked:
+            self.check_feasible(scores, name="mask" if mask is not None else name, **solver_options)
+        return scores, value
+
+    def check_feasible(
+        self, scores: Tensor, *, name: str = "scores", **solver_options: Any
+    ) -> None:
+        """Raise ``ValueError`` naming the batch entries whose ``-inf`` entries leave no solution.
+
+        A solution exists exactly when the best one (:meth:`_argmax`, exact with ``-inf``
+        entries) uses no ``-inf`` entry. A value check: callers run it only when
+        :func:`pickgrad._validation.value_checks_enabled`.
+        """
+        with torch.no_grad():
+            feasible = self._feasible(scores.detach(), **solver_options)
+        if bool(feasible.all()):
+            return
+        bad = [tuple(index) for index in (~feasible).nonzero().tolist()]
+        if feasible.dim() == 0:
+            where = ""
+        else:
+            shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+            where = f" at {len(bad)} batch entr{'y' if len(bad) == 1 else 'ies'}: {shown}"
+        reason = self._infeasible_reason()
+        raise ValueError(
+            f"{name} leaves no feasible solution of {self!r}{where}"
+            + (f" ({reason})" if reason else "")
+        )
+
+    def _infeasible_reason(self) -> str:
+        """What an infeasible mask lacks, in words, for :meth:`check_feasible`'s message."""
+        return ""
+
+    def _feasible(self, scores: Tensor, **solver_options: Any) -> Tensor:
+        """Boolean ``(*batch,)``: whether the best solution avoids every ``-inf`` entry."""
+        x = self._argmax(scores, **solver_options)
+        used = torch.where(x != 0, scores, torch.zeros((), dtype=scores.dtype))
+        active = self.active_mask(self.event_shape(scores), scores.device)
+        if active is not None:
+            used = torch.where(active, used, torch.zeros((), dtype=scores.dtype))
+        dims = tuple(range(scores.dim() - self.event_dims, scores.dim()))
+        return (used != -math.inf).all(dim=dims)
 
     def check_scores_and_tau(
         self, scores: Any, tau: Any, *, name: str = "scores", tau_name: str = "tau"
@@ -213,11 +322,15 @@ class Structure:
 
     # --- public, validated API ----------------------------------------------------------------
 
-    def argmax(self, scores: Tensor) -> Tensor:
+    def argmax(self, scores: Tensor, *, mask: Tensor | None = None) -> Tensor:
         """The exact hard solution ``argmax_x <scores, x>``, batched; carries no gradient.
 
         Args:
-            scores: ``(*batch, *event)`` floating tensor.
+            scores: ``(*batch, *event)`` floating tensor; ``-inf`` entries are not allowed.
+            mask: optional bool tensor broadcastable to ``scores``, True = allowed; the same as
+                ``scores.masked_fill(~mask, -inf)``. Entries that are masked (or ``-inf``) never
+                appear in a solution; a mask that leaves some batch entry no solution is a
+                ``ValueError`` naming it (a value check).
 
         Returns:
             ``(*batch, *event)`` tensor of zeros and ones, in the dtype and device of ``scores``.
@@ -225,16 +338,22 @@ class Structure:
         With the value checks on, scores so large that a sum over one event would overflow the
         compute dtype are a ``ValueError`` before anything is computed.
         """
-        self.validate(scores)
+        scores, _ = self._prepare(scores, mask)
         with torch.no_grad():
             return self._argmax(scores.detach())
 
-    def relax(self, scores: Tensor, tau: float = 1.0, **options: Any) -> Tensor:
+    def relax(
+        self, scores: Tensor, tau: float = 1.0, *, mask: Tensor | None = None, **options: Any
+    ) -> Tensor:
         """A differentiable point of the convex hull that tends to ``argmax(scores)`` as tau -> 0.
 
         Args:
             scores: ``(*batch, *event)`` floating tensor.
             tau: temperature > 0 (a float or a schedule).
+            mask: optional bool tensor broadcastable to ``scores``, True = allowed; the same as
+                ``scores.masked_fill(~mask, -inf)``. Entries that are masked (or ``-inf``) get exactly
+                zero mass and zero gradient; a mask that leaves some batch entry no solution is a
+                ``ValueError`` naming it (a value check).
             **options: structure-specific choices (``relax_option_names``), e.g.
                 ``regularizer="sparsemax"``; an unknown one is a ``TypeError``.
 
@@ -242,7 +361,7 @@ class Structure:
             ``(*batch, *event)`` tensor, differentiable in ``scores``, in the dtype of ``scores``
             (float16/bfloat16 scores are computed in float32 and the result cast back).
         """
-        tau_value = self.check_scores_and_tau(scores, tau)
+        scores, tau_value = self._prepare(scores, mask, tau=tau)
         if not self.supports("relax"):
             self._raise_unsupported("relax")
             raise NotImplementedError(f"{type(self).__name__} does not implement relax")
@@ -252,14 +371,19 @@ class Structure:
             return self._relax(scores, tau_value, **options)
         return self._relax(scores.to(work), tau_value, **options).to(scores.dtype)
 
-    def log_partition(self, scores: Tensor, tau: float = 1.0) -> Tensor:
+    def log_partition(
+        self, scores: Tensor, tau: float = 1.0, *, mask: Tensor | None = None
+    ) -> Tensor:
         """``log sum_x exp(<scores, x> / tau)`` over every hard solution x; shape ``(*batch,)``.
+
+        ``mask`` (True = allowed, as for :meth:`argmax`) restricts the sum to the solutions
+        that use allowed entries only; masked entries get exactly zero gradient.
 
         For float16/bfloat16 scores the result is **float32** (computed in float32 and not cast
         back: a log-partition easily exceeds float16's largest value, 65504, and would otherwise
         be a silent inf); for other dtypes it has the scores' dtype.
         """
-        tau_value = self.check_scores_and_tau(scores, tau)
+        scores, tau_value = self._prepare(scores, mask, tau=tau)
         self._raise_unsupported("log_partition")
         return self._log_partition(scores.to(compute_dtype(scores.dtype)), tau_value)
 
@@ -374,7 +498,9 @@ class Structure:
         and ``x[j, i]`` reach ``scores[i, j]``.
         """
         mask = self.active_mask(self.event_shape(scores), scores.device)
-        return scores if mask is None else scores * mask
+        if mask is None:
+            return scores
+        return torch.where(mask, scores, torch.zeros((), dtype=scores.dtype))  # no -inf * 0
 
     # --- optional fused capabilities (None: callers use the generic composition) --------------
     # Named for what they compute, so that no structure names an estimator.

@@ -336,6 +336,9 @@ class OneHot(Structure):
             return (items == index).to(scores.dtype)
         return torch.zeros_like(scores).scatter_(-1, index, 1.0)
 
+    def _infeasible_reason(self) -> str:
+        return "a row with no allowed item"
+
     def _relax(self, scores: Tensor, tau: float, regularizer: str = "entropy") -> Tensor:
         if regularizer not in _REGULARIZERS:
             raise ValueError(f"regularizer must be one of {_REGULARIZERS}, got {regularizer!r}")
@@ -352,7 +355,9 @@ class OneHot(Structure):
 
     def _perturb_log_prob(self, scores: Tensor, x: Tensor) -> Tensor:
         work = compute_dtype(scores.dtype)
-        return (torch.log_softmax(scores.to(work), dim=-1) * x.to(work)).sum(-1)
+        # where, not a product: masked items have log-probability -inf and x = 0 there.
+        log_p = torch.log_softmax(scores.to(work), dim=-1)
+        return torch.where(x != 0, log_p, torch.zeros((), dtype=work)).sum(-1)
 
     def _conditional_gumbel(
         self, scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None

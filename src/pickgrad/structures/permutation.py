@@ -11,6 +11,7 @@ from torch import Tensor
 
 from pickgrad._validation import check_positive_int, compute_dtype
 from pickgrad.structures._assignment import solve_assignment
+from pickgrad.structures._masks import fill_masked
 from pickgrad.structures._sinkhorn import DEFAULT_MAX_ITER, MIN_TOL, sinkhorn
 from pickgrad.structures.base import Structure
 
@@ -146,7 +147,11 @@ class Permutation(Structure):
             )
 
     def _argmax(self, scores: Tensor) -> Tensor:
-        return solve_assignment(scores)
+        filled, _ = fill_masked(scores, lambda spread: (scores.shape[-2] + 1) * spread + 1)
+        return solve_assignment(filled)
+
+    def _infeasible_reason(self) -> str:
+        return "no matching of every row to a distinct allowed column"
 
     def _relax(
         self,

@@ -161,7 +161,7 @@ class SpanningTree(TreeStructure):
     def _matrix_argmax(self, scores: Tensor, lengths: Tensor | None) -> Tensor:
         n = scores.shape[-1]
         batch = scores.shape[:-2]
-        flat = _symmetric(scores.reshape(-1, n, n))
+        flat = _symmetric(self._solver_scores(scores.reshape(-1, n, n)))
         nodes = node_mask(lengths, tuple(batch), n, scores.device).reshape(-1, n)
         parents = max_spanning_tree_parents(flat, nodes)
         arcs = parents_to_adjacency(parents, scores.dtype)
@@ -180,8 +180,8 @@ class SpanningTree(TreeStructure):
         return self._matrix_relax(scores, tau, lengths)
 
     def _matrix_relax(self, scores: Tensor, tau: float, lengths: Tensor | None) -> Tensor:
-        arcs = self._arcs(scores, lengths)
         work = _symmetric(scores.to(marginal_dtype(scores.dtype)))
+        arcs = self._allowed_arcs(work, lengths)
         # Spanning trees are the arborescences rooted at 0 of the symmetric digraph: an edge's
         # marginal is the sum of its two arcs'.
         marginals = arc_marginals(work, arcs, 0, tau)
@@ -192,7 +192,7 @@ class SpanningTree(TreeStructure):
         scores = self._to_matrix(scores)
         z = _symmetric(scores.to(WORK_DTYPE)) / tau
         return arborescence_log_partition(
-            z, self._arcs(scores, lengths).expand(z.shape), root=0
+            z, self._allowed_arcs(z, lengths).expand(z.shape), root=0
         ).to(scores.dtype)
 
     def conditional_gumbel(

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from pickgrad._validation import compute_dtype
 from pickgrad.noise import sample_gumbel
+from pickgrad.structures._masks import fill_masked
 from pickgrad.structures._subset_marginals import subset_log_partition, subset_marginals
 from pickgrad.structures.base import Structure
 
@@ -277,6 +278,9 @@ def subset_conditional_gumbel(
     """
     work = torch.float64 if scores.dtype == torch.float64 else torch.float32
     s = scores.to(work)
+    # Masked (-inf) items: drawn as items so far below every other (exp(-1000) is 0 in both
+    # work dtypes) that they never bind, then given the noise -inf (their utility is -inf).
+    s, masked = fill_masked(s, lambda spread: spread + 1000.0, dims=(-1,))
     chosen = x.to(torch.bool)
     shape = (n_draws, *s.shape)
     if bool(chosen.all()):
@@ -308,6 +312,7 @@ def subset_conditional_gumbel(
     below = torch.where(is_winner, v.expand(shape), -torch.logaddexp(-v, -(s + gumbel)))
     utilities = torch.where(chosen, above, below)
     noise = (utilities - s).to(scores.dtype)
+    noise = noise.masked_fill(masked, -math.inf)
     # Where a condition is very unlikely, chosen utilities sit within a few ulps of v, and
     # rounding ``scores + noise`` in the output dtype can undo the order. Move such noise up an
     # ulp at a time until every chosen perturbed score is strictly above every unchosen one
@@ -450,6 +455,9 @@ class Subset(Structure):
         else:
             x = capped_simplex_projection(z, k)
         return x.to(scores.dtype)
+
+    def _infeasible_reason(self) -> str:
+        return f"fewer than k={self.k} allowed items"
 
     def _conditional_gumbel(
         self, scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None
