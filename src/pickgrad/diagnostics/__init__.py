@@ -1,6 +1,7 @@
 """Gradient diagnostics: exact gradients, bias/variance reports, and the estimator advisor."""
 
 from pickgrad.diagnostics.exact import ExactGradient, exact_gradient
+from pickgrad.diagnostics.monitor import GradientMonitor
 from pickgrad.diagnostics.problems import PROBLEMS, Problem, load_problem
 from pickgrad.diagnostics.report import (
     DiagnosticReport,
@@ -14,6 +15,7 @@ __all__ = [
     "DiagnosticReport",
     "EstimatorStats",
     "ExactGradient",
+    "GradientMonitor",
     "Problem",
     "Recommendation",
     "diagnose",
