@@ -19,6 +19,7 @@ from pickgrad.experiments.estimators import resolve_estimator
 from pickgrad.experiments.listops import ListOpsModel, arc_sums
 from pickgrad.experiments.listops_data import generate_split
 from pickgrad.experiments.listops_model import MASK_SCORE, allowed_arcs, orient_from_root
+from pickgrad.experiments.loop import MONITOR_CSV
 
 EXPERIMENT = get_experiment("listops")
 
@@ -146,6 +147,13 @@ def test_quick_run_through_the_command(tmp_path: Path, capsys: pytest.CaptureFix
     assert "| arborescence | st-gumbel | 1 |" in (out / "results.md").read_text()
     for picture in ("learning_curves.png", "parses.png"):
         assert (out / picture).read_bytes()[:4] == b"\x89PNG"
+    for run in results["runs"]:
+        csv_path = out / "runs" / f"{run['method']}__{run['estimator']}__seed0" / MONITOR_CSV
+        if run["method"] == "lstm":  # nothing drawn: not monitored
+            assert run["monitor"] == [] and csv_path.read_text().count("\n") == 1
+        else:
+            steps = [int(line.split(",")[0]) for line in csv_path.read_text().splitlines()[1:]]
+            assert steps == [1, 3, 6] == [r["step"] for r in run["monitor"]]
 
 
 def test_killed_run_resumes_bit_identically(tmp_path: Path) -> None:
@@ -168,6 +176,8 @@ def test_killed_run_resumes_bit_identically(tmp_path: Path) -> None:
     resumed = run_experiment(EXPERIMENT, config, tmp_path / "cut", cache_dir=cache, resume=True)
     (a,), (b,) = full["runs"], resumed["runs"]
     assert a["curve"] == b["curve"] and a["test"] == b["test"] and a["best_step"] == b["best_step"]
+    assert [r["step"] for r in a["monitor"]] == [r["step"] for r in b["monitor"]] == [1, 3, 6]
+    assert [r["snr"] for r in a["monitor"]] == [r["snr"] for r in b["monitor"]]
 
 
 def test_bad_method_is_refused() -> None:

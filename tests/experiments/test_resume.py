@@ -49,12 +49,19 @@ def _stop_once(at: int, action: Any) -> Any:
     return hook
 
 
+def _no_time(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
 def _assert_same_runs(a: dict[str, Any], b: dict[str, Any], folder_a: Path, folder_b: Path) -> None:
     assert len(a["runs"]) == len(b["runs"]) == 2
     for run_a, run_b in zip(a["runs"], b["runs"], strict=True):
         assert run_a["curve"] == run_b["curve"]  # every float, exactly
         assert run_a["test"] == run_b["test"] and run_a["valid"] == run_b["valid"]
         assert run_a["best_step"] == run_b["best_step"]
+        # The monitor measures the same numbers at the same steps (not its wall time).
+        assert [_no_time(r) for r in run_a["monitor"]] == [_no_time(r) for r in run_b["monitor"]]
+        assert [r["step"] for r in run_a["monitor"]] == [1, 10, 20]
     for model_a in sorted(folder_a.glob("runs/*/model.pt")):
         state_a = torch.load(model_a, weights_only=True)
         state_b = torch.load(folder_b / model_a.relative_to(folder_a), weights_only=True)

@@ -15,6 +15,7 @@ from typing import ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from pickgrad.diagnostics.monitor import GradientProbe
 from pickgrad.experiments.config import TrainingConfig
 from pickgrad.experiments.estimators import EstimatorChoice
 from pickgrad.structures.base import Structure
@@ -61,6 +62,32 @@ class ExperimentModel(nn.Module, ABC):
     def evaluation_sums(self, batch: Batch) -> dict[str, Tensor]:
         """Sums over the batch of per-example evaluation metrics (hard ``argmax`` structures),
         with ``"count"``: the runner adds them over batches and processes and divides."""
+
+    def monitor_probe(self, batch: Batch) -> GradientProbe | None:
+        """What :class:`~pickgrad.diagnostics.GradientMonitor` needs to redraw this batch's
+        gradient with respect to its scores; None (the default) means "not monitored".
+
+        The runner's loop calls it (only on the main process, only at the monitored steps,
+        after the step's own backward and before the optimiser step, with the step's batch cut
+        to its first ``config.monitor_examples`` examples) and the monitor takes a few extra
+        draws from the probe. An experiment provides it cheaply:
+
+        * ``scores``: the structure's scores of ``batch``, computed under ``torch.no_grad()``
+          (the monitor differentiates with respect to them only, never into the encoder);
+        * ``loss_fn``: maps samples ``(n, *scores.shape)`` of the structure to the training
+          loss of each sample, ``(n,)`` or ``(n, *batch)`` (the loss that ``forward``
+          differentiates, its structure-independent terms such as a KL of the scores left
+          out: they do not depend on the sample); it may run the downstream network with its
+          current parameters, but must not change any state (no running statistics, no
+          randomness from torch's global generator);
+        * ``structure``, ``estimator`` (the run's object, ``self.estimator.estimator``; the
+          monitor copies it), ``tau``, ``n_samples`` (the ``n_samples`` training uses, 1 for an
+          estimator trained through ``pickgrad.select``), and ``baseline_values`` for a learned
+          baseline (NVIL), computed from the input as in ``forward``.
+
+        A model without a latent structure (a plain LSTM) keeps the default.
+        """
+        return None
 
 
 class Experiment(ABC):

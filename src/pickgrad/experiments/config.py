@@ -13,12 +13,24 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pickgrad.diagnostics.monitor import DEFAULT_EVERY
+
 __all__ = ["TrainingConfig", "config_digest", "config_to_dict"]
 
 # Fields that do not change what one run computes: the grid of runs, where it runs, how often it
 # reports. Two configs equal on every other field give the same run.
 _NOT_IN_DIGEST = frozenset(
-    {"seeds", "methods", "estimators", "device", "threads", "progress", "checkpoint_every"}
+    {
+        "seeds",
+        "methods",
+        "estimators",
+        "device",
+        "threads",
+        "progress",
+        "checkpoint_every",
+        "monitor_every",
+        "monitor_examples",
+    }
 )
 
 
@@ -44,6 +56,11 @@ class TrainingConfig:
         device: ``cpu``, ``cuda`` or ``cuda:K``.
         threads: torch intra-op threads (0 keeps torch's default).
         progress: show a progress bar.
+        monitor_every: steps between gradient measurements of
+            :class:`~pickgrad.diagnostics.GradientMonitor` (also at step 1; 0: off). It only
+            observes: the run computes the same with it on or off.
+        monitor_examples: the monitor measures on the first this many examples of the batch
+            (its SNR does not grow with the batch size; see the monitor's docstring).
     """
 
     steps: int = 1000
@@ -60,6 +77,8 @@ class TrainingConfig:
     device: str = "cpu"
     threads: int = 1
     progress: bool = True
+    monitor_every: int = DEFAULT_EVERY
+    monitor_examples: int = 8
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -69,7 +88,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         >>> config_to_dict(TrainingConfig(steps=3))["steps"]
         3
     """
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(config)))
+    return data
 
 
 def config_digest(config: Any, **run: Any) -> str:

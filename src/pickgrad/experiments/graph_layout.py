@@ -45,6 +45,7 @@ score-function steps with 4 samples about 210 ms), so about 4 hours on its two c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -53,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 import pickgrad
+from pickgrad.diagnostics.monitor import GradientProbe
 from pickgrad.experiments.base import (
     Batch,
     Experiment,
@@ -170,7 +172,7 @@ class GraphLayoutModel(ExperimentModel):
 
     def scores(self, trajectories: Tensor) -> Tensor:
         """Encoder scores: ``(B, m)``, or ``(B, m, 2)`` (off, on) for ``independent``."""
-        scores = self.encoder(trajectories)
+        scores: Tensor = self.encoder(trajectories)
         return scores if self.method == "independent" else scores[..., 0]
 
     def edges(self, drawn: Tensor) -> Tensor:
@@ -183,9 +185,38 @@ class GraphLayoutModel(ExperimentModel):
 
     def reconstruction(self, trajectories: Tensor, edges: Tensor) -> Tensor:
         """``sum (x_hat - x)^2 / (2 var)`` over vertices, frames 1..T-1 and coordinates: ``(B,)``."""
-        predicted = self.decoder(trajectories, edges, rollout=self.config.rollout)
+        predicted: Tensor = self.decoder(trajectories, edges, rollout=self.config.rollout)
         error = (predicted - trajectories[:, :, 1:]).square().sum((1, 2, 3))
         return error / (2.0 * self.config.variance)
+
+    def sample_loss(self, trajectories: Tensor) -> Callable[[Tensor], Tensor]:
+        """The reconstruction term of each drawn graph: samples ``(S, B, m)`` (``(S, B, m, 2)``
+        for ``independent``) -> losses ``(S, B)``."""
+        n = self.config.vertices
+
+        def loss_fn(samples: Tensor) -> Tensor:
+            count = samples.shape[0]
+            edges = self.edges(samples).reshape(-1, self.pairs)
+            repeated = trajectories.repeat(count, 1, 1, 1)
+            return (self.reconstruction(repeated, edges) / n).reshape(count, -1)
+
+        return loss_fn
+
+    def monitor_probe(self, batch: Batch) -> GradientProbe:
+        """The scores of ``batch`` and the reconstruction term of a drawn graph (the KL term
+        does not depend on the sample), for :class:`~pickgrad.diagnostics.GradientMonitor`."""
+        trajectories = batch[0]
+        with torch.no_grad():
+            scores = self.scores(trajectories)
+            baseline = (
+                None if self.baseline is None else self.baseline(trajectories.flatten(1))[:, 0]
+            )
+        return GradientProbe(
+            scores, self.sample_loss(trajectories), self.structure, self.estimator.estimator,
+            tau=self.config.tau,
+            n_samples=self.config.n_samples if self.estimator.needs_loss else 1,
+            baseline_values=baseline,
+        )  # fmt: skip
 
     def forward(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         trajectories = batch[0]
@@ -193,13 +224,7 @@ class GraphLayoutModel(ExperimentModel):
         scores = self.scores(trajectories)
         kl = gumbel_kl(scores).flatten(1).sum(1) / n
         if self.estimator.needs_loss:
-
-            def loss_fn(samples: Tensor) -> Tensor:
-                count = samples.shape[0]
-                edges = self.edges(samples).reshape(-1, self.pairs)
-                repeated = trajectories.repeat(count, 1, 1, 1)
-                return (self.reconstruction(repeated, edges) / n).reshape(count, -1)
-
+            loss_fn = self.sample_loss(trajectories)
             options = {}
             if self.baseline is not None:
                 options["baseline_values"] = self.baseline(trajectories.flatten(1))[:, 0]
@@ -271,7 +296,7 @@ class GraphLayout(Experiment):
         return GraphLayoutConfig(
             steps=20, batch_size=32, seeds=(0,), eval_every=10, checkpoint_every=10,
             train_size=512, valid_size=128, test_size=128, encoder_hidden=16,
-            decoder_hidden=16, decoder_channels=4,
+            decoder_hidden=16, decoder_channels=4, monitor_every=10,
         )  # fmt: skip
 
     def structure(self, config: TrainingConfig, method: str) -> Structure:

@@ -31,6 +31,7 @@ of a step).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import pickgrad
+from pickgrad.diagnostics.monitor import GradientProbe
 from pickgrad.experiments.base import (
     Batch,
     Experiment,
@@ -172,6 +174,38 @@ class ListOpsModel(ExperimentModel):
         graph[..., :, 1:] = drawn.transpose(-1, -2)
         return graph
 
+    def sample_loss(
+        self, states: Tensor, lengths: Tensor, values: Tensor
+    ) -> Callable[[Tensor], Tensor]:
+        """The cross-entropy of the value for each drawn graph: samples ``(S, *scores.shape)``
+        -> losses ``(S, B)``."""
+
+        def loss_fn(samples: Tensor) -> Tensor:
+            logits = self.network.logits(states, lengths, self.graph(samples))
+            count = samples.shape[0]
+            return F.cross_entropy(
+                logits.flatten(0, 1), values.repeat(count), reduction="none"
+            ).reshape(count, -1)
+
+        return loss_fn
+
+    def monitor_probe(self, batch: Batch) -> GradientProbe | None:
+        """The arc scores of ``batch`` and the cross-entropy of a drawn graph, for
+        :class:`~pickgrad.diagnostics.GradientMonitor` (None for ``lstm``: nothing is drawn)."""
+        if self.method == "lstm":
+            return None
+        tokens, lengths, values, _ = self._inputs(batch)
+        with torch.no_grad():
+            states = self.network.encode(tokens, lengths)
+            scores = self.scores(states, lengths)
+            baseline = None if self.baseline is None else self.baseline(states[:, 0])[:, 0]
+        return GradientProbe(
+            scores, self.sample_loss(states, lengths, values), self.structure,
+            self.estimator.estimator, tau=self.config.tau,
+            n_samples=self.config.n_samples if self.estimator.needs_loss else 1,
+            baseline_values=baseline,
+        )  # fmt: skip
+
     def forward(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         tokens, lengths, values, _ = self._inputs(batch)
         states = self.network.encode(tokens, lengths)
@@ -182,14 +216,7 @@ class ListOpsModel(ExperimentModel):
         else:
             scores = self.scores(states, lengths)
             if self.estimator.needs_loss:
-
-                def loss_fn(samples: Tensor) -> Tensor:
-                    logits = self.network.logits(states, lengths, self.graph(samples))
-                    count = samples.shape[0]
-                    return F.cross_entropy(
-                        logits.flatten(0, 1), values.repeat(count), reduction="none"
-                    ).reshape(count, -1)
-
+                loss_fn = self.sample_loss(states, lengths, values)
                 options = {}
                 if self.baseline is not None:
                     options["baseline_values"] = self.baseline(states[:, 0].detach())[:, 0]
@@ -266,7 +293,7 @@ class ListOps(Experiment):
         return ListOpsConfig(
             steps=6, batch_size=16, seeds=(0,), eval_every=3, checkpoint_every=3,
             train_size=128, valid_size=32, test_size=32, hidden=16, arc_hidden=8, rounds=2,
-            n_samples=2,
+            n_samples=2, monitor_every=3,
         )  # fmt: skip
 
     def structure(self, config: TrainingConfig, method: str) -> Structure:

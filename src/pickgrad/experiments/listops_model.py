@@ -136,7 +136,7 @@ class ListOpsNetwork(nn.Module):
     def arc_scores(self, states: Tensor, lengths: Tensor) -> Tensor:
         """Biaffine ``s[i, j] = h_i^T W d_j + u^T h_i``, masked to ``allowed_arcs``."""
         head, dependent = self.head(states), self.dependent(states)
-        scores = head @ self.biaffine @ dependent.transpose(-1, -2) + self.head_bias(head)
+        scores: Tensor = head @ self.biaffine @ dependent.transpose(-1, -2) + self.head_bias(head)
         allowed = allowed_arcs(lengths, states.shape[1])
         return scores.masked_fill(~allowed, MASK_SCORE)
 
@@ -145,7 +145,8 @@ class ListOpsNetwork(nn.Module):
         real = torch.arange(states.shape[1], device=states.device) < lengths[:, None]
         real = real.to(states.dtype)[..., None]  # (B, n, 1)
         if graph is None:
-            return self.readout(states[..., 0, :])
+            root: Tensor = self.readout(states[..., 0, :])
+            return root
         h = states.expand(*graph.shape[:-3], *states.shape)
         for _ in range(self.rounds):
             # graph[i, j]: arc i -> j. Children tell parents (rows), parents tell children.
@@ -153,4 +154,5 @@ class ListOpsNetwork(nn.Module):
             from_parents = graph.transpose(-1, -2) @ (self.to_child(h) * real)
             message = torch.cat([h, from_children, from_parents], -1)
             h = self.norm(h + self.update(message)) * real
-        return self.readout(h[..., 0, :])
+        out: Tensor = self.readout(h[..., 0, :])
+        return out

@@ -7,6 +7,13 @@ process's own shards), and the estimator's floating-point state (running baselin
 over shards, so one process with N shards computes what N processes do. Validation every
 ``eval_every`` steps keeps the best model by ``selection_metric``; the test split is evaluated at
 that best checkpoint.
+
+With ``config.monitor_every > 0`` the main process's
+:class:`~pickgrad.diagnostics.GradientMonitor` measures the estimator's gradient SNR and bias at
+step 1 and every ``monitor_every`` steps, on the last shard's batch (its first
+``monitor_examples`` examples) through the model's ``monitor_probe``, after that step's backward
+and before the optimiser step; rows go to ``gradient_monitor.csv`` in the run folder. It has its
+own generator and touches no training state, so a run computes the same with it on or off.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from pickgrad.diagnostics.monitor import GradientMonitor
 from pickgrad.experiments.base import Experiment, ExperimentData
 from pickgrad.experiments.checkpoints import load_checkpoint, save_checkpoint
 from pickgrad.experiments.config import TrainingConfig, config_digest
@@ -37,7 +45,10 @@ from pickgrad.experiments.eval import evaluate
 from pickgrad.experiments.seeding import derived_seed, shard_generator
 from pickgrad.experiments.torchrun import DistributedContext
 
-__all__ = ["Interrupted", "RunSpec", "StopFlag", "train_run"]
+__all__ = ["MONITOR_CSV", "Interrupted", "RunSpec", "StopFlag", "train_run"]
+
+#: The gradient monitor's CSV in each run folder.
+MONITOR_CSV = "gradient_monitor.csv"
 
 
 @dataclass(frozen=True)
@@ -80,8 +91,8 @@ class StopFlag:
             self.signals.append(signum)
 
         try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, handler)
+            for caught in (signal.SIGINT, signal.SIGTERM):
+                previous[caught] = signal.signal(caught, handler)
         except ValueError:  # not the main thread: no handlers, Ctrl-C behaves as usual
             pass
         try:
@@ -155,6 +166,7 @@ def train_run(
     train_split = tuple(t.to(device) for t in data.train)
 
     step, curve, best, skipped = 0, [], None, 0
+    resumed_at: int | None = None
     log_sums: dict[str, Tensor] = {}
     log_count = 0
     checkpoint_path = folder / "checkpoint.pt"
@@ -167,6 +179,13 @@ def train_run(
             generators[s].set_state(saved["generators"][s])
         step, curve, best, skipped = saved["step"], saved["curve"], saved["best"], saved["skipped"]
         log_sums, log_count = saved["log_sums"], saved["log_count"]
+        resumed_at = step
+    monitor = None
+    if config.monitor_every > 0 and context.is_main:
+        monitor = GradientMonitor(
+            folder / MONITOR_CSV, every=config.monitor_every, seed=derived_seed(spec.seed, "monitor"),
+            label=spec.estimator, keep_until=resumed_at,
+        )  # fmt: skip
 
     def save() -> None:
         states = {s: g.get_state() for s, g in generators.items()}
@@ -209,8 +228,8 @@ def train_run(
                 sync = (
                     contextlib.nullcontext()
                     if last or not context.distributed
-                    else trained.no_sync()
-                )  # type: ignore[operator]
+                    else trained.no_sync()  # type: ignore[operator]
+                )
                 with sync:
                     loss, logs = trained(batch, generators[shard])
                     (loss / len(local_shards)).backward()
@@ -218,6 +237,11 @@ def train_run(
                 for key, value in logs.items():
                     log_sums[key] = log_sums.get(key, 0.0) + value.detach().double().cpu()
                 log_count += 1
+            if monitor is not None and monitor.due(step + 1):
+                examples = config.monitor_examples
+                probe = model.monitor_probe(tuple(t[:examples] for t in batch))
+                if probe is not None:
+                    monitor.measure(step + 1, probe)
             load_estimator_state(choice.estimator, _average_states(after, context))
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
             if torch.isfinite(norm):
@@ -251,6 +275,8 @@ def train_run(
     finally:
         if bar is not None:
             bar.close()
+        if monitor is not None:
+            monitor.close()
     wall = time.perf_counter() - started
     assert best is not None  # the last step always evaluates
     model.load_state_dict(best["model"])
@@ -266,11 +292,17 @@ def train_run(
         "curve": curve,
         "wall_s": wall,
         "steps_per_s": (step - first_step) / wall if wall > 0 else None,
+        "monitor": [] if monitor is None else [_json_row(asdict(r)) for r in monitor.records],
     }
     if context.is_main:
         torch.save(best["model"], folder / "model.pt")
         (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A monitor row for strict JSON: non-finite figures (inf SNR, NaN bias) become None."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def _progress(config: TrainingConfig, spec: RunSpec, step: int, context: DistributedContext) -> Any:

@@ -83,7 +83,8 @@ class PairwiseMLP(nn.Module):
         pre = summed + self.diff_mix(diff.abs())
         if self.edge_proj is not None and edges is not None:
             pre = pre + self.edge_proj(edges)
-        return self.head(pre)
+        out: Tensor = self.head(pre)
+        return out
 
 
 class TrajectoryEncoder(nn.Module):
@@ -98,6 +99,10 @@ class TrajectoryEncoder(nn.Module):
         >>> enc(torch.randn(2, 4, 3, 2)).shape
         torch.Size([2, 6, 1])
     """
+
+    both: Tensor
+    signed: Tensor
+    incidence_mean: Tensor
 
     def __init__(self, n: int, frames: int, hidden: int, out: int) -> None:
         super().__init__()
@@ -115,7 +120,8 @@ class TrajectoryEncoder(nn.Module):
         nodes = self.node_in(trajectories.reshape(batch, n, -1))
         edges = self.pair_in(nodes, self.both, self.signed)
         nodes = self.node_mid(torch.matmul(self.incidence_mean, edges))
-        return self.pair_out(nodes, self.both, self.signed, edges)
+        scores: Tensor = self.pair_out(nodes, self.both, self.signed, edges)
+        return scores
 
 
 class ForceDecoder(nn.Module):
@@ -139,6 +145,9 @@ class ForceDecoder(nn.Module):
         >>> dec(x, torch.rand(2, 6), rollout=2).shape
         torch.Size([2, 4, 4, 2])
     """
+
+    signed: Tensor
+    incidence: Tensor
 
     def __init__(
         self, n: int, hidden: int, channels: int, messages: str, *, rescale: bool = False
@@ -173,7 +182,7 @@ class ForceDecoder(nn.Module):
         forces = torch.matmul(self.incidence, messages.reshape(batch, -1, 2 * self.channels))
         local = torch.cat([positions, forces], -1)  # (B', n, 2 + 2C)
         context = local.mean(1, keepdim=True).expand(-1, n, -1)
-        moved = positions + self.update(torch.cat([local, context], -1))
+        moved: Tensor = positions + self.update(torch.cat([local, context], -1))
         if not self.rescale:
             return moved
         centred = moved - moved.mean(1, keepdim=True)

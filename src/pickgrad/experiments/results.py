@@ -20,7 +20,14 @@ import torch
 import pickgrad
 from pickgrad.experiments.eval import summarise_runs
 
-__all__ = ["environment", "markdown_table", "plot_learning_curves", "summarise", "write_results"]
+__all__ = [
+    "MONITOR_PANELS",
+    "environment",
+    "markdown_table",
+    "plot_learning_curves",
+    "summarise",
+    "write_results",
+]
 
 
 def environment(command: str | None = None) -> dict[str, Any]:
@@ -110,28 +117,57 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+#: Monitor figures drawn beside the learning curves: record field -> axis label, log scale.
+MONITOR_PANELS = {
+    "snr": ("gradient SNR of one draw (monitor)", True),
+    "cosine": ("cos(mean gradient, reference) (monitor)", False),
+}
+
+
+def _monitor_points(run: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
+    rows = [r for r in run.get("monitor") or [] if r.get(key) is not None]
+    return [r["step"] for r in rows], [float(r[key]) for r in rows]
+
+
 def plot_learning_curves(
     runs: list[dict[str, Any]], keys: tuple[str, ...], path: Path, *, title: str
 ) -> None:
-    """Validation curves, one panel per key, one colour per method x estimator (thin: each seed)."""
+    """Validation curves, one panel per key, one colour per method x estimator (thin: each seed).
+
+    Runs measured by the gradient monitor (a ``"monitor"`` list in the run's result) get extra
+    panels beside the curves, in the same colours: the monitored SNR (log scale; an infinite
+    SNR, a deterministic gradient, is not drawn) and, where a reference gradient was measured,
+    the cosine of the mean gradient with it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels: list[tuple[str, bool]] = [(key, False) for key in keys]
+    panels += [
+        (key, True) for key in MONITOR_PANELS if any(_monitor_points(r, key)[0] for r in runs)
+    ]
     labels = sorted({(r["method"], r["estimator"]) for r in runs})
     colours = plt.get_cmap("tab20")
-    figure, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
-    for axis, key in zip(axes[0], keys, strict=True):
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for axis, (key, monitored) in zip(axes[0], panels, strict=True):
         for index, label in enumerate(labels):
             colour = colours(index % 20)
             for n, run in enumerate(r for r in runs if (r["method"], r["estimator"]) == label):
-                steps = [p["step"] for p in run["curve"]]
-                values = [p[key] for p in run["curve"]]
+                if monitored:
+                    steps, values = _monitor_points(run, key)
+                    style = {"marker": "o", "markersize": 3}
+                else:
+                    steps = [p["step"] for p in run["curve"]]
+                    values = [p[key] for p in run["curve"]]
+                    style = {}
                 axis.plot(steps, values, color=colour, lw=1.2, alpha=0.8,
-                          label=" / ".join(label) if n == 0 else None)  # fmt: skip
+                          label=" / ".join(label) if n == 0 else None, **style)  # fmt: skip
         axis.set_xlabel("step")
-        axis.set_ylabel(key)
+        axis.set_ylabel(MONITOR_PANELS[key][0] if monitored else key)
+        if monitored and MONITOR_PANELS[key][1] and axis.has_data():
+            axis.set_yscale("symlog", linthresh=1e-3)
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     figure.suptitle(title)
