@@ -83,3 +83,9 @@ def test_quick_run_monitors_every_run(tmp_path: Path, capsys: pytest.CaptureFixt
     (run_on,) = [r for r in results["runs"] if r["estimator"] == "st-gumbel"]
     assert run_off["monitor"] == [] and run_off["curve"] == run_on["curve"]
     assert run_off["test"] == run_on["test"]
+    # The picture gains two panels (SNR, cosine) beside the two validation curves.
+    assert _png_width(out / "learning_curves.png") == 2 * _png_width(off / "learning_curves.png")
+
+
+def _png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
