@@ -116,3 +116,32 @@ def test_bad_arguments() -> None:
         PerturbAndMAP(torch.randn(4), "onehot")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="floating"):
         PerturbAndMAP(torch.arange(4), pickgrad.OneHot())
+
+
+# --- masks --------------------------------------------------------------------------------------
+
+
+def test_masked_law_is_the_categorical_of_the_allowed_items() -> None:
+    scores = torch.tensor([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]], requires_grad=True)
+    mask = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    law = PerturbAndMAP(scores, pickgrad.OneHot(), mask=mask)
+    reference = torch.distributions.OneHotCategorical(
+        logits=scores.detach().masked_fill(~mask, -math.inf)
+    )
+    torch.testing.assert_close(law.mean, reference.probs)
+    torch.testing.assert_close(law.entropy(), reference.entropy())
+    samples = law.sample((200,), generator=torch.Generator().manual_seed(0))
+    assert bool((samples[:, ~mask] == 0).all())
+    (law.entropy().sum() + law.mean[:, 0].sum()).backward()
+    assert scores.grad is not None and bool(torch.isfinite(scores.grad).all())
+    assert bool((scores.grad[~mask] == 0).all())
+    # -inf scores are the same law
+    same = PerturbAndMAP(scores.detach().masked_fill(~mask, -math.inf), pickgrad.OneHot())
+    torch.testing.assert_close(same.entropy(), law.entropy())
+    x = law.rsample(estimator="st-gumbel", generator=torch.Generator().manual_seed(1))
+    assert bool((x[~mask] == 0).all())
+
+
+def test_masked_law_refuses_an_infeasible_mask() -> None:
+    with pytest.raises(ValueError, match=r"mask leaves no feasible solution of Subset\(k=2\)"):
+        PerturbAndMAP(torch.zeros(3), pickgrad.Subset(2), mask=torch.tensor([True, False, False]))

@@ -18,6 +18,7 @@ What is exact:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -60,6 +61,10 @@ class PerturbAndMAP(Distribution):
     Args:
         scores: ``(*batch, *event)`` floating tensor, as the structure reads it.
         structure: what is chosen, e.g. ``pickgrad.Subset(3)``.
+        mask: optional bool tensor broadcastable to ``scores``, True = allowed: the law of the
+            structure restricted to the solutions avoiding masked entries (``scores`` then holds
+            ``-inf`` there, as it may hold itself); masked entries have probability 0, are
+            never sampled and get exactly zero gradient.
         validate_args: as in ``torch.distributions``: check arguments and, in ``log_prob``, that
             the value is a solution of the structure.
 
@@ -86,14 +91,19 @@ class PerturbAndMAP(Distribution):
     has_rsample = True
 
     def __init__(
-        self, scores: Tensor, structure: Structure, *, validate_args: bool | None = None
+        self,
+        scores: Tensor,
+        structure: Structure,
+        *,
+        mask: Tensor | None = None,
+        validate_args: bool | None = None,
     ) -> None:
         if not isinstance(structure, Structure):
             raise TypeError(
                 f"structure must be a pickgrad Structure such as pickgrad.OneHot(), got "
                 f"{type(structure).__name__}"
             )
-        structure.validate(scores)
+        scores = structure.mask_scores(scores, mask)
         self.scores = scores
         self.structure = structure
         cut = scores.dim() - structure.event_dims
@@ -193,7 +203,11 @@ class PerturbAndMAP(Distribution):
         """``-sum_x P(x) log P(x)``, shape ``batch_shape``, summed exactly over every solution."""
         self._require_closed_form("entropy")
         _, log_probs = self._enumerated_log_probs()
-        return -(log_probs.exp() * log_probs).nan_to_num(nan=0.0).sum(0)
+        # Impossible solutions (masked entries) add 0, with no NaN from 0 * -inf.
+        possible = log_probs > -math.inf
+        zero = torch.zeros((), dtype=log_probs.dtype, device=log_probs.device)
+        safe = torch.where(possible, log_probs, zero)
+        return -torch.where(possible, safe.exp() * safe, zero).sum(0)
 
     @property
     def mean(self) -> Tensor:

@@ -75,6 +75,10 @@ class Arborescence(TreeStructure):
     Matrix-Tree Theorem", EMNLP 2007; Paulus et al., "Gradient Estimation with Stochastic
     Softmax Tricks", NeurIPS 2020.
 
+    Masks: ``mask=`` (True = allowed) or ``-inf`` scores remove arcs, as for
+    :class:`SpanningTree`; no arborescence from the root in the allowed arcs is a
+    ``ValueError`` naming the graph (a value check).
+
     Example:
         >>> s = torch.tensor([[0.0, 1.0, 5.0], [0.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
         >>> Arborescence().argmax(s)  # 0 -> 2 -> 1

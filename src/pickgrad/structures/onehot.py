@@ -316,6 +316,10 @@ class OneHot(Structure):
       the backward pass): the same noise and gradients as the generic composition, with fewer
       passes and less memory.
 
+    Masks: ``mask=`` (True = allowed) on ``argmax``, ``relax`` and ``log_partition``, or ``-inf``
+    scores: masked items are never chosen, get probability exactly 0 and zero gradient; a row
+    with no allowed item is a ``ValueError`` (a value check).
+
     Example:
         >>> s = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
         >>> OneHot().argmax(s)

@@ -119,6 +119,13 @@ class Permutation(Structure):
     Entropy Regularized Transport Problems", 2019; Brauer et al., "A Sinkhorn-Newton method for
     entropic optimal transport", 2017.
 
+    Masks: ``mask=`` (True = allowed) or ``-inf`` scores forbid couplings: the argmax is the
+    best matching over allowed couplings (they are given finite scores far below every other,
+    which the exact solvers need); Sinkhorn solves with those scores and sets the masked
+    couplings to exactly 0 (moving the sums by about exp(-1500)), so they get zero mass and
+    zero gradient. No matching of every row to a distinct allowed column is a ``ValueError``
+    (a value check).
+
     Example:
         >>> s = torch.tensor([[1.0, 3.0, 0.0], [2.0, 2.5, 0.0]])
         >>> Permutation().argmax(s)

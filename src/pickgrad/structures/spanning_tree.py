@@ -86,6 +86,12 @@ class SpanningTree(TreeStructure):
     Reference: Paulus, Choi, Tarlow, Krause & Maddison, "Gradient Estimation with Stochastic
     Softmax Tricks", NeurIPS 2020 (spanning trees as a stochastic softmax trick).
 
+    Masks: ``mask=`` (True = allowed; for the matrix form only the strict upper triangle's
+    entries count) or ``-inf`` scores remove edges: the argmax, the matrix-tree marginals and
+    the log-partition are those of the allowed graph (masked edges have weight 0, marginal
+    exactly 0 and zero gradient); an allowed graph with no spanning tree (of the first
+    ``lengths[b]`` nodes) is a ``ValueError`` naming the graph (a value check).
+
     Example:
         >>> s = torch.tensor([[0.0, 3.0, 1.0], [0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
         >>> SpanningTree().argmax(s)

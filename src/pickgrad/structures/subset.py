@@ -371,6 +371,10 @@ class Subset(Structure):
     Tricks", 2020; the capped-simplex projection as in Wang & Lu, "Projection onto the capped
     simplex", 2015.
 
+    Masks: ``mask=`` (True = allowed) or ``-inf`` scores: masked items are never chosen and get
+    marginal exactly 0 and zero gradient (the exact marginals are those of the k-subsets of
+    the allowed items); fewer than k allowed items is a ``ValueError`` (a value check).
+
     Example:
         >>> s = torch.tensor([0.5, 2.0, -1.0, 1.0])
         >>> Subset(2).argmax(s)
