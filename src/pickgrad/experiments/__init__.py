@@ -8,16 +8,20 @@
 :mod:`~pickgrad.experiments.data_cache` (generated data cached with a checksum). An experiment
 subclasses :class:`Experiment` and registers itself with :func:`register_experiment`; today:
 ``graph-layout`` (latent spanning trees, :mod:`~pickgrad.experiments.graph_layout`) and
-``listops`` (latent parse arborescences, :mod:`~pickgrad.experiments.listops`).
+``listops`` (latent parse arborescences, :mod:`~pickgrad.experiments.listops`), ``l2x``
+(choosing k features to explain a label, :mod:`~pickgrad.experiments.l2x`) and ``vae``
+(discrete VAEs on binarised images, :mod:`~pickgrad.experiments.vae`).
 
 Example:
     >>> from pickgrad.experiments import available_experiments
     >>> sorted(available_experiments())
-    ['graph-layout', 'listops']
+    ['graph-layout', 'l2x', 'listops', 'vae']
 """
 
 from pickgrad.experiments import graph_layout as _graph_layout  # noqa: F401  (registers it)
+from pickgrad.experiments import l2x as _l2x  # noqa: F401  (registers it)
 from pickgrad.experiments import listops as _listops  # noqa: F401  (registers it)
+from pickgrad.experiments import vae as _vae  # noqa: F401  (registers it)
 from pickgrad.experiments.base import (
     Experiment,
     ExperimentData,
