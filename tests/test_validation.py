@@ -354,6 +354,38 @@ def test_no_tensor_value_is_read_with_validation_off(
     assert scores.grad is not None and scores.grad.shape == scores.shape
 
 
+# The trees' solvers read values on their own (Chu-Liu/Edmonds' stopping test, the marginals'
+# accuracy fallback), with or without a mask, so they are not listed here.
+MASKED_CASES = [(pickgrad.OneHot(), (3, 5)), (pickgrad.Subset(2), (3, 5))]
+
+
+@pytest.mark.parametrize("estimator", ["st", "st-gumbel", "gumbel-relaxed", "imle", "reinforce"])
+@pytest.mark.parametrize(("structure", "shape"), MASKED_CASES, ids=lambda c: repr(c))
+def test_a_mask_reads_no_tensor_value_with_validation_off(
+    estimator: str, structure: Structure, shape: tuple[int, ...]
+) -> None:
+    scores = torch.randn(*shape, requires_grad=True)
+    mask = torch.ones(shape, dtype=torch.bool)
+    mask[..., -1] = False
+    generator = torch.Generator().manual_seed(0)
+    with validation(False), _no_tensor_reads() as reached:
+        if type(pickgrad.get_estimator(estimator)).needs_loss:
+            out = pickgrad.estimate(
+                lambda x: x.sum(tuple(range(1, x.dim()))),
+                scores,
+                structure,
+                estimator,
+                n_samples=2,
+                generator=generator,
+                mask=mask,
+            )
+        else:
+            out = pickgrad.select(scores, structure, estimator, generator=generator, mask=mask)
+        out.sum().backward()
+    assert reached == []
+    assert scores.grad is not None and bool((scores.grad[~mask] == 0).all())
+
+
 @pytest.mark.parametrize("estimator", ONEHOT_ESTIMATORS)
 def test_nan_scores_still_raise_with_validation_on(estimator: str) -> None:
     scores = torch.randn(2, 5)
