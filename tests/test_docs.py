@@ -8,6 +8,7 @@ here too; mkdocs-material and mkdocstrings[python] are in the ``test`` extra.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -133,3 +134,18 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     reference = (tmp_path / "api" / "pickgrad" / "index.html").read_text()
     for function in ("pickgrad.select.select", "pickgrad.estimate", "pickgrad.diagnose"):
         assert f'id="{function}"' in reference, f"{function} is not in the API reference"
+
+
+def test_example_sections_become_examples_for_the_api_reference() -> None:
+    path = DOCS / "_griffe" / "doctest_examples.py"
+    spec = importlib.util.spec_from_file_location("doctest_examples", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plain = "Purpose.\n\nExample:\n    >>> 1 + 1\n    2"
+    assert module.rename_example_sections(plain) == plain.replace("Example:", "Examples:")
+    titled = "Example (a path through a grid,\n    right or down):\n    >>> 1\n    1"
+    assert module.rename_example_sections(titled).splitlines()[:2] == [
+        "Examples:",
+        "    a path through a grid, right or down:",
+    ]
