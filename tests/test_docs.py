@@ -76,6 +76,7 @@ def test_page_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.Monkey
     finally:
         pickgrad.set_validation(checks_before)
         torch.set_num_threads(threads_before)
+        torch._dynamo.reset()  # compiled examples leave no cache behind for other tests
 
 
 def _glossary_rows() -> list[list[str]]:
