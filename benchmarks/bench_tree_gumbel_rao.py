@@ -6,11 +6,16 @@ Run ``python benchmarks/bench_tree_gumbel_rao.py`` (``--quick`` for a seconds-lo
 * speed: ``pickgrad.select(scores, SpanningTree(), name, tau=0.5)`` then a backward pass of
   ``(x * g).sum()``, for ``st-gumbel`` and ``gumbel-rao`` (10 draws), side by side at
   (batch, n, n) = (128, 10, 10) and (16, 50, 50); ratio = gumbel-rao time / st-gumbel time
-  (target: at most 5). Also the sampler's own share (``conditional_gumbel`` alone).
+  (target: at most 5), in wall time and in the process's CPU time (steadier on a shared
+  machine). Also the sampler's own time (``conditional_gumbel`` with validation off) and the
+  floor any sampler leaves: ``relax`` forward and backward on the 10 draws alone.
 * mixing (``--mixing``, also in the default run): on random 4- and 5-node graphs, draws of
   ``conditional_gumbel`` after s sweeps against rejection sampling from the unconditional law,
   for the most likely tree and a less likely one: the mean over coordinates of the squared
   z-score of the difference of means (1 is Monte Carlo noise alone; larger is burn-in bias).
+* burn-in at larger sizes (``--burn-in``, also in the default run): where rejection sampling
+  is out of reach (n = 10, 50), chains after s sweeps against chains after 64 sweeps (near
+  stationary), same statistic (mean squared z-score of the edge means' difference).
 * variance: per-sample gradients of a random linear loss on a 10-node problem at tau = 0.5;
   the sum over edges of their variance, gumbel-rao (10 draws) / st-gumbel (the Rao-Blackwell
   reduction), and the z-score of the difference of their means (no bias: |z| small).
@@ -21,6 +26,7 @@ Timings are the minimum over repeats (the machine may be shared).
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 
 import torch
@@ -28,7 +34,24 @@ import torch
 import pickgrad
 from _timing import best_time
 from pickgrad import SpanningTree
+from pickgrad.noise import sample_gumbel
 from pickgrad.structures import edge_index
+
+
+def gumbel(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return sample_gumbel(shape, dtype=like.dtype, device=like.device, generator=generator)
+
+
+def best_cpu_time(fn: Callable[[], object], repeats: int) -> float:
+    """Minimum CPU time of this process (one thread) over ``repeats`` calls, after a warm-up:
+    time spent waiting for the CPU on a loaded machine is not counted."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return min(times)
 
 
 def bench_speed(batch: int, n: int, repeats: int, n_draws: int = 10) -> None:
@@ -45,17 +68,52 @@ def bench_speed(batch: int, n: int, repeats: int, n_draws: int = 10) -> None:
 
         return run
 
-    straight = best_time(step("st-gumbel"), repeats)
-    rao = best_time(step("gumbel-rao", n_draws=n_draws), repeats)
     x = tree.argmax(scores)
-    sampler = best_time(
-        lambda: tree.conditional_gumbel(scores, x, n_draws, generator=generator), repeats
-    )
-    print(
-        f"  ({batch}, {n}, {n}): st-gumbel {straight * 1e3:8.2f} ms   gumbel-rao(K={n_draws}) "
-        f"{rao * 1e3:8.2f} ms   ratio {rao / straight:5.2f}x   "
-        f"(sampler alone {sampler * 1e3:.2f} ms, {sampler / rao:.0%} of gumbel-rao)"
-    )
+    noisy = scores + gumbel((n_draws, batch, n, n), scores, generator)
+
+    def relax_draws() -> None:
+        leaf = noisy.clone().requires_grad_()
+        (tree.relax(leaf, 0.5).mean(0) * target).sum().backward()
+
+    def sampler() -> None:
+        with pickgrad.validation(False):
+            tree.conditional_gumbel(scores, x, n_draws, generator=generator)
+
+    for label, timer in (("wall", best_time), ("cpu ", best_cpu_time)):
+        straight = timer(step("st-gumbel"), repeats)
+        rao = timer(step("gumbel-rao", n_draws=n_draws), repeats)
+        alone = timer(sampler, repeats)
+        floor = timer(relax_draws, repeats)
+        print(
+            f"  ({batch}, {n}, {n}) {label}: st-gumbel {straight * 1e3:7.2f} ms   "
+            f"gumbel-rao(K={n_draws}) {rao * 1e3:7.2f} ms   ratio {rao / straight:5.2f}x   "
+            f"(sampler alone {alone * 1e3:.2f} ms; relax of the {n_draws} draws alone "
+            f"{floor * 1e3:.2f} ms = {floor / straight:.2f}x st-gumbel)"
+        )
+
+
+def burn_in(n: int, batch: int, sweeps: list[int], n_draws: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    tree = SpanningTree()
+    index = edge_index(n)
+    scores = torch.randn(batch, n, n, dtype=torch.float64, generator=generator)
+    x = tree.argmax(scores + gumbel(scores.shape, scores, generator))
+
+    def draws(n_sweeps: int) -> torch.Tensor:
+        noise = SpanningTree(n_sweeps=n_sweeps).conditional_gumbel(
+            scores, x, n_draws, generator=generator
+        )
+        return noise[..., index[0], index[1]].reshape(n_draws, -1)
+
+    reference = draws(64)
+    line = []
+    for n_sweeps in sweeps:
+        sample = draws(n_sweeps)
+        se = (sample.var(0) / n_draws + reference.var(0) / n_draws).sqrt()
+        z2 = ((sample.mean(0) - reference.mean(0)) / se).square().mean()
+        line.append(f"{n_sweeps}: {float(z2):6.2f}")
+    print(f"  n={n}, {batch} graphs x {index.shape[1]} edges, {n_draws} chains each, vs 64 sweeps:")
+    print("    mean z^2 by sweeps  " + "  ".join(line))
 
 
 def mixing(n: int, sweeps: list[int], n_samples: int, seed: int) -> None:
@@ -116,22 +174,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--mixing", action="store_true", help="only the mixing measurement")
+    parser.add_argument("--burn-in", action="store_true", help="only the burn-in at n = 10, 50")
     args = parser.parse_args()
     torch.set_num_threads(1)  # shared machines: one thread measures more steadily
-    if not args.mixing:
+    only = args.mixing or args.burn_in
+    if not only:
         print("speed, forward + backward (minimum over repeats):")
         if args.quick:
             bench_speed(16, 10, repeats=2)
         else:
             bench_speed(128, 10, repeats=7)
             bench_speed(16, 50, repeats=5)
-    print("mixing of conditional_gumbel against rejection sampling:")
-    if args.quick:
-        mixing(4, [1, 8], 20_000, seed=0)
-    else:
-        for n, seed in [(4, 0), (4, 1), (5, 0), (5, 1)]:
-            mixing(n, [1, 2, 3, 4, 6, 8, 12, 16], 300_000, seed)
-    if not args.mixing:
+    if args.mixing or not only:
+        print("mixing of conditional_gumbel against rejection sampling:")
+        if args.quick:
+            mixing(4, [1, 8], 20_000, seed=0)
+        else:
+            for n, seed in [(4, 0), (4, 1), (5, 0), (5, 1)]:
+                mixing(n, [1, 2, 3, 4, 6, 8, 12, 16], 300_000, seed)
+    if args.burn_in or not only:
+        print("burn-in of conditional_gumbel against long chains:")
+        if args.quick:
+            burn_in(6, 2, [1, 8], 500, seed=0)
+        else:
+            burn_in(10, 4, [1, 2, 3, 4, 6, 8, 12, 16], 4000, seed=0)
+            burn_in(50, 1, [1, 2, 3, 4, 6, 8, 12, 16], 2000, seed=0)
+    if not only:
         print("gradient variance:")
         variance(5 if args.quick else 10, 500 if args.quick else 8000)
 

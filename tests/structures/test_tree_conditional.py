@@ -5,8 +5,10 @@ variance), and make ``gumbel-rao`` an estimator with ``st-gumbel``'s mean and a 
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import networkx as nx
 import pytest
 import torch
 from scipy import stats
@@ -14,7 +16,11 @@ from scipy import stats
 import pickgrad
 from pickgrad import SpanningTree
 from pickgrad.structures import edge_index, edges_to_matrix
+from pickgrad.structures._matrix_tree import node_mask
 from pickgrad.structures._tree_conditional import (
+    _ceilings,
+    _floors,
+    _lifting_layout,
     lower_truncated_gumbel,
     upper_truncated_gumbel,
 )
@@ -209,3 +215,113 @@ def test_gumbel_rao_has_the_mean_of_st_gumbel_and_less_variance(
     z = two_sample_z(rao, straight)
     assert float(z.abs().max()) < Z_LIMIT, z
     assert float(rao.var(0).sum()) < 0.7 * float(straight.var(0).sum())
+
+
+def tree_paths(parents: list[int], present: int) -> dict[tuple[int, int], list[int]]:
+    """For every pair of present nodes, the child nodes of the tree edges on its path."""
+    graph = nx.Graph([(v, p) for v, p in enumerate(parents[:present]) if p >= 0])
+    graph.add_nodes_from(range(present))
+    paths = {}
+    for i in range(present):
+        for j in range(i + 1, present):
+            path = nx.shortest_path(graph, i, j)
+            paths[i, j] = [a if parents[a] == b else b for a, b in itertools.pairwise(path)]
+    return paths
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 13])
+def test_sparse_table_bounds_match_the_paths(n: int, generator: torch.Generator) -> None:
+    """The ceilings (smallest tree utility on each pair's path) and floors (largest non-tree
+    utility whose path covers each tree edge) of one sweep, against paths found by networkx,
+    on random trees of random sizes (lengths) and random utilities."""
+    batch = 6
+    scores = torch.randn(batch, n, n, dtype=torch.float64, generator=generator)
+    lengths = torch.randint(1, n + 1, (batch,), generator=generator)
+    lengths[0] = n
+    x = TREE.argmax(scores + gumbel((batch, n, n), generator), lengths=lengths)
+    nodes = node_mask(lengths, (batch,), n, scores.device)
+    index = edge_index(n)
+    m = index.shape[1]
+    parents, ancestors, segments, listed, prefix = _lifting_layout(x, nodes, index)
+    tree = torch.randn(batch, n, dtype=torch.float64, generator=generator)
+    tree = tree.masked_fill(parents < 0, math.inf)
+    minima = torch.full((batch, ancestors.shape[1], n + 1), math.inf, dtype=torch.float64)
+    ceilings = _ceilings(tree, ancestors, segments, minima)
+    in_tree = x[:, index[0], index[1]] > 0.5
+    utilities = torch.randn(batch, m, dtype=torch.float64, generator=generator)
+    padded = torch.cat([utilities, torch.full((batch, 1), -math.inf, dtype=torch.float64)], -1)
+    bounding = ~in_tree & (index[1] < lengths[:, None])  # the non-tree edges of present nodes
+    unbounding = torch.cat([~bounding, torch.ones(batch, 1, dtype=torch.bool)], -1)
+    scan = torch.empty((2, batch, n, n + 1), dtype=torch.float64)
+    floors = _floors(padded, torch.where(unbounding.gather(-1, listed), m, listed), prefix, scan)
+    for b in range(batch):
+        present = int(lengths[b])
+        paths = tree_paths(parents[b].tolist(), present)
+        expected_floor = torch.full((n,), -math.inf, dtype=torch.float64)
+        for f in range(m):
+            i, j = int(index[0, f]), int(index[1, f])
+            if j >= present:
+                assert ceilings[b, f] == math.inf
+                continue
+            assert ceilings[b, f] == min(float(tree[b, v]) for v in paths[i, j]), (b, i, j)
+            if not in_tree[b, f]:
+                for v in paths[i, j]:
+                    expected_floor[v] = max(expected_floor[v], utilities[b, f])
+        assert torch.equal(floors[b], expected_floor), (b, floors[b], expected_floor)
+
+
+def test_masked_edges_law_matches_rejection_sampling(generator: torch.Generator) -> None:
+    """-inf scores (masked edges): the draws of the allowed edges follow the law of rejection
+    sampling from the graph without those edges; the masked ones are -inf."""
+    n = 5
+    scores = torch.randn(n, n, dtype=torch.float64, generator=generator)
+    scores[0, 1] = scores[1, 3] = scores[2, 4] = -math.inf
+    trees, groups = rejection_reference(scores, 60_000, generator)
+    index = edge_index(n)
+    allowed = scores[index[0], index[1]] > -math.inf
+    adjacency = edges_to_matrix(trees[0])
+    x = adjacency + adjacency.T
+    reference = groups[0][:20_000]
+    noise = TREE.conditional_gumbel(scores, x, reference.shape[0], generator=generator)
+    edges = noise[:, index[0], index[1]]
+    assert bool((edges[:, ~allowed] == -math.inf).all())
+    assert bool(torch.isfinite(edges[:, allowed]).all())
+    assert bool((TREE.argmax(scores + noise) == x).all())
+    assert_same_law(edges[:, allowed], reference[:, allowed])
+
+
+def test_gumbel_rao_gives_masked_edges_no_gradient(generator: torch.Generator) -> None:
+    """-inf scores and mask=, with lengths through conditional_gumbel: masked edges never in
+    the tree, exactly zero gradient, nothing NaN; matrices and edge lists."""
+    scores = torch.randn(4, 6, 6, dtype=torch.float64, generator=generator)
+    scores[:, 0, 1] = -math.inf
+    scores[1, 2, 5] = scores[3, 3, 4] = -math.inf
+    mask = torch.ones(6, 6, dtype=torch.bool)
+    mask[1, 4] = False
+    weights = torch.randn(4, 6, 6, dtype=torch.float64, generator=generator)
+    leaf = scores.clone().requires_grad_()
+    x = pickgrad.select(leaf, TREE, "gumbel-rao", tau=0.5, generator=generator, mask=mask)
+    (x * weights).sum().backward()
+    assert leaf.grad is not None and bool(torch.isfinite(leaf.grad).all())
+    for b, i, j in [(0, 0, 1), (1, 0, 1), (1, 2, 5), (3, 3, 4), (2, 1, 4)]:
+        assert x[b, i, j] == 0 and leaf.grad[b, i, j] == 0, (b, i, j)
+    assert bool((leaf.grad[:, 2, 3] != 0).any())  # allowed edges do get a gradient
+    edges = SpanningTree(edge_list=True)
+    edge_scores = torch.randn(3, 15, dtype=torch.float64, generator=generator)
+    edge_scores[:, 4] = -math.inf
+    leaf = edge_scores.clone().requires_grad_()
+    y = pickgrad.select(leaf, edges, "gumbel-rao", tau=0.5, generator=generator)
+    (y * torch.randn(3, 15, dtype=torch.float64, generator=generator)).sum().backward()
+    assert (
+        leaf.grad is not None and bool((y[:, 4] == 0).all()) and bool((leaf.grad[:, 4] == 0).all())
+    )
+    assert bool(torch.isfinite(leaf.grad).all())
+    # lengths and -inf together: padded nodes and masked edges both respected.
+    lengths = torch.tensor([6, 4, 5, 3])
+    x = TREE.argmax(scores + gumbel((4, 6, 6), generator), lengths=lengths)
+    noise = TREE.conditional_gumbel(scores, x, 200, generator=generator, lengths=lengths)
+    assert bool((noise[:, :, 0, 1] == -math.inf).all()) and bool(
+        (noise[:, 1, 2, 5] == -math.inf).all()
+    )
+    kept = TREE.argmax(scores + noise, lengths=lengths.expand(200, 4))
+    assert bool((kept == x).all())

@@ -97,23 +97,95 @@ def lower_truncated_gumbel(mu: Tensor, bound: Tensor, exponential: Tensor) -> Te
     return torch.maximum(mu - log_e, torch.nextafter(bound, bound.new_tensor(math.inf)))
 
 
-def _tree_layout(x: Tensor, nodes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Parents ``(B, n)`` (-1 for the root 0 and absent nodes), a top-down order of the nodes
-    ``(B, n)`` (root first, absent nodes last), and ``inside`` ``(B, n, n)``:
-    ``inside[b, v, j]`` is True iff j lies in the subtree of v, for the trees ``x`` ``(B, n, n)``.
+def _floor_log2(n: int, device: torch.device) -> Tensor:
+    """``floor(log2 d)`` for d = 0..n (0 for d = 0), as a lookup table."""
+    return torch.tensor([max(d.bit_length() - 1, 0) for d in range(n + 1)], device=device)
+
+
+def _lifting_layout(
+    adjacency: Tensor, nodes: Tensor, index: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The index tables of the sparse-table sweeps, built once per call from the trees alone.
+
+    Rooted at node 0, each node v other than the root owns the tree edge (parent(v), v). A
+    *segment* ``(k, v)`` is the run of ``2^k`` tree edges going up from v. The path of a pair
+    (i, j) is the run from i and the run from j up to their lowest common ancestor l; a run of
+    length ``d >= 1`` is the union of two (overlapping) segments, ``(k, i)`` and ``(k, w)``,
+    ``k = floor(log2 d)`` and w the ancestor of i at depth ``depth(l) + 2^k``. Minima and
+    maxima are idempotent, so the overlap is harmless.
+
+    Args:
+        adjacency: ``(B, n, n)`` symmetric tree adjacency (of the present nodes).
+        nodes: ``(B, n)`` boolean, the present nodes.
+        index: ``(2, m)``, the pairs (i, j), i < j, in edge-list order.
+
+    Returns ``(parents, ancestors, segments)``: ``parents`` ``(B, n)`` (-1 for the root and
+    absent nodes); ``ancestors`` ``(B, L, n + 1)``, the ``2^k``-th ancestor of each node, or
+    the sentinel ``n`` where there is none (the sentinel is its own), with ``L`` levels,
+    ``2^(L-1) <= max(1, n - 1)``; ``segments`` ``(B, 4 m)``: for each pair its four segments as
+    flat positions ``k (n + 1) + v`` in an ``(L, n + 1)`` table, the two of i's run for every
+    pair, then the two of j's run (an empty run, or a pair with an absent end, points at the
+    sentinel of level 0).
     """
-    n = x.shape[-1]
-    parents = max_spanning_tree_parents(x, nodes)  # a tree is its own maximum spanning tree
+    graphs, n = adjacency.shape[0], adjacency.shape[-1]
+    device, dtype = adjacency.device, adjacency.dtype
+    parents = max_spanning_tree_parents(adjacency, nodes)  # a tree is its own maximum tree
     has_parent = parents >= 0
-    eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    step = torch.nn.functional.one_hot(parents.clamp_min(0), n).to(x.dtype)
-    step = step * has_parent[..., None].to(x.dtype) + eye
-    up = step  # up[b, i, v] = 1 iff v is i or an ancestor of i: the closure, by squaring
+    eye = torch.eye(n, dtype=dtype, device=device)
+    step = torch.nn.functional.one_hot(parents.clamp_min(0), n).to(dtype)
+    step = step * has_parent[..., None].to(dtype) + eye
+    up = step  # up[b, i, a] = 1 iff a is i or an ancestor of i: the closure, by squaring
     for _ in range(max(1, math.ceil(math.log2(n)))):
         up = (up @ up).clamp_max_(1.0)
-    depth = up.sum(-1) + (~nodes).to(x.dtype) * n
-    order = torch.sort(depth, dim=-1, stable=True).indices
-    return parents, order, up.transpose(-1, -2) > 0.5
+    is_ancestor = up > 0.5
+    depth = is_ancestor.sum(-1) - 1  # (B, n); absent nodes: 0
+    # at_depth[b, i, d]: the ancestor of i at depth d (-1 below i's own depth).
+    labels = torch.arange(n, device=device)
+    candidates = torch.where(is_ancestor, labels, -1)
+    at_depth = torch.full((graphs, n, n), -1, dtype=torch.long, device=device)
+    at_depth.scatter_reduce_(-1, depth[:, None, :].expand(graphs, n, n), candidates, "amax")
+    flat_depth = at_depth.view(graphs, n * n)
+    levels = max(1, (n - 1).bit_length())
+    powers = 2 ** torch.arange(levels, device=device)
+    target = depth[:, None, :] - powers[:, None]  # (B, L, n): depth of the 2^k-th ancestor
+    position = (labels * n + target.clamp_min(0)).view(graphs, -1)
+    ancestors = flat_depth.gather(-1, position).view(graphs, levels, n)
+    ancestors = torch.where(target >= 0, ancestors, n)
+    ancestors = torch.cat([ancestors, ancestors.new_full((graphs, levels, 1), n)], dim=-1)
+    # The common ancestors of i and j form a chain from the root: their count is depth(l) + 1
+    # (0 when an end is absent, whose only ancestor is itself).
+    common = (up @ up.transpose(-1, -2)).round_().long() - 1  # (B, n, n): depth(lca)
+    log2 = _floor_log2(n, device)
+    runs = []
+    for end, other in ((index[0], index[1]), (index[1], index[0])):
+        lca_depth = common[:, end, other]  # (B, m)
+        length = depth[:, end] - lca_depth
+        valid = (length >= 1) & (lca_depth >= 0) & nodes[:, end] & nodes[:, other]
+        k = log2[length.clamp(0, n)]
+        w = flat_depth.gather(-1, end * n + (lca_depth + 2**k).clamp(0, n - 1))
+        runs.append(torch.where(valid, k * (n + 1) + end, n))
+        runs.append(torch.where(valid, k * (n + 1) + w, n))
+    # Floors: the non-tree edges whose path covers the edge above a are those (i, j) with i in
+    # the subtree of a and lca(i, j) above a, i.e. depth(lca) < depth(a). Each row i lists its
+    # pairs by increasing lca depth, so these are a prefix of row i, of length count(i, a).
+    pair = torch.full((n, n), m_of(n), dtype=torch.long, device=device)
+    pair[index[0], index[1]] = torch.arange(index.shape[1], device=device)
+    pair[index[1], index[0]] = torch.arange(index.shape[1], device=device)
+    lca_depth, by_depth = common.sort(dim=-1, stable=True)
+    listed = pair.expand(graphs, n, n).gather(-1, by_depth)
+    blank = listed.new_full((graphs, n, 1), m_of(n))  # column 0: the empty prefix
+    listed = torch.cat([blank, listed], dim=-1).view(graphs, n * (n + 1))
+    # count[b, i, a] = #{j : depth(lca(i, j)) < depth(a)}.
+    count = torch.searchsorted(lca_depth, depth[:, None, :].expand(graphs, n, n).contiguous())
+    covered = is_ancestor & has_parent[:, None, :] & nodes[:, :, None]  # [b, i, a]
+    prefix = torch.where(covered, labels[:, None] * (n + 1) + count, 0)  # 0: an empty prefix
+    return (
+        parents,
+        ancestors,
+        torch.cat(runs, dim=-1),
+        listed,
+        prefix.transpose(1, 2).reshape(graphs, n * n),
+    )
 
 
 def conditional_tree_gumbel(
@@ -127,15 +199,19 @@ def conditional_tree_gumbel(
 ) -> Tensor:
     """Gumbel noise G drawn from its law given ``max spanning tree(scores + G) = x``.
 
-    Each sweep costs O(n^2) per graph and draw: the bottleneck of every vertex pair is filled
-    in top-down (the path to a node is the path to its parent plus one edge), and the largest
-    non-tree utility leaving every subtree bottom-up (a subtree's is the largest of its
-    children's and its root's), each a Python loop over the n nodes of tensor operations over
-    the whole batch and every draw.
+    Each sweep costs O(n^2 log n) elementwise work per graph and draw in O(log n) tensor
+    operations over the whole batch and every draw (sparse tables, see
+    :func:`_lifting_layout`): the *ceiling* of every pair, the smallest tree utility on its
+    path, is the minimum of four segment minima, the table of segment minima doubling its
+    segments level by level; the *floor* of every tree edge, the largest non-tree utility whose
+    path covers it, comes from scattering each non-tree utility into its four segments (a
+    running maximum) and then pushing every segment's maximum down into its two halves, level
+    by level. The index tables depend on the trees alone and are built once per call.
 
     Args:
         scores: ``(*batch, n, n)`` edge scores (strict upper triangle read), a float dtype that
-            is also the dtype of the computation (callers pass float32 for half types).
+            is also the dtype of the computation (callers pass float32 for half types); ``-inf``
+            marks an edge that is not allowed.
         x: ``(*batch, n, n)`` symmetric adjacency of a spanning tree (of the first
             ``lengths[b]`` nodes when ``lengths`` is given).
         n_draws: K, the number of draws (independent chains).
@@ -145,9 +221,10 @@ def conditional_tree_gumbel(
 
     Returns:
         ``(K, *batch, n, n)`` noise. On the strict upper triangle of present edges it follows
-        the conditional law (to the burn-in); elsewhere (entries the tree never reads, edges of
-        padded nodes, edges scored -inf) it is standard Gumbel noise, their exact conditional
-        law since they cannot change the argmax.
+        the conditional law (to the burn-in); an edge scored ``-inf`` gets ``-inf`` (it can
+        never be in the tree); elsewhere (entries the tree never reads, edges of padded nodes)
+        it is standard Gumbel noise, their exact conditional law since they cannot change the
+        argmax.
     """
     n, dtype, device = scores.shape[-1], scores.dtype, scores.device
     batch = tuple(scores.shape[:-2])
@@ -160,9 +237,10 @@ def conditional_tree_gumbel(
     edge_scores = flat_scores[:, index[0], index[1]]  # (B, m)
     adjacency = x.reshape(-1, n, n).to(dtype)
     in_tree = adjacency[:, index[0], index[1]] > 0.5
-    present = nodes[:, index[0]] & nodes[:, index[1]] & (edge_scores > -math.inf)
+    allowed = edge_scores > -math.inf
+    present = nodes[:, index[0]] & nodes[:, index[1]] & allowed
     constrained = present & ~in_tree  # the non-tree edges that bound tree edges
-    parents, order, inside = _tree_layout(adjacency, nodes)
+    parents, ancestors, segments, listed, prefix = _lifting_layout(adjacency, nodes, index)
     has_parent = parents >= 0
     nodes_index = torch.arange(n, device=device)
     low_end = torch.minimum(parents, nodes_index)
@@ -171,68 +249,113 @@ def conditional_tree_gumbel(
         0
     )
     tree_mu = edge_scores.gather(1, parent_edge).masked_fill(~has_parent, 0.0)  # by child node
+    levels, slots = ancestors.shape[1], n + 1
 
     def per_chain(t: Tensor) -> Tensor:  # (B, ...) -> (B * K, ...), graph-major
         return t.repeat_interleave(k, dim=0)
 
     mu_tree = per_chain(tree_mu)  # (C, n)
     mu_edges = per_chain(edge_scores)  # (C, m)
-    free_edge = per_chain(~constrained)
-    outside = per_chain(inside)  # True where j lies inside v's subtree: not a crossing end
-    # Per step t of the top-down order: the node and its parent (absent nodes: themselves).
-    safe_parents = torch.where(has_parent, parents, nodes_index)
-    chain_order = per_chain(order)
-    chain_parent = per_chain(safe_parents).gather(1, chain_order)
-    # Flat positions, per step: the node's and the parent's rows of a (C * n, n) view, and the
-    # node's column of a (C * n * n) view (index_select / index_copy_ on these measured several
-    # times faster than gather / scatter with expanded indices).
-    base = torch.arange(chains, device=device) * n
-    node_rows = [base + chain_order[:, t] for t in range(1, n)]
-    parent_rows = [base + chain_parent[:, t] for t in range(1, n)]
-    offsets = torch.arange(n, device=device) * n
-    node_columns = [
-        (base * n + chain_order[:, t])[:, None].add(offsets).reshape(-1) for t in range(1, n)
-    ]
-    flat_upper = index[0] * n + index[1]
-    flat_lower = index[1] * n + index[0]
+    # A forced tree edge scored -inf (only when no finite tree exists) keeps utility -inf.
+    rootless = per_chain(~has_parent | (tree_mu == -math.inf))
+    chain_ancestors = per_chain(ancestors)  # (C, L, n + 1)
+    chain_segments = per_chain(segments)  # (C, 4 m)
+    # Only the non-tree edges bound the tree edges: the others read the blank slot instead.
+    unbounding = torch.cat([~constrained, constrained.new_ones(graphs, 1)], dim=-1)
+    chain_listed = per_chain(torch.where(unbounding.gather(-1, listed), m, listed))
+    chain_prefix = per_chain(prefix)  # (C, n n)
 
-    utilities = mu_edges.clone()  # the chain starts with non-tree utilities at their modes
+    # utilities[:, m] is a blank (-inf) slot that the floors' gathers read for no edge.
+    utilities = torch.cat([mu_edges, mu_edges.new_full((chains, 1), -math.inf)], dim=-1)
     tree = mu_tree
+    minima = torch.full((chains, levels, slots), math.inf, dtype=dtype, device=device)
+    scan = torch.empty((2, chains, n, n + 1), dtype=dtype, device=device)
+    tiny = torch.finfo(dtype).tiny
     for _ in range(n_sweeps):
-        # Floor of each tree edge (parent(v), v): the largest non-tree utility leaving v's
-        # subtree. reach[v, j] = max over i in the subtree of v of u[i, j], bottom-up.
-        masked = utilities.masked_fill(free_edge, -math.inf)
-        reach = torch.full((chains, n * n), -math.inf, dtype=dtype, device=device)
-        reach.index_copy_(1, flat_upper, masked).index_copy_(1, flat_lower, masked)
-        rows = reach.view(chains * n, n)
-        for node, parent in zip(reversed(node_rows), reversed(parent_rows), strict=True):
-            merged = torch.maximum(rows.index_select(0, node), rows.index_select(0, parent))
-            rows.index_copy_(0, parent, merged)
-        floor = reach.view(chains, n, n).masked_fill_(outside, -math.inf).amax(dim=-1)
+        floor = _floors(utilities, chain_listed, chain_prefix, scan)
         tree = lower_truncated_gumbel(mu_tree, floor, _exponential((chains, n), scores, generator))
-        # Ceiling of each non-tree edge: its bottleneck, the smallest tree utility on its path.
-        # The matrix is kept symmetric, so the parent's column is read as its row.
-        bottleneck = torch.full((chains * n, n), math.inf, dtype=dtype, device=device)
-        flat = bottleneck.view(-1)
-        tree_in_order = tree.gather(1, chain_order)  # (C, n), step t at [:, t]
-        for step in range(1, n):
-            node = node_rows[step - 1]
-            row = torch.minimum(
-                bottleneck.index_select(0, parent_rows[step - 1]), tree_in_order[:, step, None]
-            )
-            row.view(-1).index_fill_(0, node, math.inf)  # the node's own entry (node, node)
-            bottleneck.index_copy_(0, node, row)
-            flat.index_copy_(0, node_columns[step - 1], row.view(-1))
-        ceiling = bottleneck.view(chains, n * n).index_select(1, flat_upper)
-        utilities = upper_truncated_gumbel(
-            mu_edges, ceiling, _exponential((chains, m), scores, generator)
-        )
+        tree = tree.masked_fill_(rootless, math.inf)  # no edge: no bound (and never read)
+        ceiling = _ceilings(tree, chain_ancestors, chain_segments, minima)
+        # Non-tree utilities: Gumbel(mu) below the ceiling, written in place (see
+        # upper_truncated_gumbel; the uniforms become log Exp(1) in place).
+        draw = torch.rand((chains, m), dtype=dtype, device=device, generator=generator)
+        draw = draw.clamp_min_(tiny).log_().neg_().log_().sub_(mu_edges)
+        ceiling = ceiling.neg_()
+        draw = torch.logaddexp(draw, ceiling, out=draw).neg_()
+        below = torch.nextafter(ceiling, ceiling.new_tensor(math.inf), out=ceiling).neg_()
+        torch.minimum(draw, below, out=utilities[:, :m])
+    utilities = utilities[:, :m]
     # Tree utilities into their edges' slots (nodes without a parent write into a spare one).
     slot = torch.where(per_chain(has_parent), per_chain(parent_edge), m)
     padded = torch.cat([utilities, utilities.new_zeros(chains, 1)], dim=-1)
     padded = padded.scatter(-1, slot, tree)
     conditional = (padded[:, :m] - mu_edges).view(graphs, k, m).transpose(0, 1)
+    conditional = torch.where(allowed, conditional, -math.inf)
     free = _exponential((k, graphs, n * n), scores, generator).log_().neg_()
-    upper = free.index_select(-1, flat_upper)
-    free.index_copy_(-1, flat_upper, torch.where(present, conditional, upper))
+    upper = free.index_select(-1, flat_upper(n, device))
+    free.index_copy_(-1, flat_upper(n, device), torch.where(present | ~allowed, conditional, upper))
     return free.reshape(k, *batch, n, n)
+
+
+def _floors(utilities: Tensor, listed: Tensor, prefix: Tensor, scan: Tensor) -> Tensor:
+    """Floor of each tree edge (by child node): the largest utility of the non-tree edges whose
+    path runs over it, the largest of the prefix maxima of the rows of its subtree.
+
+    Args:
+        utilities: ``(C, m + 1)`` edge utilities, ``utilities[:, m] = -inf``.
+        listed, prefix: ``(C, n (n + 1))`` and ``(C, n n)`` from :func:`_lifting_layout`
+            (``listed`` pointing at m for every edge that bounds nothing).
+        scan: ``(2, C, n, n + 1)`` work space.
+
+    Returns ``(C, n)``; ``-inf`` where no non-tree edge covers the edge (and for the root).
+    """
+    chains, n = scan.shape[1], scan.shape[2]
+    torch.gather(utilities, -1, listed, out=scan[0].view(chains, -1))
+    maxima = _prefix_maxima(scan)
+    return maxima.view(chains, -1).gather(-1, prefix).view(chains, n, n).amax(-1)
+
+
+def _ceilings(tree: Tensor, ancestors: Tensor, segments: Tensor, minima: Tensor) -> Tensor:
+    """Ceiling of each pair: the smallest tree utility on its path, from a sparse table.
+
+    Args:
+        tree: ``(C, n)`` tree utilities by child node (``+inf`` for nodes without an edge).
+        ancestors, segments: ``(C, L, n + 1)`` and ``(C, 4 m)`` from :func:`_lifting_layout`.
+        minima: ``(C, L, n + 1)`` work space whose column n holds ``+inf``.
+
+    Returns ``(C, m)``; ``+inf`` for a pair with an absent end.
+    """
+    n, levels = tree.shape[-1], minima.shape[1]
+    minima[:, 0, :n] = tree
+    for level in range(1, levels):
+        previous = minima[:, level - 1]
+        torch.minimum(previous, previous.gather(-1, ancestors[:, level - 1]), out=minima[:, level])
+    runs = minima.view(tree.shape[0], -1).gather(-1, segments).view(tree.shape[0], 4, -1)
+    ceiling = torch.minimum(runs[:, 0], runs[:, 1])
+    ceiling = torch.minimum(ceiling, runs[:, 2], out=ceiling)
+    return torch.minimum(ceiling, runs[:, 3], out=ceiling)
+
+
+def _prefix_maxima(buffers: Tensor) -> Tensor:
+    """Running maximum along the last dimension of ``buffers[0]`` (``cummax``'s values), by
+    doubling: log2 of its length elementwise passes between the two buffers ``(2, ...)``,
+    measured faster than ``torch.cummax`` on these short rows. Returns the buffer holding it.
+    """
+    length, shift, source = buffers.shape[-1], 1, 0
+    while shift < length:
+        x, y = buffers[source], buffers[1 - source]
+        y[..., :shift] = x[..., :shift]
+        torch.maximum(x[..., shift:], x[..., :-shift], out=y[..., shift:])
+        source, shift = 1 - source, 2 * shift
+    return buffers[source]
+
+
+def m_of(n: int) -> int:
+    """The number of pairs of n nodes."""
+    return n * (n - 1) // 2
+
+
+def flat_upper(n: int, device: torch.device) -> Tensor:
+    """Flat positions ``i n + j`` of the pairs (i, j), i < j, in edge-list order."""
+    index = _cached_index(n, device)
+    return index[0] * n + index[1]
