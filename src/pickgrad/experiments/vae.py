@@ -28,14 +28,21 @@ Metrics (test split, at the best validation ``nelbo_hard``; nats per image, lowe
 ``softmax((logits + G) / tau)``), ``nll_iw`` (minus the ``eval_samples``-sample
 importance-weighted bound, an upper bound of ``-log p(x)``), all from one fixed set of
 ``eval_samples`` Gumbel draws per image (seeded by ``eval_seed``; the relaxed one from its first
-``relaxed_samples``). Pictures: reconstructions and prior samples of the first seed's models.
+``relaxed_samples``). The draws restart from ``eval_seed`` in every evaluation batch, so under
+torchrun (each process evaluating its share of a split) these figures differ from a one-process
+evaluation by Monte Carlo noise (0.02-0.04 nats on ``--quick``); training is identical.
+Pictures: reconstructions and prior samples of the first seed's models.
 
-Default budget (``VaeConfig()``): Fashion-MNIST, encoder 784-256-128 and decoder mirrored,
-1000 steps of batch 100 (Adam 1e-3), validation every 250 steps on 1000 held-out training
-images, the test metrics on 2000 test images with 100 samples each, 3 seeds. On the shared
-2-core machine one run takes about 20-60 s of CPU: the full grid of the fidelity check (2
-latent spaces x 4 estimators x 3 taus x 3 seeds, and ``reinforce`` once: it has no
-temperature) is about an hour on one thread (see the command lines in BENCHMARKS.md). Quick::
+Default budget (``VaeConfig()``): Fashion-MNIST, threshold binarisation, encoder 784-128-128
+and the decoder mirrored (the hand-written baseline's sizes), 800 steps of batch 100 (Adam
+1e-3), validation every 400 steps on the last 500 training images, the test metrics on the first
+2000 test images with 100 samples each, 3 seeds. Chosen so that the fidelity grid (2 latent
+spaces x {gumbel-relaxed, st-gumbel, gumbel-rao} x 3 taus x 3 seeds, gumbel-rao with
+``n_draws=100`` and ``reinforce`` once, as it has no temperature) fits a shared 2-core machine:
+a run is 15-25 CPU s (about 1 min of wall time with the machine shared 7 ways), except
+gumbel-rao with 100 draws (about 50 ms a step for ``categorical``, 160 ms for ``binary``: its
+backward dominates; see ``benchmarks/bench_vae.py``). The grid's commands are in BENCHMARKS.md.
+Quick::
 
     pickgrad experiment vae --quick          # digits, seconds
     pickgrad experiment vae --tau 0.5 --out results/vae_tau0.5
@@ -103,6 +110,10 @@ class VaeConfig(TrainingConfig):
         eval_samples: Gumbel draws per image for the evaluation bounds (the IW bound's S).
         relaxed_samples: how many of them the relaxed bound uses.
         eval_seed: seed of the evaluation draws (the same for every model).
+
+    Example:
+        >>> VaeConfig().hidden, VaeConfig(dataset="digits", hidden=(32,)).dataset
+        ((128, 128), 'digits')
     """
 
     steps: int = 800

@@ -197,6 +197,13 @@ def sample_bounds(
 
     Returns:
         ``{"nelbo_hard", "nelbo_relaxed", "nll_iw"}``, each ``(B,)``.
+
+    Example:
+        >>> net = VaeNetwork(16, 2, 3, (8,))
+        >>> bounds = sample_bounds(net, torch.ones(4, 16), samples=20, relaxed_samples=5,
+        ...                        tau=0.5, generator=torch.Generator().manual_seed(0))
+        >>> sorted(bounds), tuple(bounds["nll_iw"].shape)
+        (['nelbo_hard', 'nelbo_relaxed', 'nll_iw'], (4,))
     """
     if not 1 <= relaxed_samples <= samples:
         raise ValueError(
