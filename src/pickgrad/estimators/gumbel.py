@@ -98,7 +98,9 @@ class GumbelRao(RelaxingEstimator):
     variance. With K = 1, ``(x, G_1)`` has the joint law of ``(x, G)``, so the estimator is equal
     in distribution to ``st-gumbel``.
 
-    Needs ``structure.conditional_gumbel``.
+    Needs ``structure.conditional_gumbel``. Masked entries (``-inf`` scores, or ``mask=``) get
+    ``-inf`` conditional noise, so ``scores + G_k`` stays ``-inf`` there and the relaxation gives
+    them exactly zero gradient.
 
     Args:
         n_draws: K, the number of conditional draws (time grows linearly in K; so does memory,
