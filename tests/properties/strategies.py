@@ -438,3 +438,29 @@ def cases(values: list[Any], ids: list[str]) -> list[Any]:
         pytest.param(*value, id=id_) if isinstance(value, tuple) else pytest.param(value, id=id_)
         for value, id_ in zip(values, ids, strict=True)
     ]
+
+
+# --- masks -------------------------------------------------------------------------------------
+
+
+def draw_mask(structure: Structure, scores: Tensor, seed: int, density: float) -> Tensor:
+    """A bool mask of ``scores``' shape (True = allowed) that keeps at least one solution: the
+    argmax of other random scores is always allowed, every other entry with probability
+    ``density``."""
+    generator = torch.Generator().manual_seed(seed)
+    other = torch.randn(scores.shape, generator=generator, dtype=torch.float64)
+    keep = structure.argmax(other).bool()
+    return (torch.rand(scores.shape, generator=generator) < density) | keep
+
+
+def masked_objectives(structure: Structure, scores: Tensor, mask: Tensor) -> Tensor:
+    """``<scores, y>`` for every enumerated y, ``-inf`` for those using a masked active entry;
+    float64 ``(batch..., count)``."""
+    values, every = objectives(structure, scores)
+    event_shape = structure.event_shape(scores)
+    active = structure.active_mask(event_shape, scores.device)
+    forbidden = ~mask if active is None else ~mask & active
+    batch = scores.shape[: scores.dim() - len(event_shape)]
+    flat = forbidden.reshape(*batch, math.prod(event_shape)).double()
+    uses = (flat @ every.T) > 0
+    return values.masked_fill(uses, -math.inf)

@@ -222,3 +222,65 @@ def test_mask_broadcasts_over_the_batch_and_keeps_half_dtypes() -> None:
     assert out.dtype == torch.float16 and bool((out[:, ~mask] == 0).all())
     torch.testing.assert_close(out.float().sum(-1), torch.ones(5), atol=1e-3, rtol=0)
     assert Subset(2).argmax(scores, mask=mask)[:, mask].eq(1).all()
+
+
+REGULARIZED = [
+    (OneHot(), 6, "entropy"),
+    (OneHot(), 6, "sparsemax"),
+    (Subset(2), 7, "entropy"),
+    (Subset(4), 7, "entropy"),
+    (Subset(2), 7, "binary-entropy"),
+    (Subset(4), 7, "binary-entropy"),
+    (Subset(2), 7, "euclidean"),
+    (Subset(4), 7, "euclidean"),
+    (Subset(12), 30, "entropy"),  # the log-space programme (no column path at this size)
+    (Subset(18), 30, "entropy"),  # its complement
+]
+
+
+@pytest.mark.parametrize(("structure", "n", "regularizer"), REGULARIZED)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_masked_relax_is_the_relax_of_the_allowed_items(
+    structure: Structure, n: int, regularizer: str, dtype: torch.dtype
+) -> None:
+    # Masking items is removing them: every regularizer's relaxation of the masked row equals
+    # its relaxation of the allowed items alone, and masked items get exactly 0 and no gradient.
+    gen = torch.Generator().manual_seed(n)
+    for _ in range(3):
+        scores = torch.randn(n, generator=gen, dtype=dtype) * 2
+        mask = torch.rand(n, generator=gen) < 0.6
+        mask[: n // 2 + 1] = True  # enough allowed items for every k here
+        mask = mask[torch.randperm(n, generator=gen)]
+        leaf = scores.clone().requires_grad_()
+        out = structure.relax(leaf, tau=0.5, mask=mask, regularizer=regularizer)
+        alone = structure.relax(scores[mask], tau=0.5, regularizer=regularizer)
+        tolerance = 1e-9 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(out[mask], alone, atol=tolerance, rtol=tolerance)
+        assert bool((out[~mask] == 0).all())
+        (out * torch.randn(n, generator=gen, dtype=dtype)).sum().backward()
+        assert leaf.grad is not None and bool(torch.isfinite(leaf.grad).all())
+        assert bool((leaf.grad[~mask] == 0).all())
+
+
+@pytest.mark.parametrize("k", [12, 18])
+def test_masked_subset_log_partition_is_that_of_the_allowed_items(k: int) -> None:
+    gen = torch.Generator().manual_seed(k)
+    scores = torch.randn(30, generator=gen, dtype=torch.float64)
+    mask = torch.ones(30, dtype=torch.bool)
+    mask[torch.randperm(30, generator=gen)[:6]] = False
+    torch.testing.assert_close(
+        Subset(k).log_partition(scores, tau=0.3, mask=mask),
+        Subset(k).log_partition(scores[mask], tau=0.3),
+    )
+
+
+def test_exactly_k_allowed_items_is_the_one_subset() -> None:
+    scores = torch.tensor([[0.3, -2.0, 1.0, 4.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([True, False, True, False, False])
+    for k_structure in (Subset(2),):
+        out = k_structure.relax(scores, mask=mask)
+        torch.testing.assert_close(out, mask.to(out.dtype)[None])
+        log_z = k_structure.log_partition(scores, mask=mask)
+        torch.testing.assert_close(log_z, torch.tensor([1.3], dtype=torch.float64))
+        (out.sum() + log_z.sum()).backward()
+        assert scores.grad is not None and bool((scores.grad[0, ~mask] == 0).all())

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_generator, check_like_scores, check_positive_int
+from pickgrad._validation import (
+    check_generator,
+    check_like_scores,
+    check_positive_int,
+    value_checks_enabled,
+)
 from pickgrad.estimators.perturbed import check_noise, perturbed_samples
 from pickgrad.noise import sampling_dtype
 from pickgrad.structures.base import Structure
@@ -27,6 +33,7 @@ def fenchel_young_loss(
     noise: str = "gumbel",
     reduction: str = "mean",
     generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Perturbed Fenchel-Young loss between ``scores`` and a target structure.
 
@@ -60,6 +67,10 @@ def fenchel_young_loss(
         reduction: ``"mean"`` (default) or ``"sum"`` over the batch entries, or ``"none"`` for
             per-example losses shaped ``(*batch,)``.
         generator: source of the noise.
+        mask: optional bool tensor broadcastable to ``scores``, True = allowed (or ``-inf``
+            scores): the max runs over the solutions avoiding masked entries, which get exactly
+            zero gradient; a ``target`` with mass on a masked entry is a ``ValueError`` (its
+            loss would be infinite; a value check), as is a mask leaving no solution.
 
     Returns:
         0-dim tensor (``"mean"``, ``"sum"``) or ``(*batch,)`` (``"none"``), in the dtype of
@@ -86,8 +97,8 @@ def fenchel_young_loss(
         raise TypeError(f"structure must be a pickgrad Structure, got {type(structure).__name__}")
     if not structure.supports("argmax"):
         raise NotImplementedError(f"fenchel_young_loss needs argmax, which {structure!r} lacks")
-    sigma = structure.check_scores_and_tau(scores, sigma, tau_name="sigma")
-    target = _check_target(target, scores)
+    scores, sigma = structure._prepare(scores, mask, tau=sigma, tau_name="sigma")
+    target = _check_target(target, scores, structure)
     check_positive_int(n_perturbations, name="n_perturbations")
     check_noise(noise)
     if reduction not in REDUCTIONS:
@@ -105,11 +116,13 @@ def fenchel_young_loss(
     work = samples.dtype
     perturbed = scores.to(work) + sigma * z  # differentiable in scores; samples and z are not
     gap = samples - target.detach().to(work)
-    mask = structure.active_mask(structure.event_shape(scores), scores.device)
-    if mask is not None:
-        gap = gap * mask
+    active = structure.active_mask(structure.event_shape(scores), scores.device)
+    if active is not None:
+        gap = gap * active
     event = tuple(range(-structure.event_dims, 0))
-    losses = (perturbed * gap).sum(event).mean(0).to(scores.dtype)
+    # where, not a product alone: masked entries have perturbed = -inf and gap = 0.
+    terms = torch.where(gap == 0, torch.zeros((), dtype=work), perturbed * gap)
+    losses = terms.sum(event).mean(0).to(scores.dtype)
     if reduction == "mean":
         return losses.mean()
     if reduction == "sum":
@@ -117,10 +130,20 @@ def fenchel_young_loss(
     return losses
 
 
-def _check_target(target: Any, scores: Tensor) -> Tensor:
+def _check_target(target: Any, scores: Tensor, structure: Structure) -> Tensor:
     check_like_scores(target, scores, name="target")
     if target.numel() > 0 and not bool(
         torch.isfinite(target.to(sampling_dtype(scores.dtype))).all()
     ):
         raise ValueError(f"target contains NaN or inf values (shape {tuple(target.shape)})")
+    if value_checks_enabled() and target.numel() > 0:
+        on_masked = (target != 0) & (scores.detach() == -math.inf)
+        active = structure.active_mask(structure.event_shape(scores), scores.device)
+        if active is not None:  # entries the structure ignores do not count
+            on_masked = on_masked & active
+        if bool(on_masked.any()):
+            raise ValueError(
+                f"target has mass on {int(on_masked.sum())} masked entries (-inf scores or "
+                "mask False); its Fenchel-Young loss would be infinite"
+            )
     return target

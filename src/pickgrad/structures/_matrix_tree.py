@@ -696,10 +696,11 @@ class TreeStructure(Structure):
         return self._arcs(arc_scores, lengths) & (arc_scores > -math.inf)
 
     def _solver_scores(self, scores: Tensor) -> Tensor:
-        """``scores`` (``(..., n, n)``) with masked entries made finite for the exact argmax:
+        """``scores`` (``(..., n, n)``) in float64 with masked entries made finite for the argmax:
         below every allowed one by more than n times their spread, so a tree that uses one
         scores below every tree that avoids them (every tree has n - 1 edges)."""
-        return fill_masked(scores, lambda spread: scores.shape[-1] * spread + 1)[0]
+        wide = scores.to(torch.float64)  # the fill may lie beyond float16's range
+        return fill_masked(wide, lambda spread: scores.shape[-1] * spread + 1)[0]
 
     def _infeasible_reason(self) -> str:
         return "the allowed edges hold no tree spanning every node"

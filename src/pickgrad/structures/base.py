@@ -169,9 +169,10 @@ class Structure:
         *,
         tau: Any = _NO_TAU,
         name: str = "scores",
+        tau_name: str = "tau",
         **solver_options: Any,
     ) -> tuple[Tensor, float]:
-        """:meth:`mask_scores`, also returning ``tau`` checked as a float (1.0 when None)."""
+        """:meth:`mask_scores`, also returning ``tau`` checked as a float (1.0 when not given)."""
         if mask is not None:
             check_score_types(scores, name=name, event_dims=self.event_dims)  # before the mask
             scores = apply_mask(scores, mask)
@@ -180,10 +181,10 @@ class Structure:
             masked = self._inspect(scores, name=name)
         else:
             if isinstance(scores, Tensor) and scores.is_floating_point():
-                value = check_tau(tau, dtype=scores.dtype)
+                value = check_tau(tau, name=tau_name, dtype=scores.dtype)
             else:
-                value = check_tau(tau)
-            masked = self._inspect(scores, name=name, tau=value)
+                value = check_tau(tau, name=tau_name)
+            masked = self._inspect(scores, name=name, tau=value, tau_name=tau_name)
         if masked:
             self.check_feasible(scores, name="mask" if mask is not None else name, **solver_options)
         return scores, value

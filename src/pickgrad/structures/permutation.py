@@ -154,8 +154,10 @@ class Permutation(Structure):
             )
 
     def _argmax(self, scores: Tensor) -> Tensor:
-        filled, _ = fill_masked(scores, lambda spread: (scores.shape[-2] + 1) * spread + 1)
-        return solve_assignment(filled)
+        # In float64: the fill lies (s + 1) spreads below the scores, beyond float16's range.
+        wide = scores.to(torch.float64)
+        filled, _ = fill_masked(wide, lambda spread: (scores.shape[-2] + 1) * spread + 1)
+        return solve_assignment(filled).to(scores.dtype)
 
     def _infeasible_reason(self) -> str:
         return "no matching of every row to a distinct allowed column"

@@ -449,6 +449,9 @@ class Subset(Structure):
             return subset_marginals(scores, k, tau)
         work = compute_dtype(scores.dtype)
         s = scores.to(work)
+        # Masked (-inf) items: finite scores 1000 tau below every other (no gradient reaches
+        # them), where sigmoid and the capped projection are exactly 0.
+        s, _ = fill_masked(s, lambda spread: spread + 1000.0 * tau, dims=(-1,))
         if k == n:
             return (torch.ones_like(s) + 0 * s).to(scores.dtype)  # the only subset; zero gradient
         z = (s - _shift(s, k)) / tau

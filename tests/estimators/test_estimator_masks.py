@@ -183,3 +183,59 @@ def test_a_broadcast_mask_masks_every_batch_entry() -> None:
     mask = torch.tensor([False, True, True, False])
     x = pickgrad.select(scores, OneHot(), "st-gumbel", mask=mask)
     assert bool((x[:, ~mask] == 0).all()) and bool((x.sum(-1) == 1).all())
+
+
+@pytest.mark.parametrize(("name", "structure", "shape"), [c for c in CASES if c[0] != "solver"])
+def test_fenchel_young_loss_with_a_mask(name: str, structure: Structure, shape: tuple[int, ...]):
+    scores, mask = _case(structure, shape, 2)
+    target = structure.argmax(scores, mask=mask)
+    leaf = scores.clone().requires_grad_()
+    loss = pickgrad.fenchel_young_loss(
+        leaf,
+        target,
+        structure,
+        n_perturbations=8,
+        generator=torch.Generator().manual_seed(0),
+        mask=mask,
+    )
+    loss.backward()
+    assert bool(torch.isfinite(loss.detach())) and float(loss.detach()) >= 0
+    assert leaf.grad is not None and bool(torch.isfinite(leaf.grad).all())
+    assert bool((leaf.grad[~mask] == 0).all())
+    # -inf scores: the same loss and gradient from the same seed
+    other = scores.masked_fill(~mask, -math.inf).requires_grad_()
+    same = pickgrad.fenchel_young_loss(
+        other, target, structure, n_perturbations=8, generator=torch.Generator().manual_seed(0)
+    )
+    same.backward()
+    torch.testing.assert_close(same, loss)
+    assert other.grad is not None
+    torch.testing.assert_close(other.grad, leaf.grad)
+
+
+def test_fenchel_young_refuses_a_target_on_a_masked_entry() -> None:
+    scores = torch.zeros(2, 3)
+    mask = torch.tensor([True, True, False])
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    with pytest.raises(ValueError, match="target has mass on 1 masked entries"):
+        pickgrad.fenchel_young_loss(scores, target, OneHot(), mask=mask)
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        pickgrad.fenchel_young_loss(scores, target, OneHot(), mask=mask, sigma=-1.0)
+
+
+def test_straight_through_backward_is_the_identity_off_minus_inf() -> None:
+    # Its backward is by design not the derivative of its (constant) forward, so no gradcheck:
+    # the vector-Jacobian product is checked to be the identity, zeroed on -inf entries.
+    from pickgrad.estimators.straight_through import _StraightThroughMasked
+
+    hard = torch.tensor([[0.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    objective = torch.tensor([[0.5, 2.0, -1.0, 0.25]], dtype=torch.float64, requires_grad=True)
+    out = _StraightThroughMasked.apply(hard, objective)
+    assert torch.equal(out, hard)
+    upstream = torch.randn(1, 4, dtype=torch.float64)
+    (vjp,) = torch.autograd.grad(out, objective, upstream)
+    assert torch.equal(vjp, upstream)
+    masked = torch.tensor([[0.5, 2.0, -math.inf, 0.25]], dtype=torch.float64, requires_grad=True)
+    _StraightThroughMasked.apply(hard, masked).sum().backward()
+    assert masked.grad is not None
+    assert masked.grad.tolist() == [[1.0, 1.0, 0.0, 1.0]]
