@@ -190,7 +190,8 @@ def check_scores(
         ValueError: tau=0.01 is too small for scores of magnitude up to 1e+37: ...
     """
     inspect_scores(scores, name=name, event_dims=event_dims, tau=tau, tau_name=tau_name)
-    return scores
+    checked: Tensor = scores  # inspect_scores raised unless it is a floating tensor
+    return checked
 
 
 def inspect_scores(

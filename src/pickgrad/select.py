@@ -21,7 +21,7 @@ def _prepare(
     estimator: str | Estimator,
     tau: Any,
     generator: Any,
-    options: dict,
+    options: dict[str, Any],
     mask: Tensor | None = None,
 ) -> tuple[Estimator, float, Tensor]:
     """Resolve the estimator and run every check before any work; return it, ``tau`` and the

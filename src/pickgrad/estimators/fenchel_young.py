@@ -146,4 +146,5 @@ def _check_target(target: Any, scores: Tensor, structure: Structure) -> Tensor:
                 f"target has mass on {int(on_masked.sum())} masked entries (-inf scores or "
                 "mask False); its Fenchel-Young loss would be infinite"
             )
-    return target
+    checked: Tensor = target
+    return checked

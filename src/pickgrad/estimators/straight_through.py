@@ -34,7 +34,8 @@ class StraightThrough(Estimator):
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         hard = structure._argmax(scores.detach())
-        return _StraightThroughMasked.apply(hard, structure.linear_objective(scores))
+        x: Tensor = _StraightThroughMasked.apply(hard, structure.linear_objective(scores))
+        return x
 
 
 class _StraightThroughMasked(torch.autograd.Function):
