@@ -16,6 +16,10 @@ Run ``python benchmarks/bench_tree_gumbel_rao.py`` (``--quick`` for a seconds-lo
 * burn-in at larger sizes (``--burn-in``, also in the default run): where rejection sampling
   is out of reach (n = 10, 50), chains after s sweeps against chains after 64 sweeps (near
   stationary), same statistic (mean squared z-score of the edge means' difference).
+* chains (``--chains``, also in the default run): K = 10 draws from K independent chains
+  against fewer chains each giving d successive states (``draws_per_chain`` d, ``thin``):
+  gumbel-rao's gradient variance relative to st-gumbel's (10 nodes, tau 0.5), the largest
+  |z| of its mean against st-gumbel's, and the sampler's CPU time at both speed sizes.
 * variance: per-sample gradients of a random linear loss on a 10-node problem at tau = 0.5;
   the sum over edges of their variance, gumbel-rao (10 draws) / st-gumbel (the Rao-Blackwell
   reduction), and the z-score of the difference of their means (no bias: |z| small).
@@ -36,6 +40,7 @@ from _timing import best_time
 from pickgrad import SpanningTree
 from pickgrad.noise import sample_gumbel
 from pickgrad.structures import edge_index
+from pickgrad.structures._tree_conditional import conditional_tree_gumbel
 
 
 def gumbel(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -170,14 +175,58 @@ def variance(n: int, n_samples: int) -> None:
     )
 
 
+def chains(n_samples: int, settings: list[tuple[int, int]], repeats: int) -> None:
+    generator = torch.Generator().manual_seed(3)
+    tree = SpanningTree()
+    n = 10
+    scores = torch.randn(n, n, dtype=torch.float64, generator=generator)
+    weights = torch.randn(n, n, dtype=torch.float64, generator=generator)
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool), 1)
+    batch = scores.expand(n_samples, n, n)
+    leaf = batch.clone().requires_grad_()
+    x = pickgrad.select(leaf, tree, "st-gumbel", tau=0.5, generator=generator)
+    (straight,) = torch.autograd.grad((x * weights).sum(), leaf)
+    straight = straight[:, upper]
+    for per_chain, thin in settings:
+        hard = tree.argmax(batch + gumbel(batch.shape, batch, generator))
+        noise = conditional_tree_gumbel(
+            batch, hard, 10, generator, draws_per_chain=per_chain, thin=thin
+        )
+        leaf = batch.clone().requires_grad_()
+        soft = tree.relax(leaf + noise, 0.5).mean(0)
+        (rao,) = torch.autograd.grad((soft * weights).sum(), leaf)
+        rao = rao[:, upper]
+        ratio = float(rao.var(0).sum() / straight.var(0).sum())
+        se = (rao.var(0) / n_samples + straight.var(0) / n_samples).sqrt()
+        z = float(((rao.mean(0) - straight.mean(0)) / se).abs().max())
+        times = []
+        for size, nodes in ((128, 10), (16, 50)):
+            s = torch.randn(size, nodes, nodes, generator=generator)
+            t = tree.argmax(s)
+            times.append(
+                best_cpu_time(
+                    lambda s=s, t=t, d=per_chain, h=thin: conditional_tree_gumbel(
+                        s, t, 10, generator, draws_per_chain=d, thin=h
+                    ),
+                    repeats,
+                )
+            )
+        print(
+            f"  draws_per_chain {per_chain:2d}, thin {thin}: variance {ratio:.3f}x st-gumbel, "
+            f"max |z| {z:.2f}; sampler CPU (128, 10, 10) {times[0] * 1e3:.1f} ms, "
+            f"(16, 50, 50) {times[1] * 1e3:.1f} ms"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--mixing", action="store_true", help="only the mixing measurement")
     parser.add_argument("--burn-in", action="store_true", help="only the burn-in at n = 10, 50")
+    parser.add_argument("--chains", action="store_true", help="only draws per chain")
     args = parser.parse_args()
     torch.set_num_threads(1)  # shared machines: one thread measures more steadily
-    only = args.mixing or args.burn_in
+    only = args.mixing or args.burn_in or args.chains
     if not only:
         print("speed, forward + backward (minimum over repeats):")
         if args.quick:
@@ -199,6 +248,12 @@ def main() -> None:
         else:
             burn_in(10, 4, [1, 2, 3, 4, 6, 8, 12, 16], 4000, seed=0)
             burn_in(50, 1, [1, 2, 3, 4, 6, 8, 12, 16], 2000, seed=0)
+    if args.chains or not only:
+        print("K = 10 draws from fewer chains (gumbel-rao's gradient, 10 nodes, tau 0.5):")
+        if args.quick:
+            chains(300, [(1, 1), (5, 1)], repeats=1)
+        else:
+            chains(3000, [(1, 1), (2, 2), (5, 1), (5, 2), (10, 1)], repeats=5)
     if not only:
         print("gradient variance:")
         variance(5 if args.quick else 10, 500 if args.quick else 8000)

@@ -18,9 +18,11 @@ from pickgrad import SpanningTree
 from pickgrad.structures import edge_index, edges_to_matrix
 from pickgrad.structures._matrix_tree import node_mask
 from pickgrad.structures._tree_conditional import (
+    DRAWS_PER_CHAIN,
     _ceilings,
     _floors,
     _lifting_layout,
+    conditional_tree_gumbel,
     lower_truncated_gumbel,
     upper_truncated_gumbel,
 )
@@ -93,10 +95,16 @@ def test_law_matches_rejection_sampling(n: int, generator: torch.Generator) -> N
         reference = groups[pick][:20_000]
         adjacency = edges_to_matrix(trees[pick])
         x = adjacency + adjacency.T
-        noise = TREE.conditional_gumbel(scores, x, reference.shape[0], generator=generator)
-        assert noise.shape == (reference.shape[0], n, n)
+        # One graph per draw, so that draws are independent: the first and the last state
+        # of each chain (a chain gives DRAWS_PER_CHAIN successive states) each follow the law.
+        count = reference.shape[0]
+        noise = TREE.conditional_gumbel(
+            scores.expand(count, n, n), x.expand(count, n, n), DRAWS_PER_CHAIN, generator=generator
+        )
+        assert noise.shape == (DRAWS_PER_CHAIN, count, n, n)
         assert bool((TREE.argmax(scores + noise) == x).all()), "every draw keeps the tree"
-        assert_same_law(noise[:, index[0], index[1]], reference)
+        assert_same_law(noise[0][:, index[0], index[1]], reference)
+        assert_same_law(noise[-1][:, index[0], index[1]], reference)
 
 
 def test_draws_keep_the_tree_at_extremes(generator: torch.Generator) -> None:
@@ -282,7 +290,8 @@ def test_masked_edges_law_matches_rejection_sampling(generator: torch.Generator)
     adjacency = edges_to_matrix(trees[0])
     x = adjacency + adjacency.T
     reference = groups[0][:20_000]
-    noise = TREE.conditional_gumbel(scores, x, reference.shape[0], generator=generator)
+    count = reference.shape[0]
+    noise = TREE.conditional_gumbel(scores.expand(count, n, n), x.expand(count, n, n), 1)[0]
     edges = noise[:, index[0], index[1]]
     assert bool((edges[:, ~allowed] == -math.inf).all())
     assert bool(torch.isfinite(edges[:, allowed]).all())
@@ -325,3 +334,24 @@ def test_gumbel_rao_gives_masked_edges_no_gradient(generator: torch.Generator) -
     )
     kept = TREE.argmax(scores + noise, lengths=lengths.expand(200, 4))
     assert bool((kept == x).all())
+
+
+def test_draws_per_chain_and_thinning(generator: torch.Generator) -> None:
+    """K draws from ceil(K / d) chains: the shape, the tree kept, and the law of each state of
+    a thinned chain equal to that of independent draws (two-sample tests between the two)."""
+    scores = torch.randn(4, 4, dtype=torch.float64, generator=generator)
+    x = TREE.argmax(scores + gumbel((4, 4), generator))
+    count = 20_000
+    batch = scores.expand(count, 4, 4)
+    trees = x.expand(count, 4, 4)
+    for draws, per_chain, thin in [(7, 3, 2), (10, 10, 1), (3, 1, 1)]:
+        noise = conditional_tree_gumbel(
+            scores[None], x[None], draws, generator, draws_per_chain=per_chain, thin=thin
+        )
+        assert noise.shape == (draws, 1, 4, 4)
+        assert bool((TREE.argmax(scores + noise) == x).all())
+    index = edge_index(4)
+    independent = conditional_tree_gumbel(batch, trees, 1, generator, draws_per_chain=1)[0]
+    thinned = conditional_tree_gumbel(batch, trees, 3, generator, draws_per_chain=3, thin=2)
+    for state in thinned:
+        assert_same_law(state[:, index[0], index[1]], independent[:, index[0], index[1]])
