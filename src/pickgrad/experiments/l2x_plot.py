@@ -62,7 +62,7 @@ def draw_selections(
         return
     rows = torch.stack([relevant.double().mean(0), *frequencies.values()]).numpy()
     labels = ["true features", *frequencies]
-    figure, axis = plt.subplots(figsize=(1.0 + 0.55 * d, 0.9 + 0.38 * len(labels)))
+    figure, axis = plt.subplots(figsize=(1.5 + 0.55 * d, 1.2 + 0.4 * len(labels)))
     image = axis.imshow(rows, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     axis.set_xticks(range(d), [str(i) for i in range(d)])
     axis.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -73,7 +73,7 @@ def draw_selections(
             value = rows[row, column]
             axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
                       color="black" if value > 0.6 else "white")  # fmt: skip
-    figure.colorbar(image, ax=axis, label="share of test examples choosing it")
+    figure.colorbar(image, ax=axis, label="share chosen")
     axis.set_title("hard top-k selections on the test split")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
