@@ -284,3 +284,16 @@ def test_exactly_k_allowed_items_is_the_one_subset() -> None:
         torch.testing.assert_close(log_z, torch.tensor([1.3], dtype=torch.float64))
         (out.sum() + log_z.sum()).backward()
         assert scores.grad is not None and bool((scores.grad[0, ~mask] == 0).all())
+
+
+@pytest.mark.parametrize(("structure", "shape"), [(OneHot(), (3, 5)), (Subset(2), (3, 5))])
+def test_conditional_gumbel_draws_minus_inf_for_masked_entries(
+    structure: Structure, shape: tuple[int, ...]
+) -> None:
+    scores, mask = _draw(structure, shape, 4)
+    masked = scores.masked_fill(~mask, -math.inf)
+    x = structure.argmax(masked)
+    noise = structure.conditional_gumbel(masked, x, 50, generator=torch.Generator().manual_seed(0))
+    assert bool((noise[:, ~mask] == -math.inf).all())
+    assert bool(torch.isfinite(noise[:, mask]).all())
+    assert bool((structure.argmax(masked + noise) == x).all())

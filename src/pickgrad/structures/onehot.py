@@ -383,6 +383,9 @@ class OneHot(Structure):
         top = torch.logsumexp(s, dim=-1, keepdim=True) + (gumbel * chosen).sum(-1, keepdim=True)
         others = -torch.logaddexp(-top, -(s + gumbel))
         noise = torch.where(chosen, top, others) - s
+        # A masked (-inf) item's utility is -inf whatever its noise: its draw is -inf (not the
+        # NaN of -inf - -inf), so that scores + noise keeps it out.
+        noise = noise.masked_fill(s == -math.inf, -math.inf)
         # In the compute dtype: for half scores the noise that makes an unlikely x the argmax
         # can exceed float16's range (|G| up to the score range), where it would be inf.
         return noise.movedim(-2, 0)
