@@ -167,7 +167,7 @@ def test_bad_input_is_refused() -> None:
         SpanningTree(n_sweeps=2.0)  # type: ignore[arg-type]
     scores = torch.zeros(4, 4)
     # Its own check today; the generic check_solution's message once that takes lengths=.
-    with pytest.raises(ValueError, match="x must be a spanning tree|x is not a hard solution"):
+    with pytest.raises(ValueError, match=r"x must be a spanning tree|x is not a hard solution"):
         TREE.conditional_gumbel(scores, torch.ones(4, 4))
     with pytest.raises(ValueError, match="x must have the shape"):
         TREE.conditional_gumbel(scores, torch.ones(3, 3))
