@@ -42,6 +42,12 @@ class Solver(Structure):
             without ``solutions``) a given ``x`` is only checked to be 0/1.
         name: shown in ``repr`` and in error messages.
 
+    Masks: ``mask=`` (True = allowed) reaches ``argmax_fn`` as ``-inf`` scores, so a solver used
+    with masks must handle ``-inf`` entries (never choose them while it can avoid them); with the
+    value checks on, an ``x`` that uses a ``-inf`` entry is taken to mean that no allowed
+    solution exists (``ValueError`` naming the batch entries). The estimators' gradients on
+    masked entries are zero as for every structure.
+
     Example (the best monotone path through a grid, right or down steps from the top-left to the
     bottom-right cell, solved by dynamic programming):
         >>> import torch, pickgrad
