@@ -24,7 +24,9 @@ def test_reinforce_is_unbiased_with_every_baseline_on_every_builtin_problem(name
         n_samples=60,
         reference=problem.exact_gradient(),
     )
-    assert report.reference.exact
+    # Exact, or (Arborescence, Permutation) conditional Monte Carlo, whose standard error the
+    # noise floor includes.
+    assert report.reference.exact or "conditional Monte Carlo" in report.reference.method
     for row in report.rows:
         assert row.error is None, row.error
         # ||mean - exact||^2 has expectation noise_floor^2 when unbiased; 5 floors is far out.

@@ -113,6 +113,7 @@ def exact_gradient(
     n_reference: int = 2**15,
     n_conditional: int = DEFAULT_N_CONDITIONAL,
     generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
 ) -> ExactGradient:
     """The gradient of ``E[loss_fn(x)]``, ``x = argmax(scores + G)``, with respect to ``scores``.
 
@@ -148,6 +149,9 @@ def exact_gradient(
         n_reference: samples of the reference estimate when there is no closed form.
         n_conditional: Gumbel draws of :func:`conditional_gradient`, when it is used.
         generator: noise source of the conditional or reference estimate.
+        mask: optional bool tensor broadcastable to ``scores``, True = allowed; exactly
+            ``scores.masked_fill(~mask, -inf)`` (``-inf`` scores are masked too). Masked
+            entries never appear in ``x`` and their gradient is exactly 0.
 
     Returns:
         :class:`ExactGradient` with ``gradient`` shaped like ``scores``.
@@ -165,7 +169,7 @@ def exact_gradient(
         raise TypeError(f"structure must be a pickgrad Structure, got {type(structure).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    structure.validate(scores)
+    scores = structure.mask_scores(scores, mask)
     check_positive_int(max_enumeration, name="max_enumeration")
     check_positive_int(n_reference, name="n_reference", minimum=4)
     check_positive_int(n_conditional, name="n_conditional", minimum=2)
@@ -593,11 +597,19 @@ def spanning_tree_log_prob(edge_scores: Tensor) -> tuple[Tensor, Tensor]:
     if n * (n - 1) // 2 != m or n < 2:
         raise ValueError(f"edge_scores must have m = n (n - 1) / 2 entries, got {m}")
     trees, orders, live = (t.to(edge_scores.device) for t in _tree_orders(n))
-    s = edge_scores[..., None, None, None, :]  # (*batch, 1, 1, 1, m)
-    masked = s.masked_fill(~live, -math.inf)  # (*batch, K, P, n-1, m)
-    taken = edge_scores[..., orders]  # (*batch, K, P, n-1)
+    # A -inf edge has Plackett-Luce weight 0: it leaves every denominator, and a tree that uses
+    # it has probability 0. Its score is replaced by 0 so that no -inf reaches autograd.
+    allowed = edge_scores > -math.inf  # (*batch, m)
+    safe = torch.where(allowed, edge_scores, torch.zeros_like(edge_scores))
+    forbidden = (trees & ~allowed[..., None, :]).any(-1)  # (*batch, K)
+    # Forbidden trees keep every live edge (finite, discarded below); the others only allowed ones.
+    keep = live & (allowed[..., None, None, None, :] | forbidden[..., :, None, None, None])
+    s = safe[..., None, None, None, :]  # (*batch, 1, 1, 1, m)
+    masked = s.masked_fill(~keep, -math.inf)  # (*batch, K, P, n-1, m)
+    taken = safe[..., orders]  # (*batch, K, P, n-1)
     log_orders = (taken - torch.logsumexp(masked, dim=-1)).sum(-1)  # (*batch, K, P)
-    return torch.logsumexp(log_orders, dim=-1), trees.to(edge_scores.dtype)
+    log_p = torch.logsumexp(log_orders, dim=-1)
+    return log_p.masked_fill(forbidden, -math.inf), trees.to(edge_scores.dtype)
 
 
 def _spanning_tree_law(

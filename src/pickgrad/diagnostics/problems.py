@@ -15,6 +15,14 @@
   picks ``v`` (A random symmetric, b random). Its 10^10 joint picks are not enumerated: with
   independent one-hot slots, ``E[v] = p`` (the softmaxes) and ``E[v v^T]`` is ``p_i p_j^T``
   between different slots and ``diag(p_i)`` within slot i, so ``E[loss]`` has a closed form.
+* ``spanning-tree``: 2 graphs of 5 nodes, loss ``sum_i (deg_i(x) - 2)^2 + <c, x>`` (prefer
+  path-like trees of cheap edges); quadratic in x, exact through the tree law (125 trees).
+* ``arborescence``: 2 graphs of 4 nodes rooted at 0, loss ``sum_i (children_i(x) - 1)^2 + <c, x>``
+  (prefer chain-like parses); quadratic in x, its gradient by :func:`conditional_gradient`
+  (16 arborescences per graph, each coordinate's Gumbel integrated exactly).
+* ``permutation``: 2 quadratic assignment problems of size 4, loss ``trace(F x D x^T)``
+  (flows F between facilities, distances D between locations), its gradient by
+  :func:`conditional_gradient` (24 permutations each).
 """
 
 from __future__ import annotations
@@ -31,18 +39,24 @@ from torch import Tensor
 
 from pickgrad.diagnostics.exact import DEFAULT_MAX_ENUMERATION, ExactGradient, exact_gradient
 from pickgrad.estimators.base import LossFn
+from pickgrad.structures.arborescence import Arborescence
 from pickgrad.structures.base import Structure
 from pickgrad.structures.onehot import OneHot
+from pickgrad.structures.permutation import Permutation
+from pickgrad.structures.spanning_tree import SpanningTree
 
 __all__ = [
     "PROBLEMS",
     "Problem",
+    "arborescence",
     "bernoulli",
     "categorical_quadratic",
     "critic_slots",
     "load_problem",
+    "permutation",
     "pick_the_five",
     "polynomial",
+    "spanning_tree",
 ]
 
 
@@ -168,7 +182,8 @@ def categorical_quadratic(seed: int = 0, n_slots: int = 10, n_classes: int = 10)
 
     def loss_fn(x: Tensor) -> Tensor:
         v = x.reshape(*x.shape[:-2], size).to(matrix.dtype)
-        return ((v @ matrix) * v).sum(-1) + v @ linear  # (n,)
+        losses: Tensor = ((v @ matrix) * v).sum(-1) + v @ linear  # (n,)
+        return losses
 
     def expected_loss(s: Tensor) -> Tensor:
         p = torch.softmax(s.to(matrix.dtype), dim=-1)  # (S, C)
@@ -176,7 +191,8 @@ def categorical_quadratic(seed: int = 0, n_slots: int = 10, n_classes: int = 10)
         # E[v v^T]: p_i p_j^T across slots; diag(p_i) within slot i (one-hot: v_a v_b = 0, a != b).
         second = torch.outer(flat, flat) - torch.block_diag(*(torch.outer(row, row) for row in p))
         second = second + torch.diag(flat)
-        return (matrix * second).sum() + flat @ linear
+        value: Tensor = (matrix * second).sum() + flat @ linear
+        return value
 
     return Problem(
         "categorical-quadratic",
@@ -185,6 +201,95 @@ def categorical_quadratic(seed: int = 0, n_slots: int = 10, n_classes: int = 10)
         OneHot(),
         f"{n_slots} slots of {n_classes} classes, random quadratic loss (closed-form expectation)",
         expected_loss=expected_loss,
+    )
+
+
+def spanning_tree(seed: int = 0, n_graphs: int = 2, n_nodes: int = 5) -> Problem:
+    """Path-like trees of cheap edges: ``sum_i (deg_i(x) - 2)^2 + <c, x>``; scores ``(G, n, n)``.
+
+    ``x`` is a symmetric adjacency, so ``deg_i = sum_j x[i, j]`` and ``<c, x>`` counts each
+    edge's cost ``c[i, j] = c[j, i]`` twice. Exact gradient through the Kruskal law.
+
+    Example:
+        >>> problem = spanning_tree()
+        >>> problem.scores.shape, problem.exact_gradient().exact
+        (torch.Size([2, 5, 5]), True)
+    """
+    generator = torch.Generator().manual_seed(60_000 + seed)
+    scores = torch.randn(n_graphs, n_nodes, n_nodes, generator=generator, dtype=torch.float64)
+    raw = torch.rand(n_graphs, n_nodes, n_nodes, generator=generator, dtype=torch.float64)
+    cost = (raw + raw.transpose(-1, -2)) / 2
+
+    def loss_fn(x: Tensor) -> Tensor:
+        degree = x.sum(-1)  # (n, G, n_nodes)
+        return ((degree - 2) ** 2).sum(-1) + (x * cost).sum((-1, -2))  # (n, G)
+
+    return Problem(
+        "spanning-tree",
+        loss_fn,
+        scores,
+        SpanningTree(),
+        f"{n_graphs} graphs of {n_nodes} nodes: sum_i (deg_i - 2)^2 + edge costs (quadratic in x)",
+    )
+
+
+def arborescence(seed: int = 0, n_graphs: int = 2, n_nodes: int = 4) -> Problem:
+    """Chain-like parses: ``sum_i (children_i(x) - 1)^2 + <c, x>``; scores ``(G, n, n)``, root 0.
+
+    ``children_i = sum_j x[i, j]`` (``x[i, j] = 1``: arc i -> j). Its gradient is estimated by
+    :func:`pickgrad.diagnostics.exact.conditional_gradient` (no closed-form law).
+
+    Example:
+        >>> problem = arborescence()
+        >>> problem.scores.shape, problem.loss_fn(Arborescence().enumerate((4, 4))[:3, None]
+        ...                                       .expand(3, 2, 4, 4)).shape
+        (torch.Size([2, 4, 4]), torch.Size([3, 2]))
+    """
+    generator = torch.Generator().manual_seed(70_000 + seed)
+    scores = torch.randn(n_graphs, n_nodes, n_nodes, generator=generator, dtype=torch.float64)
+    cost = torch.rand(n_graphs, n_nodes, n_nodes, generator=generator, dtype=torch.float64)
+
+    def loss_fn(x: Tensor) -> Tensor:
+        children = x.sum(-1)  # (n, G, n_nodes)
+        return ((children - 1) ** 2).sum(-1) + (x * cost).sum((-1, -2))  # (n, G)
+
+    return Problem(
+        "arborescence",
+        loss_fn,
+        scores,
+        Arborescence(),
+        f"{n_graphs} graphs of {n_nodes} nodes rooted at 0: sum_i (children_i - 1)^2 + arc costs",
+    )
+
+
+def permutation(seed: int = 0, n_problems: int = 2, size: int = 4) -> Problem:
+    """Quadratic assignment: ``trace(F x D x^T)``, facility ``i`` at location ``j`` iff
+    ``x[i, j] = 1``; scores ``(P, size, size)``.
+
+    ``F`` (flows, symmetric) and ``D`` (distances of random points) are random per problem.
+
+    Example:
+        >>> problem = permutation()
+        >>> problem.scores.shape, problem.loss_fn(torch.eye(4).expand(1, 2, 4, 4)).shape
+        (torch.Size([2, 4, 4]), torch.Size([1, 2]))
+    """
+    generator = torch.Generator().manual_seed(80_000 + seed)
+    scores = torch.randn(n_problems, size, size, generator=generator, dtype=torch.float64)
+    raw = torch.rand(n_problems, size, size, generator=generator, dtype=torch.float64)
+    flows = (raw + raw.transpose(-1, -2)) / 2
+    points = torch.rand(n_problems, size, 2, generator=generator, dtype=torch.float64)
+    distances = torch.cdist(points, points)
+
+    def loss_fn(x: Tensor) -> Tensor:
+        x = x.to(flows.dtype)
+        return (flows @ x @ distances * x).sum((-1, -2))  # trace(F x D x^T): (n, P)
+
+    return Problem(
+        "permutation",
+        loss_fn,
+        scores,
+        Permutation(),
+        f"{n_problems} quadratic assignment problems of size {size}: trace(F x D x^T)",
     )
 
 
@@ -197,6 +302,9 @@ PROBLEMS: dict[str, Callable[[int], Problem]] = {
     "polynomial-2": functools.partial(polynomial, 2.0),
     "polynomial-3": functools.partial(polynomial, 3.0),
     "categorical-quadratic": categorical_quadratic,
+    "spanning-tree": spanning_tree,
+    "arborescence": arborescence,
+    "permutation": permutation,
 }
 
 

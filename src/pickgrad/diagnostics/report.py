@@ -227,7 +227,7 @@ class DiagnosticReport:
             return value
 
         reference = self.reference
-        return clean(
+        data: dict[str, Any] = clean(
             {
                 "problem": self.problem,
                 "structure": self.structure,
@@ -255,6 +255,7 @@ class DiagnosticReport:
                 else asdict(self.recommendation),
             }
         )
+        return data
 
     def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
         """The report as JSON text; also written to ``path`` if given."""
@@ -340,6 +341,10 @@ class DiagnosticReport:
         if why:
             lines += ["", "Why not the others:", ""]
             lines += [f"- {_setting(row)}: {row.explanation}" for row in why]
+        absent = dict(self.settings.get("not_applicable") or {})
+        if absent:
+            lines += ["", "Not applicable here:", ""]
+            lines += [f"- {name}: {reason}" for name, reason in absent.items()]
         return "\n".join(lines)
 
     def to_png(self, path: str | Path) -> None:
@@ -513,6 +518,7 @@ def _draw_gradients(
     seed: int,
     warmup: int,
     tick: Callable[[], None],
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, float]:
     """``(n_draws, scores.numel())`` float64 gradient draws and the median seconds per draw."""
     generator = torch.Generator(device=scores.device).manual_seed(seed)
@@ -529,6 +535,7 @@ def _draw_gradients(
             n_samples=samples_per_draw,
             tau=tau,
             generator=generator,
+            mask=mask,
         )
         if surrogate.requires_grad:
             (gradient,) = torch.autograd.grad(surrogate, leaf, allow_unused=True)
@@ -553,6 +560,7 @@ def _reference_seconds(
     samples_per_draw: int,
     n_draws: int,
     seed: int,
+    mask: Tensor | None = None,
 ) -> float:
     """Seconds of the reference op of ``relative_cost``: one ``st`` gradient of this loss."""
     try:
@@ -567,10 +575,29 @@ def _reference_seconds(
             seed=seed,
             warmup=2,
             tick=lambda: None,
+            mask=mask,
         )
     except Exception:  # a loss without a gradient in x: the caller falls back
         return math.nan
     return seconds
+
+
+def _not_applicable(structure: Structure) -> dict[str, str]:
+    """Registered estimators that ``structure`` cannot run, each with the capability it lacks."""
+    usable = set(available_estimators(structure))
+    result = {}
+    for name in available_estimators():
+        if name in usable:
+            continue
+        missing = kept_estimator(name).missing_capabilities(structure)
+        reasons = [
+            f"{capability} ({structure.unsupported[capability]})"
+            if capability in structure.unsupported
+            else capability
+            for capability in missing
+        ]
+        result[name] = f"needs {', '.join(reasons)}, which {structure!r} does not provide"
+    return result
 
 
 def _cosine(a: Tensor, b: Tensor) -> Tensor:
@@ -733,11 +760,27 @@ _LINEARISING = {
 }
 
 
-def explain(row: EstimatorStats, recommendation: Recommendation | None) -> str | None:
+#: What ``relax`` computes, by structure class, for the explanations.
+_RELAXATIONS = {
+    "OneHot": "the softmax",
+    "Subset": "the k-subset marginals",
+    "Permutation": "Sinkhorn's doubly stochastic matrix",
+    "SpanningTree": "the matrix-tree edge marginals",
+    "Arborescence": "the matrix-tree arc marginals",
+}
+
+
+def explain(
+    row: EstimatorStats,
+    recommendation: Recommendation | None,
+    structure: Structure | None = None,
+) -> str | None:
     """One line on why ``row``'s bias is not acceptable (or why it failed), and what to try.
 
     Built from the measured figures (cosine of the mean gradient with the exact one, relative
-    bias, sign agreement) and from what the estimator assumes. None when the bias is acceptable.
+    bias, sign agreement) and from what the estimator assumes; ``structure``, if given, names
+    the relaxation (Sinkhorn for ``Permutation``, matrix-tree marginals for the trees). None
+    when the bias is acceptable.
 
     Example:
         >>> row = EstimatorStats("imle", "IMLE()", None, 10, name="imle", bias=1.6,
@@ -777,8 +820,14 @@ def explain(row: EstimatorStats, recommendation: Recommendation | None) -> str |
     elif name == "reinforce":
         cause = "reinforce is unbiased, so this is Monte Carlo noise: more draws will resolve it"
     elif row.tau is not None:
+        relaxation = "the relaxation"
+        if structure is not None:
+            for cls in type(structure).__mro__:
+                if cls.__name__ in _RELAXATIONS:
+                    relaxation = _RELAXATIONS[cls.__name__]
+                    break
         cause = (
-            f"its backward differentiates the relaxation at tau={tau} in place of the argmax, "
+            f"its backward differentiates {relaxation} at tau={tau} in place of the argmax, "
             "which is exact only for a loss linear in x and as tau -> 0"
         )
         instead += " or a lower tau"
@@ -805,6 +854,7 @@ def diagnose(
     progress: bool = False,
     allow_soft: bool = False,
     rank_by: str = "mse",
+    mask: Tensor | None = None,
 ) -> DiagnosticReport:
     """Measure every estimator's gradient of ``E[loss_fn(x)]`` against the exact gradient.
 
@@ -843,6 +893,9 @@ def diagnose(
             of the convex hull (``relaxed``, ``gumbel-relaxed``, default ``perturbed``) may be
             recommended; by default only hard-forward estimators are.
         rank_by: ``"mse"`` (default) or ``"mse-time"``, see the module docstring.
+        mask: optional bool tensor broadcastable to ``scores``, True = allowed (exactly
+            ``scores.masked_fill(~mask, -inf)``), forwarded to every estimator call and to
+            the exact gradient; masked entries get exactly zero gradient in both.
 
     Returns:
         a :class:`DiagnosticReport`.
@@ -858,7 +911,7 @@ def diagnose(
     """
     if not isinstance(structure, Structure):
         raise TypeError(f"structure must be a pickgrad Structure, got {type(structure).__name__}")
-    structure.validate(scores)
+    structure.mask_scores(scores, mask)  # validates scores, the mask and its feasibility
     check_positive_int(n_samples, name="n_samples", minimum=2)
     check_positive_int(samples_per_draw, name="samples_per_draw")
     tau = check_tau(tau)
@@ -869,10 +922,17 @@ def diagnose(
     pairs = resolve_estimators(estimators, structure)
     for _, est in pairs:
         est.check_structure(structure)
+    not_applicable = _not_applicable(structure) if estimators is None else {}
     scores = scores.detach()
     if reference is None:
         reference = exact_gradient(
-            loss_fn, scores, structure, max_enumeration=max_enumeration, expected_loss=expected_loss
+            loss_fn,
+            scores,
+            structure,
+            max_enumeration=max_enumeration,
+            expected_loss=expected_loss,
+            generator=torch.Generator(device=scores.device).manual_seed(seed + 7_919),
+            mask=mask,
         )
     elif isinstance(reference, Tensor):
         if reference.shape != scores.shape:
@@ -906,6 +966,7 @@ def diagnose(
         structure,
         samples_per_draw=samples_per_draw,
         n_draws=max(8, min(n_samples, 50)),
+        mask=mask,
     )
     reference_runs = [timing(seed=seed)]
     try:
@@ -927,6 +988,7 @@ def diagnose(
                     seed=seed,
                     warmup=warmup,
                     tick=(lambda: bar.update(1)) if bar is not None else (lambda: None),
+                    mask=mask,
                 )
                 _statistics(row, draws, reference, seconds)
             except Exception as error:  # one estimator failing must not lose the others
@@ -970,10 +1032,12 @@ def diagnose(
             "allow_soft": allow_soft,
             "rank_by": rank_by,
             "reference_seconds": reference_seconds,
+            "masked": mask is not None,
+            "not_applicable": not_applicable,
         },
     )
     candidates = report._candidates()
     report.recommendation = recommend(candidates, allow_soft=allow_soft, rank_by=rank_by)
     for row in candidates:
-        row.explanation = explain(row, report.recommendation)
+        row.explanation = explain(row, report.recommendation, structure)
     return report
