@@ -102,10 +102,12 @@ class Structure:
     ) -> Tensor:
         """Check ``scores`` for this structure and return it; raises ``TypeError``/``ValueError``.
 
-        Shape and dtype checks always run; the value checks (finite entries, sums over an event
-        and, with ``tau`` given, ``scores / tau`` within the compute dtype's range) run when
+        Shape and dtype checks always run; the value checks (no NaN or ``+inf``; ``-inf`` marks
+        a masked entry and is allowed; sums over an event and, with ``tau`` given,
+        ``scores / tau`` within the compute dtype's range) run when
         :func:`pickgrad._validation.value_checks_enabled`. See
-        :func:`pickgrad._validation.check_scores` for the exact rules.
+        :func:`pickgrad._validation.check_scores` for the exact rules. It does not check that
+        ``-inf`` entries leave a solution: :meth:`mask_scores` does.
 
         Args:
             scores: ``(*batch, *event)`` tensor.
