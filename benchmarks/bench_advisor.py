@@ -206,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-soft", action="store_true", help="rank soft-forward ones too")
     parser.add_argument("--tasks", nargs="+", default=[*DEMO_TASKS, *TOY_TASKS])
     parser.add_argument("--out", default="pickgrad-out/bench-advisor.json")
+    parser.add_argument(
+        "--reuse-training",
+        metavar="JSON",
+        default=None,
+        help="take the trained outcomes from this earlier --out file (same seeds and steps) "
+        "and re-run only diagnose: for changes to the advisor, which training never calls",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks = ["pick-the-five", "bernoulli"]
@@ -217,12 +224,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     start = time.perf_counter()
     summary = []
+    previous = {}
+    if args.reuse_training is not None:
+        previous = {
+            entry["task"]: entry for entry in json.loads(Path(args.reuse_training).read_text())
+        }
+        print(f"trained outcomes reused from {args.reuse_training}")
     for task in args.tasks:
         setups = setups_for(task)
         rows = advisor_rows(PROBLEMS[task](0), setups, args.n_draws)
         trained: dict[str, tuple[float, float]] = {}
         spread: dict[str, float] = {}
-        for setup in setups:
+        if task in previous:
+            trained = {label: tuple(value) for label, value in previous[task]["trained"].items()}  # type: ignore[misc]
+            spread = dict(previous[task]["spread"])
+        for setup in setups if task not in previous else []:
             outcomes = [
                 train_demo(task, setup, seed, args.demo_steps)
                 if task in DEMO_TASKS

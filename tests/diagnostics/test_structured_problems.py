@@ -109,3 +109,66 @@ def test_not_applicable_names_the_missing_capability_and_its_reason() -> None:
     assert absent["gumbel-rao"] == (
         "needs conditional_gumbel, which Permutation() does not provide"
     )
+
+
+def test_a_stateful_estimator_wins_only_where_its_lead_is_resolved() -> None:
+    from pickgrad.diagnostics.report import STATEFUL_MSE_Z, EstimatorStats, rank_rows
+
+    def row(label: str, mse: float, se: float, stateful: bool) -> EstimatorStats:
+        return EstimatorStats(
+            label, label, None, 200, mse=mse, mse_se=se, stateful=stateful, acceptable_bias=True
+        )
+
+    batch = row("reinforce/batch", 4.0, 0.2, False)
+    close = row("reinforce/ema", 3.66, 0.2, True)  # 3.66 + 2 * 0.2 > 4.0: not resolved
+    far = row("reinforce/ema", 3.0, 0.2, True)  # 3.0 + 2 * 0.2 < 4.0: resolved
+    assert STATEFUL_MSE_Z == 2.0
+
+    def order(rows: list[EstimatorStats]) -> list[str]:
+        return [r.label for r in rank_rows(rows, rank_by="mse")]
+
+    assert order([close, batch]) == ["reinforce/batch", "reinforce/ema"]
+    assert order([far, batch]) == ["reinforce/ema", "reinforce/batch"]
+    # A stateless estimator is ranked by its measured MSE, whatever its error.
+    noisy = row("reinforce/rloo", 3.9, 5.0, False)
+    assert rank_rows([batch, noisy], rank_by="mse")[0] is noisy
+
+
+def test_training_error_prefers_a_mean_that_points_right_over_low_variance() -> None:
+    from pickgrad.diagnostics.exact import ExactGradient
+    from pickgrad.diagnostics.report import ADAM_BETA1, EstimatorStats, _statistics, rank_rows
+
+    exact = torch.tensor([1.0, 0.0], dtype=f64)
+    reference = ExactGradient(exact, torch.tensor(0.0), True, torch.zeros(2, dtype=f64), "given")
+    tilted = torch.tensor([1.0, 0.3], dtype=f64).expand(50, 2).clone()  # deterministic, tilted
+    signs = torch.tensor([1.0, -1.0], dtype=f64).repeat(25)[:, None]
+    aligned = torch.tensor([1.5, 0.0], dtype=f64) + 0.5 * signs * torch.tensor([1.0, 1.0])
+    rows = []
+    for label, draws in (("tilted", tilted), ("aligned", aligned)):
+        row = EstimatorStats(label, label, None, 50)
+        _statistics(row, draws, reference, 1e-3)
+        rows.append(row)
+    tilted_row, aligned_row = rows
+    assert tilted_row.acceptable_bias and aligned_row.acceptable_bias
+    assert math.isclose(tilted_row.perpendicular_bias, 0.3, rel_tol=1e-9)
+    assert aligned_row.perpendicular_bias < 1e-12
+    momentum = (1 - ADAM_BETA1) / (1 + ADAM_BETA1)
+    assert math.isclose(aligned_row.training_error, momentum * aligned_row.variance)
+    # MSE prefers the deterministic tilted mean; the training error the aligned one.
+    assert tilted_row.mse < aligned_row.mse
+    assert rank_rows(rows, rank_by="mse")[0] is tilted_row
+    assert rank_rows(rows)[0] is aligned_row
+
+
+def test_diagnose_records_mse_standard_error_and_state() -> None:
+    problem = PROBLEMS["bernoulli"](0)
+    report = diagnose(
+        problem.loss_fn,
+        problem.scores,
+        problem.structure,
+        ["reinforce/ema", "reinforce/batch"],
+        n_samples=30,
+    )
+    ema, batch = report.row("reinforce/ema"), report.row("reinforce/batch")
+    assert ema.stateful and not batch.stateful
+    assert 0 < ema.mse_se < ema.mse and 0 < batch.mse_se < batch.mse

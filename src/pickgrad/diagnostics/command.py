@@ -11,8 +11,9 @@ ranking, one line on each estimator whose bias is not acceptable, and writes <pr
 Ranking rule: only estimators whose forward pass is a hard choice, unless --allow-soft says the
 loss accepts relaxed inputs; those whose bias is at most 20% of ||exact||, within 3 noise
 floors of zero, or whose mean gradient has a cosine of at least 0.9 with the exact one first;
-within each group the lowest MSE at equal loss evaluations (--rank-by mse)
-or the lowest MSE x cost (--rank-by mse-time). The first is the recommendation.
+within each group the lowest training error (--rank-by training, the default: squared
+perpendicular bias + variance / 19, the error of the direction Adam's momentum follows), MSE
+at equal loss evaluations (--rank-by mse) or MSE x cost (--rank-by mse-time). The first is the recommendation.
 
 Your own problem: --problem mymodule:make, where make() takes no argument and returns
 (loss_fn, scores, structure) or a pickgrad.diagnostics.Problem; loss_fn maps samples
@@ -115,8 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rank-by",
         choices=RANK_BY,
-        default="mse",
-        help="mse: at equal loss evaluations per draw; mse-time: at equal wall-clock time",
+        default="training",
+        help="training (default): squared error of the direction Adam's momentum follows "
+        "(perpendicular bias^2 + variance/19); mse: at equal loss evaluations per draw; "
+        "mse-time: at equal wall-clock time",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("pickgrad-out/diagnose"), help="output folder"

@@ -34,11 +34,16 @@ gumbel-rao, st-gumbel and st-relaxed behind reinforce on categorical-quadratic, 
 what training found). Only estimators whose forward pass is a hard choice
 are candidates, unless ``allow_soft=True`` says the loss accepts relaxed inputs (``relaxed``,
 ``gumbel-relaxed`` and the default ``perturbed`` feed it points of the convex hull). Candidates
-are ranked by :func:`rank` with the key ``(bias not acceptable, mse)`` for ``rank_by="mse"``
+are ranked by :func:`rank` with the key ``(bias not acceptable, training_error)`` for
+``rank_by="training"`` (the default; ``training_error = perpendicular_bias^2 + variance / 19``,
+the error of the direction Adam's momentum follows, see :func:`advisor_key`),
+``(bias not acceptable, mse)`` for ``rank_by="mse"``
 (the default: every estimator gets the same number of loss evaluations per draw, which is the
 budget a training loop with a fixed number of steps and samples gives it), or
 ``(bias not acceptable, mse * relative_cost)`` for ``rank_by="mse-time"`` (a fixed wall-clock
-budget; this depends on the machine). The recommendation is the first; with no acceptable bias
+budget; this depends on the machine); a stateful estimator (an ema baseline) is ranked by
+``mse + STATEFUL_MSE_Z * mse_se``, since at fixed scores its state converges as it never does
+in training (see :func:`advisor_key`). The recommendation is the first; with no acceptable bias
 it is simply the lowest MSE, and the report says so. The ranking ignores raw times, so it does
 not change with the thread count. Every estimator whose bias is not acceptable, or that failed,
 gets a one-line ``explanation`` from what was measured and what to try instead.
@@ -70,8 +75,10 @@ from pickgrad.structures.base import Structure
 __all__ = [
     "ACCEPTABLE_COSINE",
     "ACCEPTABLE_RELATIVE_BIAS",
+    "ADAM_BETA1",
     "RANK_BY",
     "RESOLUTION_Z",
+    "STATEFUL_MSE_Z",
     "DiagnosticReport",
     "EstimatorStats",
     "Recommendation",
@@ -93,7 +100,11 @@ ACCEPTABLE_COSINE = 0.9
 #: Bias within this many noise floors of zero is not resolved, hence acceptable.
 RESOLUTION_Z = 3.0
 #: Ranking keys of the advisor (see the module docstring).
-RANK_BY = ("mse", "mse-time")
+RANK_BY = ("training", "mse", "mse-time")
+#: Adam's default first-moment decay: its running mean of iid draws has variance
+#: ``variance * (1 - beta) / (1 + beta)`` (1/19 of one draw's), the weight of the variance in
+#: ``training_error``.
+ADAM_BETA1 = 0.9
 
 #: Row order of the default estimators: DESIGN.md's table; estimators registered later come last.
 _ORDER = (
@@ -122,7 +133,11 @@ class EstimatorStats:
     the temperature; ``hard`` is False for estimators whose forward pass is relaxed, not hard;
     ``error`` holds the message if the estimator failed on this problem (then every figure is
     NaN); ``explanation`` is one line on why the bias is not acceptable or why it failed, and
-    what to try instead (None when the bias is acceptable); ``name`` is the registry name.
+    what to try instead (None when the bias is acceptable); ``name`` is the registry name;
+    ``mse_se`` is the standard error of ``mse`` over the draws; ``stateful`` is True for
+    estimators that carry state between calls (an ema baseline); ``perpendicular_bias`` is the
+    norm of the mean's component orthogonal to the exact gradient and ``training_error`` is
+    ``perpendicular_bias^2 + variance (1 - ADAM_BETA1) / (1 + ADAM_BETA1)``.
     """
 
     label: str
@@ -144,6 +159,10 @@ class EstimatorStats:
     efficiency: float = math.nan
     acceptable_bias: bool = False
     hard: bool = True
+    mse_se: float = math.nan
+    stateful: bool = False
+    perpendicular_bias: float = math.nan
+    training_error: float = math.nan
     error: str | None = None
     explanation: str | None = None
 
@@ -198,7 +217,7 @@ class DiagnosticReport:
         return rank_rows(
             self._candidates(),
             allow_soft=bool(self.settings.get("allow_soft", False)),
-            rank_by=str(self.settings.get("rank_by", "mse")),
+            rank_by=str(self.settings.get("rank_by", "training")),
         )
 
     def _candidates(self) -> list[EstimatorStats]:
@@ -245,7 +264,7 @@ class DiagnosticReport:
                     "acceptable_relative_bias": ACCEPTABLE_RELATIVE_BIAS,
                     "acceptable_cosine": ACCEPTABLE_COSINE,
                     "resolution_z": RESOLUTION_Z,
-                    "rank_by": self.settings.get("rank_by", "mse"),
+                    "rank_by": self.settings.get("rank_by", "training"),
                     "allow_soft": self.settings.get("allow_soft", False),
                 },
                 "rows": [asdict(row) for row in self.rows],
@@ -624,7 +643,9 @@ def _statistics(
     row.relative_bias = row.bias / norm if norm > 0 else (0.0 if row.bias == 0 else math.inf)
     row.variance = variance
     row.std = math.sqrt(variance)
-    row.mse = max(float(((draws - exact) ** 2).sum(1).mean()) - reference_noise, 0.0)
+    errors = ((draws - exact) ** 2).sum(1)
+    row.mse = max(float(errors.mean()) - reference_noise, 0.0)
+    row.mse_se = float(errors.std() / math.sqrt(count)) if count > 1 else math.inf
     row.cosine_draw = float(_cosine(draws, exact).mean())
     row.cosine_mean = float(_cosine(mean[None], exact)[0])
     if reference.exact:
@@ -634,6 +655,11 @@ def _statistics(
     if bool(resolved.any()):
         agree = torch.sign(draws[:, resolved]) == torch.sign(exact[resolved])
         row.sign_agreement = float(agree.double().mean())
+    norm2 = float(exact @ exact)
+    along = float(mean @ exact) / norm2 if norm2 > 0 else 0.0
+    row.perpendicular_bias = float((mean - along * exact).norm())
+    momentum = (1 - ADAM_BETA1) / (1 + ADAM_BETA1)
+    row.training_error = row.perpendicular_bias**2 + momentum * variance
     row.time_per_gradient = seconds
     row.efficiency = row.mse * seconds
     row.acceptable_bias = row.bias <= max(
@@ -676,17 +702,44 @@ def _check_rank_by(rank_by: str) -> str:
     return rank_by
 
 
-def advisor_key(row: EstimatorStats, rank_by: str = "mse") -> tuple[int, float, float]:
+#: A stateful estimator is ranked by the upper end of this many standard errors of its MSE.
+STATEFUL_MSE_Z = 2.0
+
+
+def advisor_key(row: EstimatorStats, rank_by: str = "training") -> tuple[int, float, float]:
     """The advisor's sort key of a measured row: ``(bias not acceptable, figure, mse)``.
 
-    ``figure`` is ``mse`` for ``rank_by="mse"`` and ``mse * relative_cost`` for ``"mse-time"``.
+    ``figure`` is ``training_error`` for ``rank_by="training"`` (the default: the squared error
+    of the direction that Adam's running mean of the draws follows, ``perpendicular_bias^2 +
+    variance (1 - ADAM_BETA1) / (1 + ADAM_BETA1)``; Adam rescales the step, so the mean's
+    length matters less than its direction, and its momentum averages about 19 draws, so a
+    low-variance estimator with a tilted mean loses to one whose mean points right: measured
+    by ``benchmarks/bench_advisor.py``, where MSE put the deterministic st-relaxed first on
+    categorical-quadratic and training put it third), ``mse`` for ``"mse"`` and
+    ``mse * relative_cost`` for ``"mse-time"``.
+    For a stateful estimator (an ema baseline) ``mse`` is taken at the upper end of its
+    ``STATEFUL_MSE_Z``-standard-error interval: ``diagnose`` measures it at fixed scores, where
+    its state converges to the exact mean loss, while in training the scores move and the state
+    lags them (measured by ``benchmarks/bench_advisor.py``: ema came first in diagnose and
+    behind batch and rloo in training on pick-the-five and bernoulli), so it wins only where
+    its advantage is resolved.
     """
-    figure = row.mse if _check_rank_by(rank_by) == "mse" else row.mse * row.relative_cost
+    mse = row.mse
+    if row.stateful and math.isfinite(row.mse_se):
+        mse = row.mse + STATEFUL_MSE_Z * row.mse_se
+    if _check_rank_by(rank_by) == "training":
+        figure = row.training_error
+        if row.stateful and math.isfinite(row.mse_se):
+            figure += (1 - ADAM_BETA1) / (1 + ADAM_BETA1) * STATEFUL_MSE_Z * row.mse_se
+    elif rank_by == "mse":
+        figure = mse
+    else:
+        figure = mse * row.relative_cost
     return (0 if row.acceptable_bias else 1, figure, row.mse)
 
 
 def rank_rows(
-    rows: Sequence[EstimatorStats], *, allow_soft: bool = False, rank_by: str = "mse"
+    rows: Sequence[EstimatorStats], *, allow_soft: bool = False, rank_by: str = "training"
 ) -> list[EstimatorStats]:
     """The rows that ran, eligible under the hard rule, best first by :func:`advisor_key`."""
     _check_rank_by(rank_by)
@@ -710,7 +763,7 @@ _RULE_TEXT = (
 
 
 def recommend(
-    rows: Sequence[EstimatorStats], *, allow_soft: bool = False, rank_by: str = "mse"
+    rows: Sequence[EstimatorStats], *, allow_soft: bool = False, rank_by: str = "training"
 ) -> Recommendation | None:
     """Apply the advisor rule (module docstring) to measured rows.
 
@@ -722,7 +775,7 @@ def recommend(
         return None
     best = ranked[0]
     kind = "" if allow_soft else "hard-forward "
-    figure = "MSE" if rank_by == "mse" else "MSE x cost"
+    figure = {"training": "training error", "mse": "MSE"}.get(rank_by, "MSE x cost")
     value = advisor_key(best, rank_by)[1]
     if best.acceptable_bias:
         accepted = sum(row.acceptable_bias for row in ranked)
@@ -853,7 +906,7 @@ def diagnose(
     name: str = "problem",
     progress: bool = False,
     allow_soft: bool = False,
-    rank_by: str = "mse",
+    rank_by: str = "training",
     mask: Tensor | None = None,
 ) -> DiagnosticReport:
     """Measure every estimator's gradient of ``E[loss_fn(x)]`` against the exact gradient.
@@ -864,8 +917,9 @@ def diagnose(
     report records) and its cost relative to a reference op timed in the same run. Ranking rule:
     only estimators with a hard forward pass (unless ``allow_soft``); those whose bias is at
     most 20% of ``||exact||``, within 3 noise floors of zero, or whose mean has a cosine of at
-    least 0.9 with the exact gradient first, each group by MSE at equal
-    loss evaluations (``rank_by="mse"``) or by MSE x relative cost (``"mse-time"``); the
+    least 0.9 with the exact gradient first, each group by the training error (the default
+    ``rank_by="training"``: squared perpendicular bias + variance / 19), by MSE at equal
+    loss evaluations (``"mse"``) or by MSE x relative cost (``"mse-time"``); the
     recommendation is the first. Every estimator with unacceptable bias, or that failed, gets a
     one-line explanation.
 
@@ -892,7 +946,8 @@ def diagnose(
         allow_soft: the loss accepts relaxed inputs, so estimators whose forward pass is a point
             of the convex hull (``relaxed``, ``gumbel-relaxed``, default ``perturbed``) may be
             recommended; by default only hard-forward estimators are.
-        rank_by: ``"mse"`` (default) or ``"mse-time"``, see the module docstring.
+        rank_by: ``"training"`` (default), ``"mse"`` or ``"mse-time"``, see
+            :func:`advisor_key`.
         mask: optional bool tensor broadcastable to ``scores``, True = allowed (exactly
             ``scores.masked_fill(~mask, -inf)``), forwarded to every estimator call and to
             the exact gradient; masked entries get exactly zero gradient in both.
@@ -974,7 +1029,13 @@ def diagnose(
             if bar is not None:
                 bar.set_postfix_str(label if job_tau is None else f"{label} tau={job_tau:g}")
             row = EstimatorStats(
-                label, repr(est), job_tau, n_samples, name=est.name, hard=bool(est.hard)
+                label,
+                repr(est),
+                job_tau,
+                n_samples,
+                name=est.name,
+                hard=bool(est.hard),
+                stateful=bool(est.stateful),
             )
             try:
                 draws, seconds = _draw_gradients(
