@@ -181,7 +181,9 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _settings(args: argparse.Namespace, n_samples: int, tau_sweep: list[float] | None) -> dict:
+def _settings(
+    args: argparse.Namespace, n_samples: int, tau_sweep: list[float] | None
+) -> dict[str, Any]:
     """What a resumed report must have been made with to be reused."""
     return {
         "n_draws": n_samples,
@@ -205,7 +207,8 @@ def _resumable(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
     settings["tau_sweep"] = sorted(settings.get("tau_sweep") or [])
     if any(settings.get(key) != value for key, value in expected.items()):
         return None
-    return data
+    report: dict[str, Any] = data
+    return report
 
 
 def run(args: argparse.Namespace) -> int:

@@ -48,7 +48,8 @@ class CriticSlots(Task):
     def reward(self, picked: Tensor) -> Tensor:
         """Critic reward of picked items ``(..., S, D)``: ``(...)``."""
         flat = picked.reshape(*picked.shape[:-2], self.n_slots * self.item_dim)
-        return self.critic.to(picked.dtype)(flat).squeeze(-1)
+        reward: Tensor = self.critic.to(picked.dtype)(flat).squeeze(-1)
+        return reward
 
     def sample_items(self, batch_size: int, generator: torch.Generator) -> Tensor:
         return torch.randn(batch_size, self.n_items, self.item_dim, generator=generator)
@@ -80,13 +81,14 @@ class CriticSlots(Task):
         pick are sums of per-slot terms, formed by broadcasting instead of 65,536 matmuls.
         """
         first, _, last = self.critic
+        assert isinstance(first, torch.nn.Linear) and isinstance(last, torch.nn.Linear)
         weight = first.weight.to(items.dtype).reshape(-1, self.n_slots, self.item_dim)  # (H, S, D)
         per_slot = torch.einsum("bnd,hsd->bsnh", items, weight)  # (B, S, N, H)
         best = []
         with torch.no_grad():
             for start in range(0, items.shape[0], chunk):
                 terms = per_slot[start : start + chunk]
-                pre = first.bias.to(items.dtype)
+                pre: Tensor = first.bias.to(items.dtype)
                 for slot in range(self.n_slots):  # broadcast one new axis per slot
                     view = [terms.shape[0]] + [1] * self.n_slots + [terms.shape[-1]]
                     view[1 + slot] = self.n_items

@@ -207,7 +207,7 @@ def plot_curves(results: list[RunResult], path: Path) -> None:
     labels = list(dict.fromkeys(r.label for r in results))
     # One colour per estimator (the same in every panel); line style per family: solid if it
     # uses relax, dashed for score-function, dash-dot if it needs nothing but argmax.
-    palette = plt.get_cmap("tab20").colors
+    palette = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
     colour = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
 
     def line_style(r: RunResult) -> str:
