@@ -356,3 +356,16 @@ def test_draws_per_chain_and_thinning(generator: torch.Generator) -> None:
     thinned = conditional_tree_gumbel(batch, trees, 3, generator, draws_per_chain=3, thin=2)
     for state in thinned:
         assert_same_law(state[:, index[0], index[1]], independent[:, index[0], index[1]])
+
+
+def test_empty_batches(generator: torch.Generator) -> None:
+    for shape in [(0, 4, 4), (2, 0, 3, 3)]:
+        scores = torch.randn(shape, generator=generator)
+        noise = TREE.conditional_gumbel(scores, TREE.argmax(scores), 3, generator=generator)
+        assert noise.shape == (3, *shape)
+    edges = SpanningTree(edge_list=True)
+    scores = torch.zeros(0, 6)
+    assert edges.conditional_gumbel(scores, edges.argmax(scores), 2).shape == (2, 0, 6)
+    leaf = torch.zeros(0, 6, dtype=torch.float16, requires_grad=True)
+    pickgrad.select(leaf, edges, "gumbel-rao").sum().backward()
+    assert leaf.grad is not None and leaf.grad.shape == (0, 6)

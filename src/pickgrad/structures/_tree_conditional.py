@@ -268,6 +268,8 @@ def conditional_tree_gumbel(
     batch = tuple(scores.shape[:-2])
     flat_scores = scores.reshape(-1, n, n)
     graphs = flat_scores.shape[0]
+    if graphs == 0:  # an empty batch: nothing to draw (and no shape to infer from)
+        return scores.new_empty((n_draws, *batch, n, n))
     per_graph = -(-n_draws // draws_per_chain)  # chains per graph
     k, chains = per_graph, graphs * per_graph
     nodes = node_mask(lengths, batch, n, device).reshape(-1, n)
