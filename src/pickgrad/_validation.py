@@ -89,7 +89,7 @@ def _functorch_transforms_active() -> bool:
 
 def _tracing() -> bool:
     """Whether a tracer (torch.compile / export, torch.jit.trace, torch.fx) is recording this call."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
         return True
     symbolic = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
     return bool(symbolic()) if symbolic is not None else False

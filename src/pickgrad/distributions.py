@@ -114,7 +114,7 @@ class PerturbAndMAP(Distribution):
         )
 
     @property
-    def support(self) -> constraints.Constraint:  # type: ignore[override]
+    def support(self) -> constraints.Constraint:
         return _StructureSupport(self.structure)
 
     def expand(self, batch_shape: Any, _instance: PerturbAndMAP | None = None) -> PerturbAndMAP:
@@ -124,7 +124,8 @@ class PerturbAndMAP(Distribution):
         new.structure = self.structure
         super(PerturbAndMAP, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
-        return new
+        result: PerturbAndMAP = new
+        return result
 
     def _extended(self, sample_shape: Any) -> Tensor:
         shape = torch.Size(sample_shape)

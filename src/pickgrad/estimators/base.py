@@ -167,7 +167,8 @@ def get_estimator(
             UserWarning,
             stacklevel=2,
         )
-    return resolved
+    result: Estimator = resolved
+    return result
 
 
 _CONSTRUCTOR_OPTIONS: dict[type, tuple[tuple[str, ...], bool]] = {}
@@ -305,7 +306,8 @@ def replace_gradient(hard: Tensor, soft: Tensor) -> Tensor:
 
     Unlike ``hard + soft - soft.detach()`` this allocates nothing and keeps ``hard`` bit-exact.
     """
-    return _ReplaceGradient.apply(hard, soft)
+    result: Tensor = _ReplaceGradient.apply(hard, soft)
+    return result
 
 
 def evaluate_loss(

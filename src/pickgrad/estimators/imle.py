@@ -231,7 +231,10 @@ def perturb_and_map_difference(
     with torch.no_grad():
         samples = structure._argmax(detached.unsqueeze(0) if noise is None else detached + noise)
     mask = structure.active_mask(structure.event_shape(scores), scores.device)
-    return _PerturbAndMapDifference.apply(scores, samples, noise, structure, lambda_, mask)
+    result: Tensor = _PerturbAndMapDifference.apply(
+        scores, samples, noise, structure, lambda_, mask
+    )
+    return result
 
 
 class _ScaleGradient(torch.autograd.Function):

@@ -50,7 +50,8 @@ def check_noise(noise: Any) -> str:
     """Return ``noise`` after checking it is one of :data:`PERTURBED_NOISES`."""
     if noise not in PERTURBED_NOISES:
         raise ValueError(f"noise must be one of {PERTURBED_NOISES}, got {noise!r}")
-    return noise
+    result: str = noise
+    return result
 
 
 def check_noise_scale(scores: Tensor, sigma: float, option: str, estimator: str) -> None:
@@ -264,9 +265,10 @@ class Perturbed(Estimator):
         )
         weights = noise_log_density_gradient(self.noise, z)
         mask = structure.active_mask(structure.event_shape(scores), scores.device)
-        return _PerturbedJacobian.apply(
+        result: Tensor = _PerturbedJacobian.apply(
             scores, samples, weights, sigma, mask, structure.event_dims, self.hard
         )
+        return result
 
     def _options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"n_perturbations": self.n_perturbations}

@@ -87,7 +87,8 @@ def check_lengths(lengths: Any, scores: Tensor, *, minimum: int = 1) -> Tensor |
                 f"lengths must lie in [{minimum}, n={n}] (the number of nodes of each graph), "
                 f"got values from {low} to {high}"
             )
-    return lengths
+    result: Tensor = lengths
+    return result
 
 
 def node_mask(
@@ -516,7 +517,8 @@ def _marginals_by_inverse(
 ) -> tuple[Tensor, Tensor]:
     """Fast marginals of ``scores / tau`` (root 0) from the inverse of the Laplacian, with an
     estimate of their error ``(...)``."""
-    return _InverseMarginals.apply(scores, arcs, tau)
+    result: tuple[Tensor, Tensor] = _InverseMarginals.apply(scores, arcs, tau)
+    return result
 
 
 def arc_marginals(
@@ -732,7 +734,7 @@ class TreeStructure(Structure):
         """
         scores, _, checked = self._prepare_trees(scores, mask, lengths)
         with torch.no_grad():
-            return self._argmax(scores.detach(), lengths=checked)
+            return self._argmax(scores.detach(), lengths=checked)  # type: ignore[call-arg]
 
     def relax(
         self,
@@ -758,7 +760,7 @@ class TreeStructure(Structure):
         """
         scores, tau_value, checked = self._prepare_trees(scores, mask, lengths, tau)
         self.check_relax_options(options)
-        return self._relax(scores, tau_value, lengths=checked, **options)
+        return self._relax(scores, tau_value, lengths=checked, **options)  # type: ignore[call-arg]
 
     def log_partition(
         self,
@@ -778,7 +780,7 @@ class TreeStructure(Structure):
             lengths: optional ``(*batch)`` integer tensor of node counts (see :meth:`argmax`).
         """
         scores, tau_value, checked = self._prepare_trees(scores, mask, lengths, tau)
-        value = self._log_partition(scores, tau_value, lengths=checked)
+        value = self._log_partition(scores, tau_value, lengths=checked)  # type: ignore[call-arg]
         if value_checks_enabled() and value.numel() > 0 and not bool(torch.isfinite(value).all()):
             # Computed in float64; only the division by tau or the output dtype can overflow.
             detached = scores.detach()

@@ -301,4 +301,5 @@ def sinkhorn(scores: Tensor, tau: float, *, tol: float, max_iter: int) -> Tensor
     Differentiable by the implicit backward of the module docstring.
     """
     out, _plan_full = _Sinkhorn.apply(scores, tau, tol, max_iter)
-    return out
+    result: Tensor = out
+    return result

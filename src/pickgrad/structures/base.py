@@ -123,7 +123,8 @@ class Structure:
             ValueError: scores contains non-finite values (1 NaN of 2 entries, shape (2,)); only -inf (a masked entry) is allowed
         """
         self._inspect(scores, name=name, tau=tau, tau_name=tau_name)
-        return scores
+        result: Tensor = scores
+        return result
 
     def _inspect(
         self, scores: Any, *, name: str = "scores", tau: float | None = None, tau_name: str = "tau"
@@ -286,7 +287,8 @@ class Structure:
                     shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
                     where = f" at {len(bad)} batch entr{'y' if len(bad) == 1 else 'ies'}: {shown}"
                 raise ValueError(f"{name} is not a hard solution of {self!r}{where}")
-        return x
+        result: Tensor = x
+        return result
 
     def check_relax_options(self, options: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` if ``options`` holds a keyword this structure's ``relax`` does not take.

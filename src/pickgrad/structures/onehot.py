@@ -50,7 +50,8 @@ class _Sparsemax(torch.autograd.Function):
         (p,) = ctx.saved_tensors
         support = (p > 0).to(grad.dtype)
         mean_on_support = (grad * support).sum(-1, keepdim=True) / support.sum(-1, keepdim=True)
-        return support * (grad - mean_on_support)
+        result: Tensor = support * (grad - mean_on_support)
+        return result
 
 
 # The backward works on at most this many tiles of rows (and at least 2**16 entries per tile), so
@@ -290,7 +291,8 @@ def sparsemax(z: Tensor) -> Tensor:
         tensor([1., 0., 0.])
     """
     check_scores(z, name="z")
-    return _Sparsemax.apply(_shifted_scaled(z, 1.0)).to(z.dtype)
+    result: Tensor = _Sparsemax.apply(_shifted_scaled(z, 1.0)).to(z.dtype)
+    return result
 
 
 class OneHot(Structure):
@@ -411,7 +413,8 @@ class OneHot(Structure):
             return None
         if graph_capture_active():  # traced or transformed: the generic composition (same noise)
             return None
-        return _PerturbArgmaxSoftmax.apply(scores, tau, generator)
+        result: Tensor = _PerturbArgmaxSoftmax.apply(scores, tau, generator)
+        return result
 
     def _conditional_mean_relax(
         self,
@@ -428,7 +431,8 @@ class OneHot(Structure):
         if graph_capture_active():  # traced or transformed: the generic composition (same noise)
             return None
         seed = draw_seed_tensor(generator, scores.device)
-        return _ConditionalMeanSoftmax.apply(scores, x, n_draws, tau, seed)
+        result: Tensor = _ConditionalMeanSoftmax.apply(scores, x, n_draws, tau, seed)
+        return result
 
     def enumerate(
         self,

@@ -461,7 +461,8 @@ class Subset(Structure):
             x = _BinaryEntropyTopK.apply(z, k, float(tol), max_iter)
         else:
             x = capped_simplex_projection(z, k)
-        return x.to(scores.dtype)
+        result: Tensor = x.to(scores.dtype)
+        return result
 
     def _infeasible_reason(self) -> str:
         return f"fewer than k={self.k} allowed items"
