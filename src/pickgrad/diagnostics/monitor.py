@@ -185,7 +185,9 @@ class GradientMonitor:
         every: measure at step 1 and at every multiple of ``every`` (0: never).
         n_draws: ``K``, the extra gradient draws per measurement (at least 2).
         reference: one of :data:`REFERENCES`.
-        n_reference: samples of the ``reinforce`` reference (at least 4).
+        n_reference: samples of the reference when it is estimated: ``reinforce``'s samples, or
+            the Monte Carlo draws of :func:`~pickgrad.diagnostics.exact.conditional_gradient`
+            (at least 4; the exact_gradient default of 2^14 would cost minutes per measurement).
         max_enumeration: the most joint solutions enumerated for an exact reference.
         seed: seed of the monitor's own generator (each step uses ``(seed, step)``).
         tensorboard: also write TensorBoard scalars (into ``path``'s folder, ``tensorboard/``)
@@ -373,7 +375,8 @@ class GradientMonitor:
             try:
                 found = exact_gradient(
                     probe.loss_fn, scores, probe.structure, max_enumeration=self.max_enumeration,
-                    n_reference=self.n_reference, generator=generator,
+                    n_reference=self.n_reference, n_conditional=self.n_reference,
+                    generator=generator,
                 )  # fmt: skip
             except ValueError:  # too many joint solutions to enumerate
                 found = None
