@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["load_or_generate_tensors", "tensor_checksum"]
+__all__ = ["load_or_generate_tensors", "sklearn_digits", "tensor_checksum"]
 
 
 def tensor_checksum(tensors: dict[str, Tensor]) -> str:
@@ -76,3 +76,21 @@ def load_or_generate_tensors(
     meta_partial.write_text(json.dumps({"sha256": checksum, "version": version}))
     meta_partial.replace(meta_path)
     return tensors, checksum, path
+
+
+def sklearn_digits() -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled 8 x 8 digits: pixels ``(1797, 64)`` (float64, values 0 to 16) and
+    labels ``(1797,)`` (int64). Shipped with scikit-learn, so nothing is downloaded.
+
+    Raises:
+        ModuleNotFoundError: scikit-learn is not installed (the message says how to install it).
+    """
+    try:
+        from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "the digits data set comes with scikit-learn, which is not installed: "
+            "pip install scikit-learn (or pip install 'pickgrad[experiments]')"
+        ) from error
+    bunch = load_digits()
+    return torch.as_tensor(bunch.data), torch.as_tensor(bunch.target)

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pickgrad.experiments.data_cache import load_or_generate_tensors
+from pickgrad.experiments.data_cache import load_or_generate_tensors, sklearn_digits
 
 __all__ = [
     "DATASETS",
@@ -161,11 +161,8 @@ def generate_synthetic(dataset: str, count: int, generator: torch.Generator) -> 
 
 
 def _digits(seed: int) -> dict[str, Tensor]:
-    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
-
-    bunch = load_digits()
-    images = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0
-    digits = torch.as_tensor(bunch.target)
+    pixels, digits = sklearn_digits()
+    images = pixels.to(torch.float32) / 16.0
     keep = (digits == 3) | (digits == 8)
     x, label = images[keep], (digits[keep] == 8).long()
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pickgrad.experiments.data_cache import load_or_generate_tensors
+from pickgrad.experiments.data_cache import load_or_generate_tensors, sklearn_digits
 
 __all__ = [
     "BINARIZATIONS",
@@ -196,9 +196,7 @@ def _generate(dataset: str, data_dir: str | Path, method: str, seed: int) -> dic
                 )
             out[split] = binarize(images.flatten(1), 255.0, method, seed + offset)
         return out
-    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
-
-    images = torch.as_tensor(load_digits().data)
+    images, _ = sklearn_digits()
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
     return {"images": binarize(images[order], 16.0, method, seed)}
 
