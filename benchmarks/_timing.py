@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import resource
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["best_time"]
+__all__ = ["best_time", "child_cpu_seconds"]
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -20,3 +23,16 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def child_cpu_seconds(
+    command: Sequence[str], cwd: str | Path | None = None, timeout: float | None = None
+) -> float:
+    """CPU seconds (user + system) that ``command`` used, run to completion in ``cwd``.
+
+    CPU time, unlike wall time, barely moves with other load on a shared machine.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True, timeout=timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

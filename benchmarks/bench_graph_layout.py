@@ -16,9 +16,7 @@ scratch folder under /tmp, and prints the ratio of their CPU time per training s
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 import pickgrad
+from _timing import child_cpu_seconds
 from pickgrad.experiments import get_experiment
 from pickgrad.experiments.estimators import resolve_estimator
 from pickgrad.experiments.graph_layout_data import generate_split
@@ -204,14 +203,6 @@ def _write_baseline_data(folder: Path, seed: int = 1) -> None:
     np.savez(folder / "graph_layout_n10_T10.npz", **{k: v.numpy() for k, v in arrays.items()})
 
 
-def _child_cpu(command, cwd):
-    """CPU seconds (user + system) that ``command`` used, run to completion in ``cwd``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
 def run_side_by_side(args):
     """CPU seconds per training step of the hand-written script and of ``pickgrad experiment``.
 
@@ -246,14 +237,16 @@ def run_side_by_side(args):
         default_rollout = get_experiment("graph-layout").default_config(quick=False).rollout
         if default_rollout != 9:
             variants[f"default settings (rollout {default_rollout})"] = []
-        _child_cpu(ours(1, [], "warm"), scratch)  # generates and caches the data once
+        child_cpu_seconds(ours(1, [], "warm"), scratch)  # generates and caches the data once
         theirs, mine = [], {k: [] for k in variants}
         for repeat in range(args.baseline_repeats):
-            cost = _child_cpu(baseline(long), scratch) - _child_cpu(baseline(short), scratch)
+            cost = child_cpu_seconds(baseline(long), scratch) - child_cpu_seconds(
+                baseline(short), scratch
+            )
             theirs.append(cost / (long - short))
             for index, (label, extra) in enumerate(variants.items()):
                 out = f"ours-{repeat}-{index}"
-                cost = _child_cpu(ours(long, extra, out + "l"), scratch) - _child_cpu(
+                cost = child_cpu_seconds(ours(long, extra, out + "l"), scratch) - child_cpu_seconds(
                     ours(short, extra, out + "s"), scratch
                 )
                 mine[label].append(cost / (long - short))

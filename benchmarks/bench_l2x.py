@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 
 import pickgrad
+from _timing import child_cpu_seconds
 from pickgrad.experiments import get_experiment
 from pickgrad.experiments.estimators import resolve_estimator
 from pickgrad.experiments.l2x import _soft_cross_entropy, l2x_relaxation
@@ -122,20 +121,13 @@ def profile_step(experiment, config, method, estimator, data, repeats):
     return {k: float(np.median(v)) for k, v in parts.items()}
 
 
-def _child_cpu(command):
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-
-
 def baseline_seconds_per_step(estimator, steps):
     """CPU seconds per step of the hand-written baseline (None if the file is absent)."""
     if not BASELINE.exists():
         return None
     command = [sys.executable, str(BASELINE), "--est", estimator]
-    idle = _child_cpu([*command, "--steps", "0"])
-    busy = _child_cpu([*command, "--steps", str(steps)])
+    idle = child_cpu_seconds([*command, "--steps", "0"], timeout=600)
+    busy = child_cpu_seconds([*command, "--steps", str(steps)], timeout=600)
     return max(busy - idle, 1e-9) / steps
 
 

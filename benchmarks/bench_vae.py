@@ -23,9 +23,7 @@ evaluation. It prints both and their ratio (steps/s of ours over the script's).
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ import numpy as np
 import torch
 
 import pickgrad
+from _timing import child_cpu_seconds
 from pickgrad.experiments import get_experiment
 from pickgrad.experiments.estimators import resolve_estimator
 from pickgrad.experiments.vae_model import bernoulli_log_likelihood, kl_to_uniform
@@ -163,14 +162,6 @@ def run_profile(args: argparse.Namespace) -> None:
             )  # fmt: skip
 
 
-def _child_cpu(command: list[str], cwd: Path) -> float:
-    """CPU seconds (user + system) that ``command`` used, run to completion in ``cwd``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
 def run_side_by_side(args: argparse.Namespace) -> None:
     """CPU seconds per training step of the hand-written script and of ``pickgrad experiment``."""
     script = Path(args.baseline_dir) / "vae_train.py"
@@ -198,15 +189,17 @@ def run_side_by_side(args: argparse.Namespace) -> None:
             "defaults (gradient monitor every 50 steps)": [],
             "monitor off (--set monitor_every=0)": ["--set", "monitor_every=0"],
         }
-        _child_cpu(ours(1, [], "warm"), scratch)  # binarises and caches the data once
+        child_cpu_seconds(ours(1, [], "warm"), scratch)  # binarises and caches the data once
         theirs: list[float] = []
         mine: dict[str, list[float]] = {k: [] for k in variants}
         for repeat in range(args.baseline_repeats):
-            cost = _child_cpu(baseline(long), scratch) - _child_cpu(baseline(short), scratch)
+            cost = child_cpu_seconds(baseline(long), scratch) - child_cpu_seconds(
+                baseline(short), scratch
+            )
             theirs.append(cost / (long - short))
             for index, (label, extra) in enumerate(variants.items()):
                 out = f"ours-{repeat}-{index}"
-                cost = _child_cpu(ours(long, extra, out + "l"), scratch) - _child_cpu(
+                cost = child_cpu_seconds(ours(long, extra, out + "l"), scratch) - child_cpu_seconds(
                     ours(short, extra, out + "s"), scratch
                 )
                 mine[label].append(cost / (long - short))
