@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["best_time", "child_cpu_seconds"]
+__all__ = ["best_time", "child_cpu_seconds", "cpu_seconds_per_step"]
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -36,3 +36,12 @@ def child_cpu_seconds(
     subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True, timeout=timeout)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def cpu_seconds_per_step(
+    command: Callable[[int], Sequence[str]], short: int, long: int, cwd: str | Path | None = None
+) -> float:
+    """CPU seconds per training step of ``command(steps)``: a ``long``- and a ``short``-step run,
+    their difference over ``long - short``, so start-up and data loading cancel out."""
+    cost = child_cpu_seconds(command(long), cwd) - child_cpu_seconds(command(short), cwd)
+    return cost / (long - short)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import pickgrad
-from _timing import child_cpu_seconds
+from _timing import child_cpu_seconds, cpu_seconds_per_step
 from pickgrad.experiments import get_experiment
 from pickgrad.experiments.estimators import resolve_estimator
 from pickgrad.experiments.graph_layout_data import generate_split
@@ -240,16 +240,13 @@ def run_side_by_side(args):
         child_cpu_seconds(ours(1, [], "warm"), scratch)  # generates and caches the data once
         theirs, mine = [], {k: [] for k in variants}
         for repeat in range(args.baseline_repeats):
-            cost = child_cpu_seconds(baseline(long), scratch) - child_cpu_seconds(
-                baseline(short), scratch
-            )
-            theirs.append(cost / (long - short))
+            theirs.append(cpu_seconds_per_step(baseline, short, long, scratch))
             for index, (label, extra) in enumerate(variants.items()):
-                out = f"ours-{repeat}-{index}"
-                cost = child_cpu_seconds(ours(long, extra, out + "l"), scratch) - child_cpu_seconds(
-                    ours(short, extra, out + "s"), scratch
-                )
-                mine[label].append(cost / (long - short))
+
+                def command(steps, extra=extra, out=f"ours-{repeat}-{index}"):
+                    return ours(steps, extra, f"{out}-{steps}")
+
+                mine[label].append(cpu_seconds_per_step(command, short, long, scratch))
         print(
             f"\nside by side: CPU ms per training step (from {short}- and {long}-step runs), batch 64, "
             "tree, st-gumbel, tau 1, lr 3e-3, 5k training examples, one thread"

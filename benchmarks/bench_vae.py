@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import pickgrad
-from _timing import child_cpu_seconds
+from _timing import child_cpu_seconds, cpu_seconds_per_step
 from pickgrad.experiments import get_experiment
 from pickgrad.experiments.estimators import resolve_estimator
 from pickgrad.experiments.vae_model import bernoulli_log_likelihood, kl_to_uniform
@@ -193,16 +193,13 @@ def run_side_by_side(args: argparse.Namespace) -> None:
         theirs: list[float] = []
         mine: dict[str, list[float]] = {k: [] for k in variants}
         for repeat in range(args.baseline_repeats):
-            cost = child_cpu_seconds(baseline(long), scratch) - child_cpu_seconds(
-                baseline(short), scratch
-            )
-            theirs.append(cost / (long - short))
+            theirs.append(cpu_seconds_per_step(baseline, short, long, scratch))
             for index, (label, extra) in enumerate(variants.items()):
-                out = f"ours-{repeat}-{index}"
-                cost = child_cpu_seconds(ours(long, extra, out + "l"), scratch) - child_cpu_seconds(
-                    ours(short, extra, out + "s"), scratch
-                )
-                mine[label].append(cost / (long - short))
+
+                def command(steps, extra=extra, out=f"ours-{repeat}-{index}"):
+                    return ours(steps, extra, f"{out}-{steps}")
+
+                mine[label].append(cpu_seconds_per_step(command, short, long, scratch))
         print(
             f"\nside by side: CPU ms per training step (from {short}- and {long}-step runs), "
             "categorical 20 x 10, st-gumbel, tau 0.5, batch 64, MLP 784-128-128, one thread"
