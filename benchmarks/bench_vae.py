@@ -35,6 +35,7 @@ import torch
 
 import pickgrad
 from _timing import child_cpu_seconds, cpu_seconds_per_step
+from pickgrad.diagnostics.monitor import DEFAULT_EVERY
 from pickgrad.experiments import get_experiment
 from pickgrad.experiments.estimators import resolve_estimator
 from pickgrad.experiments.vae_model import bernoulli_log_likelihood, kl_to_uniform
@@ -186,7 +187,7 @@ def run_side_by_side(args: argparse.Namespace) -> None:
             ]  # fmt: skip
 
         variants = {
-            "defaults (gradient monitor every 50 steps)": [],
+            f"defaults (gradient monitor at step 1 and every {DEFAULT_EVERY} steps)": [],
             "monitor off (--set monitor_every=0)": ["--set", "monitor_every=0"],
         }
         child_cpu_seconds(ours(1, [], "warm"), scratch)  # binarises and caches the data once
