@@ -124,13 +124,18 @@ class GumbelRao(RelaxingEstimator):
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         detached = scores.detach()
-        hard = structure._argmax(detached + _gumbel_like(detached, generator))
+        forward_noise = _gumbel_like(detached, generator)
+        hard = structure._argmax(detached + forward_noise)
         fused = structure._conditional_mean_relax(
             scores, hard, self.n_draws, tau, generator, **self.relax_options
         )
         if fused is not None:
             return fused
-        noise = structure._conditional_gumbel(detached, hard, self.n_draws, generator)
+        # The forward noise is itself a draw of the conditional law given ``hard``: a Markov
+        # chain sampler started there needs no burn-in.
+        noise = structure._conditional_gumbel(
+            detached, hard, self.n_draws, generator, start=forward_noise
+        )
         soft = self.relax(structure, scores + noise, tau).mean(0)
         return replace_gradient(hard, soft)
 

@@ -478,8 +478,17 @@ class Structure:
         )
 
     def _conditional_gumbel(
-        self, scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None
+        self,
+        scores: Tensor,
+        x: Tensor,
+        n_draws: int,
+        generator: torch.Generator | None,
+        *,
+        start: Tensor | None = None,
     ) -> Tensor:
+        # ``start``: optional noise G with argmax(scores + G) = x, itself a draw of the
+        # conditional law (the forward pass's own noise). A Markov-chain sampler may start there
+        # and so needs no burn-in; closed-form samplers ignore it.
         raise NotImplementedError(
             f"{type(self).__name__} has no sampler of Gumbel noise conditional on the argmax"
         )

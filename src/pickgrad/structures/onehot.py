@@ -366,7 +366,13 @@ class OneHot(Structure):
         return torch.where(x != 0, log_p, torch.zeros((), dtype=work)).sum(-1)
 
     def _conditional_gumbel(
-        self, scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None
+        self,
+        scores: Tensor,
+        x: Tensor,
+        n_draws: int,
+        generator: torch.Generator | None,
+        *,
+        start: Tensor | None = None,  # a closed-form sampler needs no starting point
     ) -> Tensor:
         # Given argmax = i: the max z_i = s_i + G_i is Gumbel(logsumexp(s)) and independent of i;
         # every other z_j is Gumbel(s_j) truncated to (-inf, z_i]. The draws come from a private

@@ -255,6 +255,8 @@ class SpanningTree(TreeStructure):
         n_draws: int,
         generator: torch.Generator | None,
         lengths: Tensor | None = None,
+        *,
+        start: Tensor | None = None,
     ) -> Tensor:
         work = sampling_dtype(scores.dtype)
         matrix = self._to_matrix(scores.to(work))

@@ -468,7 +468,13 @@ class Subset(Structure):
         return f"fewer than k={self.k} allowed items"
 
     def _conditional_gumbel(
-        self, scores: Tensor, x: Tensor, n_draws: int, generator: torch.Generator | None
+        self,
+        scores: Tensor,
+        x: Tensor,
+        n_draws: int,
+        generator: torch.Generator | None,
+        *,
+        start: Tensor | None = None,  # a closed-form sampler needs no starting point
     ) -> Tensor:
         return subset_conditional_gumbel(scores, x, n_draws, generator)
 
