@@ -41,6 +41,7 @@ def test_python_dash_m_pickgrad_is_the_command() -> None:
         (["experiment", "no-such"], "unknown experiment 'no-such'; known: graph-layout"),
         ([*QUICK, "--methods", "forest"], "valid: tree, top-k, independent"),
         ([*QUICK, "--estimators", "magic"], "estimator 'magic' cannot be used"),
+        ([*QUICK, "--estimators", "st-gumbel:colour=red"], "unknown option 'colour'"),
         ([*QUICK, "--batch-size", "7", "--shards", "2"], "multiple of the shards"),
         ([*QUICK, "--set", "rollout=50"], "rollout must be in"),
         ([*QUICK, "--set", "colour=red"], "--set expects FIELD=VALUE"),

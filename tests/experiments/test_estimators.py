@@ -35,6 +35,36 @@ def test_an_estimator_the_structure_lacks_is_refused_listing_the_valid_ones(
     assert "reinforce" in str(error.value) and "st-gumbel, " not in str(error.value)
 
 
+def test_options_by_name_build_the_estimator_and_label_the_run_with_the_spec() -> None:
+    choice = resolve_estimator("gumbel-rao:n_draws=100", OneHot())
+    assert choice.name == "gumbel-rao:n_draws=100"
+    assert choice.estimator._options() == {"n_draws": 100}
+    assert not choice.needs_loss
+    ema = resolve_estimator("reinforce:baseline=ema,ema_decay=0.5", OneHot())
+    assert ema.estimator._options() == {"baseline": "ema", "ema_decay": 0.5} and ema.needs_loss
+    # reinforce keeps the experiments' leave-one-out baseline unless the spec names one
+    assert resolve_estimator("reinforce:normalize=true", OneHot()).estimator._options() == {
+        "baseline": "rloo",
+        "normalize": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("gumbel-rao:n_draws", "must be key=value"),
+        ("gumbel-rao:", "must be key=value"),
+        ("gumbel-rao:bogus=1", "unknown option 'bogus'"),
+        ("gumbel-rao:n_draws=0", "n_draws"),
+        ("nvil:normalize=true", "takes no options"),
+        ("no-such:n_draws=2", "cannot be used with"),
+    ],
+)
+def test_bad_option_specs_are_refused_before_training(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_estimator(spec, OneHot())
+
+
 def _ema_step(estimator: Reinforce, seed: int) -> torch.Tensor:
     scores = torch.zeros(3, 4, requires_grad=True)
     target = torch.tensor([0.0, 1.0, 0.0, 0.0])

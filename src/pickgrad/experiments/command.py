@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", metavar="NAME", help="latent-structure methods")
     parser.add_argument(
         "--estimators", nargs="+", metavar="NAME",
-        help="estimator names: pickgrad's registry, plus nvil",
+        help="estimator names: pickgrad's registry, plus nvil; options as name:key=value,... "
+        "(e.g. gumbel-rao:n_draws=100)",
     )  # fmt: skip
     parser.add_argument("--tau", type=positive_float, help="relaxation temperature")
     parser.add_argument("--batch-size", type=positive_int, help="global batch size")

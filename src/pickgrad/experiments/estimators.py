@@ -1,7 +1,8 @@
 """Estimator names as the experiments understand them, and the state they carry between steps.
 
 Every name in pickgrad's registry is passed through unchanged (so a newly registered estimator
-works in every experiment whose structure supports it), except two:
+works in every experiment whose structure supports it), with options as ``name:key=value,...``
+(e.g. ``gumbel-rao:n_draws=100``, the syntax of ``pickgrad diagnose``), except two:
 
 * ``reinforce``: the score function with the leave-one-out baseline over ``n_samples`` draws
   (``Reinforce(baseline="rloo")``; Kool et al. 2019), the strongest baseline without a network;
@@ -14,6 +15,7 @@ works in every experiment whose structure supports it), except two:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -60,13 +62,18 @@ def resolve_estimator(name: str, structure: Structure) -> EstimatorChoice:
         >>> from pickgrad import OneHot
         >>> resolve_estimator("reinforce", OneHot()).estimator
         Reinforce(baseline='rloo')
+        >>> resolve_estimator("gumbel-rao:n_draws=100", OneHot()).estimator
+        GumbelRao(n_draws=100)
     """
+    base, _, option_text = name.partition(":")
     valid = estimator_names(structure)
-    if name not in valid:
+    if base not in valid:
         raise ValueError(
-            f"estimator {name!r} cannot be used with {structure!r}; "
+            f"estimator {base!r} cannot be used with {structure!r}; "
             f"valid for it: {', '.join(valid)}"
         )
+    if option_text or name.endswith(":"):
+        return _with_options(name, base, option_text, structure)
     if name == "nvil":
         try:
             nvil = Reinforce(baseline="learned", normalize=True)
@@ -85,6 +92,42 @@ def resolve_estimator(name: str, structure: Structure) -> EstimatorChoice:
     return EstimatorChoice(
         name, estimator, needs_loss=type(estimator).needs_loss, learned_baseline=False
     )
+
+
+def _with_options(spec: str, base: str, option_text: str, structure: Structure) -> EstimatorChoice:
+    """The estimator of a ``name:key=value,...`` spec; ``reinforce`` keeps its leave-one-out
+    baseline unless the spec names another."""
+    if base == "nvil":
+        raise ValueError(f"estimator 'nvil' takes no options (got {spec!r})")
+    options: dict[str, Any] = {}
+    for item in option_text.split(","):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(
+                f"estimator option {item!r} in {spec!r} must be key=value, "
+                "e.g. gumbel-rao:n_draws=100"
+            )
+        options[key.strip()] = _option_value(value.strip())
+    if base == "reinforce":
+        options.setdefault("baseline", "rloo")
+    try:
+        estimator = get_estimator(base, warn_stateful=False, **options)
+        estimator.check_structure(structure)  # relax options, before any training
+    except (TypeError, ValueError, NotImplementedError) as error:
+        raise ValueError(f"bad estimator spec {spec!r}: {error}") from None
+    return EstimatorChoice(
+        spec, estimator, needs_loss=type(estimator).needs_loss, learned_baseline=False
+    )
+
+
+def _option_value(text: str) -> Any:
+    """An option's value from its text: an int, a float, a bool, None or the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def _check_learned_baseline(nvil: Estimator) -> None:
