@@ -40,7 +40,7 @@ from _timing import best_time
 from pickgrad import SpanningTree
 from pickgrad.noise import sample_gumbel
 from pickgrad.structures import edge_index
-from pickgrad.structures._tree_conditional import conditional_tree_gumbel
+from pickgrad.structures._tree_conditional import conditional_tree_gumbel, default_sweeps
 
 
 def gumbel(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -97,7 +97,9 @@ def bench_speed(batch: int, n: int, repeats: int, n_draws: int = 10) -> None:
         )
 
 
-def burn_in(n: int, batch: int, sweeps: list[int], n_draws: int, seed: int) -> None:
+def burn_in(n: int, batch: int, sweeps: list[int], n_chains: int, seed: int) -> None:
+    """Independent chains without a start (one draw each) after s sweeps against chains after
+    64 sweeps: the mean over edges of the squared z-score of the difference of the means."""
     generator = torch.Generator().manual_seed(seed)
     tree = SpanningTree()
     index = edge_index(n)
@@ -105,19 +107,22 @@ def burn_in(n: int, batch: int, sweeps: list[int], n_draws: int, seed: int) -> N
     x = tree.argmax(scores + gumbel(scores.shape, scores, generator))
 
     def draws(n_sweeps: int) -> torch.Tensor:
-        noise = SpanningTree(n_sweeps=n_sweeps).conditional_gumbel(
-            scores, x, n_draws, generator=generator
+        noise = conditional_tree_gumbel(
+            scores, x, n_chains, generator, n_sweeps=n_sweeps, draws_per_chain=1
         )
-        return noise[..., index[0], index[1]].reshape(n_draws, -1)
+        return noise[..., index[0], index[1]].reshape(n_chains, -1)
 
     reference = draws(64)
     line = []
     for n_sweeps in sweeps:
         sample = draws(n_sweeps)
-        se = (sample.var(0) / n_draws + reference.var(0) / n_draws).sqrt()
+        se = (sample.var(0) / n_chains + reference.var(0) / n_chains).sqrt()
         z2 = ((sample.mean(0) - reference.mean(0)) / se).square().mean()
         line.append(f"{n_sweeps}: {float(z2):6.2f}")
-    print(f"  n={n}, {batch} graphs x {index.shape[1]} edges, {n_draws} chains each, vs 64 sweeps:")
+    print(
+        f"  n={n}, {batch} graphs x {index.shape[1]} edges, {n_chains} chains each, vs 64 "
+        f"sweeps (default {default_sweeps(n)}):"
+    )
     print("    mean z^2 by sweeps  " + "  ".join(line))
 
 
@@ -175,10 +180,13 @@ def variance(n: int, n_samples: int) -> None:
     )
 
 
-def chains(n_samples: int, settings: list[tuple[int, int]], repeats: int) -> None:
+def chains(n_samples: int, settings: list[tuple[bool, int, int, int]], repeats: int) -> None:
+    """Each setting ``(start, chains, n_sweeps, thin)``: K = 10 draws from ``chains`` chains per
+    graph, started at the forward noise (``start``) or not (burn-in), the first state kept after
+    ``n_sweeps`` sweeps and then every ``thin`` sweeps."""
     generator = torch.Generator().manual_seed(3)
     tree = SpanningTree()
-    n = 10
+    n, n_draws = 10, 10
     scores = torch.randn(n, n, dtype=torch.float64, generator=generator)
     weights = torch.randn(n, n, dtype=torch.float64, generator=generator)
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool), 1)
@@ -187,11 +195,19 @@ def chains(n_samples: int, settings: list[tuple[int, int]], repeats: int) -> Non
     x = pickgrad.select(leaf, tree, "st-gumbel", tau=0.5, generator=generator)
     (straight,) = torch.autograd.grad((x * weights).sum(), leaf)
     straight = straight[:, upper]
-    for per_chain, thin in settings:
-        hard = tree.argmax(batch + gumbel(batch.shape, batch, generator))
-        noise = conditional_tree_gumbel(
-            batch, hard, 10, generator, draws_per_chain=per_chain, thin=thin
-        )
+    sizes = [(128, 10), (16, 50)]
+    problems = []
+    for size, nodes in sizes:
+        s = torch.randn(size, nodes, nodes, generator=generator)
+        g = gumbel(s.shape, s, generator)
+        problems.append((s, tree.argmax(s + g), g))
+    for from_start, count, n_sweeps, thin in settings:
+        per_chain = -(-n_draws // count)
+        options = {"draws_per_chain": per_chain, "thin": thin, "n_sweeps": n_sweeps}
+        forward = gumbel(batch.shape, batch, generator)
+        hard = tree.argmax(batch + forward)
+        start = forward if from_start else None
+        noise = conditional_tree_gumbel(batch, hard, n_draws, generator, start=start, **options)
         leaf = batch.clone().requires_grad_()
         soft = tree.relax(leaf + noise, 0.5).mean(0)
         (rao,) = torch.autograd.grad((soft * weights).sum(), leaf)
@@ -200,22 +216,41 @@ def chains(n_samples: int, settings: list[tuple[int, int]], repeats: int) -> Non
         se = (rao.var(0) / n_samples + straight.var(0) / n_samples).sqrt()
         z = float(((rao.mean(0) - straight.mean(0)) / se).abs().max())
         times = []
-        for size, nodes in ((128, 10), (16, 50)):
-            s = torch.randn(size, nodes, nodes, generator=generator)
-            t = tree.argmax(s)
+        for s, t, g in problems:
+            begin = g if from_start else None
             times.append(
                 best_cpu_time(
-                    lambda s=s, t=t, d=per_chain, h=thin: conditional_tree_gumbel(
-                        s, t, 10, generator, draws_per_chain=d, thin=h
+                    lambda s=s, t=t, b=begin, o=options: conditional_tree_gumbel(
+                        s, t, n_draws, generator, start=b, **o
                     ),
                     repeats,
                 )
             )
+        label = "start" if from_start else "burn-in"
         print(
-            f"  draws_per_chain {per_chain:2d}, thin {thin}: variance {ratio:.3f}x st-gumbel, "
-            f"max |z| {z:.2f}; sampler CPU (128, 10, 10) {times[0] * 1e3:.1f} ms, "
-            f"(16, 50, 50) {times[1] * 1e3:.1f} ms"
+            f"  {label:7s} chains {count:2d} x draws {per_chain:2d}, first after {n_sweeps:2d} "
+            f"sweeps, thin {thin}: variance {ratio:.3f}x st-gumbel, max |z| {z:.2f}; sampler "
+            f"CPU (128, 10, 10) {times[0] * 1e3:.1f} ms, (16, 50, 50) {times[1] * 1e3:.1f} ms"
         )
+
+
+#: (n, graphs, chains per graph) of ``--burn-in``, and the sweeps compared.
+BURN_IN_SIZES = [(10, 4, 4000), (20, 2, 3000), (30, 2, 2000), (50, 1, 2000), (100, 1, 1000)]
+BURN_IN_SWEEPS = [2, 4, 6, 8, 12, 16, 20, 24, 32]
+
+#: The chain layouts compared by ``--chains``: (start, chains per graph, sweeps to the first
+#: kept state, thin).
+CHAIN_SETTINGS = [
+    (False, 10, 8, 1),
+    (False, 2, 8, 1),
+    (True, 10, 1, 1),
+    (True, 10, 2, 1),
+    (True, 5, 1, 1),
+    (True, 2, 1, 1),
+    (True, 1, 1, 1),
+    (True, 1, 1, 2),
+    (True, 2, 2, 2),
+]
 
 
 def main() -> None:
@@ -246,14 +281,14 @@ def main() -> None:
         if args.quick:
             burn_in(6, 2, [1, 8], 500, seed=0)
         else:
-            burn_in(10, 4, [1, 2, 3, 4, 6, 8, 12, 16], 4000, seed=0)
-            burn_in(50, 1, [1, 2, 3, 4, 6, 8, 12, 16], 2000, seed=0)
+            for n, batch, n_chains in BURN_IN_SIZES:
+                burn_in(n, batch, BURN_IN_SWEEPS, n_chains, seed=0)
     if args.chains or not only:
         print("K = 10 draws from fewer chains (gumbel-rao's gradient, 10 nodes, tau 0.5):")
         if args.quick:
-            chains(300, [(1, 1), (5, 1)], repeats=1)
+            chains(300, [(False, 2, 8, 1), (True, 1, 1, 1)], repeats=1)
         else:
-            chains(3000, [(1, 1), (2, 2), (5, 1), (5, 2), (10, 1)], repeats=5)
+            chains(3000, CHAIN_SETTINGS, repeats=5)
     if not only:
         print("gradient variance:")
         variance(5 if args.quick else 10, 500 if args.quick else 8000)

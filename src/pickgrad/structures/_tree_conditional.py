@@ -22,28 +22,39 @@ maxima of each node's pairs listed by the depth of their lowest common ancestor 
 Python loops over the n nodes cost (the elementwise work, not the operation count, dominates
 there); the operation count matters on accelerators.
 
-Draws from few chains: the K draws of a graph come from ``ceil(K / DRAWS_PER_CHAIN)`` chains,
-each giving its state after the burn-in and after each of the next sweeps. Every such state has
-the conditional law (to the burn-in, which only shrinks with more sweeps), so gumbel-rao's mean
-is unchanged; successive states are correlated, which could only raise its variance, and
-measured it does not (same variance as K independent chains at 10 nodes, tau 0.5) while the
-sampler does a fifth of the chain-sweeps.
+Where the chains start. ``gumbel-rao`` draws its hard sample as ``x = argmax(s + G)`` and
+passes that very noise G as ``start``: G is an exact draw of the conditional law given x, so a
+chain started at G is stationary from its first state, and every later state is an exact draw
+too (the Gibbs kernel leaves the law invariant). No burn-in, only correlation between the
+states: the K draws of a graph are the states of one chain after each of its first K sweeps
+(:data:`START_DRAWS_PER_CHAIN` draws per chain). Only G's non-tree utilities are used (the
+first tree update redraws the tree utilities given them), so a start whose rounding ties the
+argmax cannot put a chain outside the support. Measured (``--chains``, 10 nodes, tau 0.5):
+this gives gumbel-rao the variance of K independent chains (0.30x st-gumbel) and the same
+mean, with K sweeps per graph instead of 24 (two chains of 8 burn-in and 4 more sweeps); K
+chains one sweep from G each are faster on accelerators but measured a higher variance (0.33x),
+their draws all sharing G's non-tree utilities.
+
+Without a start (the public :meth:`SpanningTree.conditional_gumbel` called without one), the
+K draws of a graph come from ``ceil(K / DRAWS_PER_CHAIN)`` chains, each giving its state after
+the burn-in and after each of the next sweeps; the burn-in, :func:`default_sweeps`, grows with
+n (measured).
 
 Masked edges: an edge scored ``-inf`` is never in T and bounds nothing, so it is left out of
 both blocks and its noise is ``-inf`` (its perturbed score stays ``-inf``).
 
-Why Gibbs, and where it starts. An exact sequential sampler would sample the order in which
-Kruskal's algorithm meets the edges (a Plackett-Luce order) conditioned on building T, which
-needs the probability of every partial state's completion: a sum over subsets of tree edges,
-exponential in n. The chain instead starts from a deterministic point, the non-tree utilities at
-their unconditional means ``s + gamma`` (Euler's constant); the first tree update then draws
-exact tree utilities given those, so every state after it lies inside the support of the
-conditional law (any tree utilities admit non-tree ones below them) and the chain, irreducible
-and aperiodic on that open convex cone, converges to the conditional law. What is not exact is
-only the burn-in, measured in ``benchmarks/bench_tree_gumbel_rao.py``: against rejection
-sampling (``--mixing``, 4 and 5 nodes) the default 8 sweeps are at the Monte Carlo noise level;
-against 64-sweep chains (``--burn-in``) too at 10 nodes, but not at 50 nodes, where the chain
-needs about 16 sweeps (burn-in grows with n; pass ``SpanningTree(n_sweeps=16)`` there).
+Why Gibbs. An exact sequential sampler would sample the order in which Kruskal's algorithm
+meets the edges (a Plackett-Luce order) conditioned on building T, which needs the probability
+of every partial state's completion: a sum over subsets of tree edges, exponential in n. A
+chain without a start begins at a deterministic point, the non-tree utilities at their scores
+(the Gumbels' locations); the first tree update then draws exact tree utilities given those,
+so every state after it lies inside the support of the conditional law (any tree utilities
+admit non-tree ones below them) and the chain, irreducible and aperiodic on that open convex
+cone, converges to the conditional law. What is not exact is only the burn-in, measured in
+``benchmarks/bench_tree_gumbel_rao.py``: against rejection sampling (``--mixing``, 4 and 5
+nodes) 8 sweeps are at the Monte Carlo noise level; against 64-sweep chains (``--burn-in``)
+the chain needs 6-8 sweeps at 10 nodes, 12 at 20 and 30, 20 at 50 and 100, hence
+:func:`default_sweeps`.
 
 Why this does not carry over to arborescences and assignments: their optimality certificates
 (Chu-Liu/Edmonds' contracted cycles; the optimal dual's reduced costs) are not pairwise order
@@ -66,23 +77,54 @@ Gradient Estimator", ICLR 2021 (the estimator; its closed form covers one-hot ch
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor
 
-from pickgrad.structures._matrix_tree import max_spanning_tree_parents, node_mask
+from pickgrad.structures._matrix_tree import node_mask
 from pickgrad.structures.edges import _cached_index
 
-__all__ = ["DEFAULT_SWEEPS", "DRAWS_PER_CHAIN", "conditional_tree_gumbel", "lower_truncated_gumbel"]
+__all__ = [
+    "DEFAULT_SWEEPS",
+    "DRAWS_PER_CHAIN",
+    "START_DRAWS_PER_CHAIN",
+    "START_SWEEPS",
+    "conditional_tree_gumbel",
+    "default_sweeps",
+    "lower_truncated_gumbel",
+]
 
-#: Default number of Gibbs sweeps (see the module docstring and the mixing measurement in
-#: ``benchmarks/bench_tree_gumbel_rao.py``).
+#: Burn-in sweeps without a start at small sizes (see :func:`default_sweeps`).
 DEFAULT_SWEEPS = 8
 
-#: Draws taken from each chain, one per sweep after the burn-in: ``ceil(K / 5)`` chains per
-#: graph. Measured (``benchmarks/bench_tree_gumbel_rao.py --chains``): the gumbel-rao gradient's
-#: variance is the same as with K independent chains, at about half the time.
+#: Sweeps from a start before the first kept state (any state after it is exact).
+START_SWEEPS = 1
+
+#: Draws taken from each chain when the chains start at an exact draw.
+START_DRAWS_PER_CHAIN = 10
+
+
+def default_sweeps(n: int) -> int:
+    """Burn-in sweeps of a chain without a start on n-node graphs:
+    ``ceil(8 + 5 log2(n / 10))``, and 8 up to 10 nodes (13 at 20 nodes, 16 at 30, 20 at 50,
+    25 at 100).
+
+    Measured (``benchmarks/bench_tree_gumbel_rao.py --burn-in``, chains after s sweeps against
+    chains after 64): at the Monte Carlo noise level after 6-8 sweeps at 10 nodes, 12 at 20
+    and 30, 20 at 50 and at 100 (16 leaves a visible bias at 50 nodes). Chains started at an
+    exact draw (``start=``) need none of this.
+    """
+    if n <= 10:
+        return DEFAULT_SWEEPS
+    return math.ceil(DEFAULT_SWEEPS + 5 * math.log2(n / 10))
+
+
+#: Draws taken from each chain without a start, one per sweep after the burn-in:
+#: ``ceil(K / 5)`` chains per graph. Measured (``benchmarks/bench_tree_gumbel_rao.py
+#: --chains``): the gumbel-rao gradient's variance is the same as with K independent chains,
+#: at about half the time.
 DRAWS_PER_CHAIN = 5
 
 
@@ -132,6 +174,28 @@ def _floor_log2(n: int, device: torch.device) -> Tensor:
     return torch.tensor([max(d.bit_length() - 1, 0) for d in range(n + 1)], device=device)
 
 
+def _lca_depths(adjacency: Tensor, nodes: Tensor) -> Tensor:
+    """``(B, n, n)`` integer depths of the lowest common ancestors of the trees rooted at node 0.
+
+    In a tree the effective resistance between two nodes is their distance, so the inverse of
+    the Laplacian with the root's row and column removed (the grounded Laplacian) holds
+    ``depth(lca(i, j))`` at ``[i - 1, j - 1]`` (the length of the path the two share to the
+    root); the matrix is unimodular (det 1, one spanning tree), so the inverse is an integer
+    matrix, exact after rounding. One batched inverse replaces a search for the parents (n - 1
+    sequential steps) and a transitive closure. Absent nodes (no edges) get a unit diagonal;
+    their entries are set to -1 off the diagonal and 0 on it (their own depth).
+    """
+    work = adjacency.to(torch.float64)
+    absent = (~nodes).to(torch.float64)
+    laplacian = torch.diag_embed(work.sum(-1) + absent) - work
+    inverse = torch.linalg.inv(laplacian[:, 1:, 1:])
+    common = torch.nn.functional.pad(inverse.round_().long(), (1, 0, 1, 0))
+    both = nodes[:, :, None] & nodes[:, None, :]
+    common = torch.where(both, common, -1)
+    common.diagonal(dim1=-2, dim2=-1).clamp_min_(0)
+    return common
+
+
 def _lifting_layout(
     adjacency: Tensor, nodes: Tensor, index: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -158,19 +222,17 @@ def _lifting_layout(
     sentinel of level 0).
     """
     graphs, n = adjacency.shape[0], adjacency.shape[-1]
-    device, dtype = adjacency.device, adjacency.dtype
-    parents = max_spanning_tree_parents(adjacency, nodes)  # a tree is its own maximum tree
-    has_parent = parents >= 0
-    eye = torch.eye(n, dtype=dtype, device=device)
-    step = torch.nn.functional.one_hot(parents.clamp_min(0), n).to(dtype)
-    step = step * has_parent[..., None].to(dtype) + eye
-    up = step  # up[b, i, a] = 1 iff a is i or an ancestor of i: the closure, by squaring
-    for _ in range(max(1, math.ceil(math.log2(n)))):
-        up = (up @ up).clamp_max_(1.0)
-    is_ancestor = up > 0.5
-    depth = is_ancestor.sum(-1) - 1  # (B, n); absent nodes: 0
-    # at_depth[b, i, d]: the ancestor of i at depth d (-1 below i's own depth).
+    device = adjacency.device
     labels = torch.arange(n, device=device)
+    common = _lca_depths(adjacency, nodes)  # (B, n, n): depth(lca(i, j)), -1 across absent nodes
+    depth = common.diagonal(dim1=-2, dim2=-1)  # (B, n); the root and absent nodes: 0
+    # The parent is the neighbour one level up (none for the root and absent nodes).
+    above = (adjacency > 0.5) & (depth[:, None, :] == depth[:, :, None] - 1)
+    parents = torch.where(above, labels, -1).amax(-1)
+    has_parent = parents >= 0
+    # is_ancestor[b, i, a]: a is i or an ancestor of i, i.e. lca(i, a) = a.
+    is_ancestor = common == depth[:, None, :]
+    # at_depth[b, i, d]: the ancestor of i at depth d (-1 below i's own depth).
     candidates = torch.where(is_ancestor, labels, -1)
     at_depth = torch.full((graphs, n, n), -1, dtype=torch.long, device=device)
     at_depth.scatter_reduce_(-1, depth[:, None, :].expand(graphs, n, n), candidates, "amax")
@@ -182,9 +244,6 @@ def _lifting_layout(
     ancestors = flat_depth.gather(-1, position).view(graphs, levels, n)
     ancestors = torch.where(target >= 0, ancestors, n)
     ancestors = torch.cat([ancestors, ancestors.new_full((graphs, levels, 1), n)], dim=-1)
-    # The common ancestors of i and j form a chain from the root: their count is depth(l) + 1
-    # (0 when an end is absent, whose only ancestor is itself).
-    common = (up @ up.transpose(-1, -2)).round_().long() - 1  # (B, n, n): depth(lca)
     log2 = _floor_log2(n, device)
     runs = []
     for end, other in ((index[0], index[1]), (index[1], index[0])):
@@ -224,10 +283,11 @@ def conditional_tree_gumbel(
     n_draws: int,
     generator: torch.Generator | None,
     *,
-    n_sweeps: int = DEFAULT_SWEEPS,
+    n_sweeps: int | None = None,
     lengths: Tensor | None = None,
-    draws_per_chain: int = DRAWS_PER_CHAIN,
+    draws_per_chain: int | None = None,
     thin: int = 1,
+    start: Tensor | None = None,
 ) -> Tensor:
     """Gumbel noise G drawn from its law given ``max spanning tree(scores + G) = x``.
 
@@ -248,18 +308,23 @@ def conditional_tree_gumbel(
             ``lengths[b]`` nodes when ``lengths`` is given).
         n_draws: K, the number of draws.
         generator: the source of randomness.
-        n_sweeps: Gibbs sweeps per chain (each a tree update then a non-tree update), >= 1.
+        n_sweeps: sweeps (each a tree update then a non-tree update) before a chain's first
+            kept state, >= 1; default :func:`default_sweeps` of n without ``start`` (a
+            burn-in), :data:`START_SWEEPS` with it.
         lengths: optional ``(*batch)`` node counts.
         draws_per_chain: d, the draws taken from each chain (1: K independent chains; default
-            :data:`DRAWS_PER_CHAIN`); with d > 1,
+            :data:`DRAWS_PER_CHAIN` without ``start``, :data:`START_DRAWS_PER_CHAIN` with it):
             ``ceil(K / d)`` chains per graph each give d states, after ``n_sweeps`` and then
-            every ``thin`` sweeps (each state has the conditional law, to the burn-in, but
-            successive states of a chain are correlated).
+            every ``thin`` sweeps (each state has the conditional law, exactly from a start,
+            to the burn-in otherwise; successive states of a chain are correlated).
         thin: sweeps between two states taken from one chain, >= 1.
+        start: optional ``(*batch, n, n)`` noise with ``argmax(scores + start) = x`` (an exact
+            draw of the conditional law, e.g. the forward pass's own noise): every chain of a
+            graph starts at its non-tree utilities, so no state needs a burn-in.
 
     Returns:
         ``(K, *batch, n, n)`` noise. On the strict upper triangle of present edges it follows
-        the conditional law (to the burn-in); an edge scored ``-inf`` gets ``-inf`` (it can
+        the conditional law (exactly from a start, to the burn-in without); an edge scored ``-inf`` gets ``-inf`` (it can
         never be in the tree); elsewhere (entries the tree never reads, edges of padded nodes)
         it is standard Gumbel noise, their exact conditional law since they cannot change the
         argmax.
@@ -270,6 +335,10 @@ def conditional_tree_gumbel(
     graphs = flat_scores.shape[0]
     if graphs == 0:  # an empty batch: nothing to draw (and no shape to infer from)
         return scores.new_empty((n_draws, *batch, n, n))
+    if n_sweeps is None:
+        n_sweeps = START_SWEEPS if start is not None else default_sweeps(n)
+    if draws_per_chain is None:
+        draws_per_chain = START_DRAWS_PER_CHAIN if start is not None else DRAWS_PER_CHAIN
     per_graph = -(-n_draws // draws_per_chain)  # chains per graph
     k, chains = per_graph, graphs * per_graph
     nodes = node_mask(lengths, batch, n, device).reshape(-1, n)
@@ -307,7 +376,12 @@ def conditional_tree_gumbel(
     chain_prefix = per_chain(prefix)  # (C, n n)
 
     # utilities[:, m] is a blank (-inf) slot that the floors' gathers read for no edge.
-    utilities = torch.cat([mu_edges, mu_edges.new_full((chains, 1), -math.inf)], dim=-1)
+    if start is None:
+        initial = mu_edges  # a deterministic point; the first tree update enters the support
+    else:  # an exact draw: every later state is one too (stationarity), no burn-in
+        start_edges = start.reshape(-1, n, n)[:, index[0], index[1]].to(dtype)
+        initial = per_chain(edge_scores + start_edges)
+    utilities = torch.cat([initial, mu_edges.new_full((chains, 1), -math.inf)], dim=-1)
     tree = mu_tree
     minima = torch.full((chains, levels, slots), math.inf, dtype=dtype, device=device)
     scan = torch.empty((2, chains, n, n + 1), dtype=dtype, device=device)
@@ -338,11 +412,17 @@ def conditional_tree_gumbel(
     draws = draws.permute(1, 2, 0, 3).reshape(graphs, -1, m)[:, :n_draws]
     conditional = draws.transpose(0, 1)  # (K, B, m)
     conditional = torch.where(allowed, conditional, -math.inf)
-    k = n_draws
-    free = _exponential((k, graphs, n * n), scores, generator).log_().neg_()
-    upper = free.index_select(-1, flat_upper(n, device))
-    free.index_copy_(-1, flat_upper(n, device), torch.where(present | ~allowed, conditional, upper))
-    return free.reshape(k, *batch, n, n)
+    # The entries the tree never reads (diagonal, lower triangle, edges of padded nodes) get
+    # unconditional Gumbel noise, their exact conditional law: drawn only where needed.
+    out = scores.new_empty((n_draws, graphs, n * n))
+    unread = flat_unread(n, device)
+    free = _exponential((n_draws, graphs, unread.numel()), scores, generator).log_().neg_()
+    out.index_copy_(-1, unread, free)
+    if lengths is not None:
+        padded_free = _exponential((n_draws, graphs, m), scores, generator).log_().neg_()
+        conditional = torch.where(present | ~allowed, conditional, padded_free)
+    out.index_copy_(-1, flat_upper(n, device), conditional)
+    return out.reshape(n_draws, *batch, n, n)
 
 
 def _floors(utilities: Tensor, listed: Tensor, prefix: Tensor, scan: Tensor) -> Tensor:
@@ -401,6 +481,14 @@ def _prefix_maxima(buffers: Tensor) -> Tensor:
 def m_of(n: int) -> int:
     """The number of pairs of n nodes."""
     return n * (n - 1) // 2
+
+
+@functools.lru_cache(maxsize=64)
+def flat_unread(n: int, device: torch.device) -> Tensor:
+    """Flat positions ``i n + j``, ``i >= j``, of the entries no edge is scored by."""
+    rows, columns = torch.tril_indices(n, n, device=device)
+    positions: Tensor = rows * n + columns
+    return positions
 
 
 def flat_upper(n: int, device: torch.device) -> Tensor:

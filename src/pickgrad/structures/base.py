@@ -257,12 +257,15 @@ class Structure:
         self.validate(scores, name=name, tau=value, tau_name=tau_name)
         return value
 
-    def check_solution(self, scores: Tensor, x: Any, *, name: str = "x") -> Tensor:
+    def check_solution(
+        self, scores: Tensor, x: Any, *, name: str = "x", **solver_options: Any
+    ) -> Tensor:
         """Check that ``x`` is a hard solution of this structure for ``scores``; return it.
 
         Always: ``x`` is a tensor of the shape and device of ``scores``. When
         :func:`pickgrad._validation.value_checks_enabled`: every ``x[b]`` is a hard solution
-        (:meth:`_is_solution`); otherwise a ``ValueError`` names the offending batch entries.
+        (:meth:`_is_solution`, given ``solver_options``: ``lengths`` for trees, already
+        checked); otherwise a ``ValueError`` names the offending batch entries.
 
         Example:
             >>> from pickgrad import OneHot
@@ -278,7 +281,7 @@ class Structure:
             if not values.is_floating_point():
                 values = values.to(scores.dtype)
             with torch.no_grad():
-                valid = self._is_solution(values)
+                valid = self._is_solution(values, **solver_options)
             if not bool(valid.all()):
                 bad = [tuple(index) for index in (~valid).nonzero().tolist()]
                 if valid.dim() == 0:
@@ -451,14 +454,23 @@ class Structure:
     def _is_solution(self, x: Tensor) -> Tensor:
         """Boolean ``(*batch,)``: whether each ``x`` is a hard solution of this structure.
 
+        The default is :meth:`_is_own_argmax`. Structures may override this with a cheaper
+        direct check; one whose ``_argmax`` takes solver options (``lengths`` for trees) adds
+        them as optional keywords, which :meth:`check_solution` forwards.
+        """
+        return self._is_own_argmax(x)
+
+    def _is_own_argmax(self, x: Tensor, **solver_options: Any) -> Tensor:
+        """Boolean ``(*batch,)``: whether each ``x`` is 0/1 and its own argmax.
+
         Every solution of a structure has the same number of ones, so a 0/1 ``x`` is a solution
         exactly when it is its own argmax (``<x, y>`` peaks at ``y = x`` and nowhere else).
-        Structures may override this with a cheaper direct check.
+        ``solver_options`` go to :meth:`_argmax`.
         """
         dims = tuple(range(x.dim() - self.event_dims, x.dim()))
         binary = ((x == 0) | (x == 1)).all(dim=dims) if dims else (x == 0) | (x == 1)
         with torch.no_grad():
-            vertex = (self._argmax(x.detach()) == x).all(dim=dims)
+            vertex = (self._argmax(x.detach(), **solver_options) == x).all(dim=dims)
         return binary & vertex
 
     def _argmax(self, scores: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -9,6 +10,7 @@ from torch import Tensor
 
 from pickgrad._validation import (
     check_generator,
+    check_like_scores,
     check_positive_int,
     value_checks_enabled,
 )
@@ -26,7 +28,7 @@ from pickgrad.structures._matrix_tree import (
     spanning_tree_edges,
     unit_interval,
 )
-from pickgrad.structures._tree_conditional import DEFAULT_SWEEPS, conditional_tree_gumbel
+from pickgrad.structures._tree_conditional import conditional_tree_gumbel
 from pickgrad.structures.edges import edges_to_matrix, matrix_to_edges, nodes_from_edges
 
 __all__ = ["SpanningTree"]
@@ -72,16 +74,21 @@ class SpanningTree(TreeStructure):
     * ``conditional_gumbel(scores, x, K)``: Gumbel noise drawn given that ``x`` is the maximum
       spanning tree of ``scores + G``, by two-block Gibbs sampling over the cycle-property
       constraints (a non-tree edge below every tree edge of its path), each block an exact
-      draw of independent truncated Gumbels, ``n_sweeps`` sweeps from a fixed start (see
-      :mod:`pickgrad.structures._tree_conditional`). This is what ``gumbel-rao`` uses.
+      draw of independent truncated Gumbels (see :mod:`pickgrad.structures._tree_conditional`).
+      This is what ``gumbel-rao`` uses, passing ``start=`` its forward noise G (an exact draw
+      given ``x = argmax(scores + G)``): its chains start there and need no burn-in. Without a
+      start, each chain burns in for ``n_sweeps`` sweeps from a fixed point.
       ``reinforce`` uses the Gumbel utilities' density.
 
     Args:
         edge_list: take scores ``(..., m)`` and return outputs ``(..., m)`` instead of
             ``(..., n, n)`` (default False).
-        n_sweeps: Gibbs sweeps of ``conditional_gumbel`` (default 8: measured, in
-            ``benchmarks/bench_tree_gumbel_rao.py --mixing``, to bring the draws' means within
-            Monte Carlo error of rejection sampling on 3-to-5-node graphs).
+        n_sweeps: burn-in sweeps of ``conditional_gumbel`` called without ``start`` (default
+            None: ``default_sweeps(n)`` of :mod:`pickgrad.structures._tree_conditional`,
+            ``ceil(8 + 5 log2(n / 10))`` and 8 up to 10 nodes, i.e. 13 at 20 nodes, 20 at 50;
+            measured in ``benchmarks/bench_tree_gumbel_rao.py --mixing`` against rejection
+            sampling at 4-5 nodes and ``--burn-in`` against long chains at 10 to 100 nodes).
+            Unused with a start (``gumbel-rao``'s path).
 
     Reference: Paulus, Choi, Tarlow, Krause & Maddison, "Gradient Estimation with Stochastic
     Softmax Tricks", NeurIPS 2020 (spanning trees as a stochastic softmax trick).
@@ -111,13 +118,13 @@ class SpanningTree(TreeStructure):
     #: ``lengths`` is a keyword of the public methods, not a relax option.
     relax_option_names: ClassVar[tuple[str, ...]] = ("regularizer",)
 
-    def __init__(self, edge_list: bool = False, *, n_sweeps: int = DEFAULT_SWEEPS) -> None:
+    def __init__(self, edge_list: bool = False, *, n_sweeps: int | None = None) -> None:
         if not isinstance(edge_list, bool):
             raise TypeError(
                 f"edge_list must be a bool, got {type(edge_list).__name__} {edge_list!r}"
             )
         self.edge_list = edge_list
-        self.n_sweeps = check_positive_int(n_sweeps, name="n_sweeps")
+        self.n_sweeps = None if n_sweeps is None else check_positive_int(n_sweeps, name="n_sweeps")
         # Edge lists occupy one trailing dimension, matrices two.
         self.event_dims = 1 if edge_list else 2  # type: ignore[misc]
 
@@ -201,6 +208,10 @@ class SpanningTree(TreeStructure):
             z, self._allowed_arcs(z, lengths).expand(z.shape), root=0
         ).to(scores.dtype)
 
+    def _is_solution(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Whether each ``x`` is a spanning tree (of the first ``lengths[b]`` nodes)."""
+        return self._is_own_argmax(x, lengths=lengths)
+
     def conditional_gumbel(
         self,
         scores: Tensor,
@@ -209,8 +220,16 @@ class SpanningTree(TreeStructure):
         *,
         generator: torch.Generator | None = None,
         lengths: Tensor | None = None,
+        start: Tensor | None = None,
     ) -> Tensor:
         """Gumbel noise ``G`` drawn given that ``x`` is the maximum spanning tree of ``scores + G``.
+
+        Without ``start``, each chain burns in from a fixed point for ``n_sweeps`` sweeps (the
+        structure's option; default :func:`~pickgrad.structures._tree_conditional.default_sweeps`
+        of n, ``max(8, ceil(n / 3))``) and ``ceil(K / 5)`` chains give five successive states
+        each. With ``start``, noise that makes ``x`` the argmax (an exact draw of this law, such
+        as the forward pass's own noise), one chain per 10 draws starts there, and its states
+        after each of the next K sweeps are exact draws: no burn-in (``n_sweeps`` is not used).
 
         Args:
             scores: ``(*batch, n, n)`` (or ``(*batch, m)`` with ``edge_list=True``).
@@ -218,6 +237,8 @@ class SpanningTree(TreeStructure):
             n_draws: K, the number of draws.
             generator: the source of randomness.
             lengths: optional ``(*batch)`` node counts (see :meth:`argmax`).
+            start: optional noise of the shape of ``scores`` with ``argmax(scores + start) = x``
+                (checked with the value checks).
 
         Returns:
             ``(K, *scores.shape)`` noise without gradient; entries that cannot change the tree
@@ -229,24 +250,37 @@ class SpanningTree(TreeStructure):
             >>> g = tree.conditional_gumbel(s, torch.tensor([0.0, 1.0, 1.0]), 5)
             >>> bool((tree.argmax(s + g) == torch.tensor([0.0, 1.0, 1.0])).all())
             True
+            >>> start = torch.tensor([-1.0, 1.5, 2.0])  # s + start = (1, 1.5, 3): the same tree
+            >>> g = tree.conditional_gumbel(s, torch.tensor([0.0, 1.0, 1.0]), 5, start=start)
+            >>> bool((tree.argmax(s + g) == torch.tensor([0.0, 1.0, 1.0])).all())
+            True
         """
         self.validate(scores)
         checked = self._check_lengths(lengths, scores)
-        if not isinstance(x, Tensor) or x.shape != scores.shape:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must have the shape of scores {tuple(scores.shape)}, got {shape}")
+        self.check_solution(scores, x, lengths=checked)
         check_positive_int(n_draws, name="n_draws")
         check_generator(generator, scores.device)
+        if start is not None:
+            check_like_scores(start, scores, name="start")
+            if not start.is_floating_point():
+                raise TypeError(f"start must be a floating tensor, got {start.dtype}")
         with torch.no_grad():
-            if value_checks_enabled():
-                solution = self._argmax(x.detach().to(scores.dtype), checked)
-                valid = ((x == 0) | (x == 1)).all() and bool((solution == x).all())
-                if not valid:
+            if start is not None and value_checks_enabled():
+                start = start.detach()
+                if bool((torch.isnan(start) | (start == math.inf)).any()):
+                    raise ValueError("start must not contain NaN or +inf")
+                solution = self._argmax(scores.detach() + start.to(scores.dtype), checked)
+                wrong = (solution != x).flatten(scores.dim() - self.event_dims).any(-1)
+                if bool(wrong.any()):
+                    bad = [tuple(i) for i in wrong.nonzero().tolist()][:5]
+                    where = f" at {int(wrong.sum())} batch entries: " if wrong.dim() else ""
                     raise ValueError(
-                        "x must be a spanning tree (0/1, as argmax returns it) for every graph "
-                        f"of the batch, of the shape of scores {tuple(scores.shape)}"
+                        "start must make x the maximum spanning tree of scores + start; it "
+                        f"does not{where}{', '.join(map(str, bad)) if wrong.dim() else ''}"
                     )
-            return self._conditional_gumbel(scores.detach(), x, n_draws, generator, checked)
+            return self._conditional_gumbel(
+                scores.detach(), x, n_draws, generator, checked, start=start
+            )
 
     def _conditional_gumbel(
         self,
@@ -264,8 +298,11 @@ class SpanningTree(TreeStructure):
         if self.edge_list:
             tree = edges_to_matrix(tree)
             tree = tree + tree.transpose(-1, -2)
+        if start is not None:  # the chains start there: no burn-in, n_sweeps unused
+            start = self._to_matrix(start.detach().to(work))
+        n_sweeps = self.n_sweeps if start is None else None
         noise = conditional_tree_gumbel(
-            matrix, tree, n_draws, generator, n_sweeps=self.n_sweeps, lengths=lengths
+            matrix, tree, n_draws, generator, n_sweeps=n_sweeps, lengths=lengths, start=start
         )
         return self._from_matrix(noise).to(scores.dtype)
 
@@ -308,6 +345,6 @@ class SpanningTree(TreeStructure):
 
     def __repr__(self) -> str:
         options = ["edge_list=True"] if self.edge_list else []
-        if self.n_sweeps != DEFAULT_SWEEPS:
+        if self.n_sweeps is not None:
             options.append(f"n_sweeps={self.n_sweeps}")
         return f"SpanningTree({', '.join(options)})"
