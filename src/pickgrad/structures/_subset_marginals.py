@@ -19,17 +19,25 @@ Numerics (float64 throughout, whatever the input dtype):
   ``e^-L`` or less, at most n to one). The marginal of an item below the clamp is then scaled
   by ``exp(u_i + L)`` (it is proportional to ``exp(u_i)`` to first order), so far tails come out
   as their tiny values instead of about ``e^-L``.
-* Each column is divided by its total (tracked in log space), so nothing overflows. A column
-  entry below ``2.2e-308`` of its total is flushed to zero; a term so lost is below
-  ``C(n, a) C(n, b) e^((k+1) L)`` times that, relative to ``e_k`` (overlapping subsets bound).
-  The column form is used where that bound leaves 36 bits (``(k+1) L + 2 log C(n, ceil((k-1)/2))
-  + log(kn) < 660``: k up to about 12 for n = 200, after the complement ``k -> n - k`` when
-  ``k > n / 2``); elsewhere a log-space programme over the items (exact, slower) is used.
+* No scaling: every table entry is a sum of products of at most k factors ``x_l`` in
+  ``[e^-L, e^L]``, so every nonzero entry, product and sum lies in ``[e^(-kL), C(2n, k-1) n
+  e^(kL)]`` (Vandermonde's identity bounds the pairings). Where that range fits float64 with
+  a margin (:func:`column_path_is_exact`: ``k L + log C(2n, k-1) + log n < 701.8`` and
+  ``k L < 700.4``; k up to 13 for n = 200, 10 for n = 20, after the complement ``k -> n - k``
+  when ``k > n / 2``) nothing overflows or underflows, and since every term is positive each
+  entry carries only the rounding of its sums (a few n ulps, relative). Elsewhere a log-space
+  programme over the items (exact, slower) is used.
 
 The backward pass is hand-written: the Jacobian of the marginals is the covariance of x,
 symmetric, so the vector-Jacobian product is the Jacobian-vector product, computed by carrying a
-tangent through the same column recursion (two cumsums per column). Double backward recomputes
-the same code under autograd.
+tangent through the same column recursion (two passes per column) on the forward pass's saved
+tables. Rows are processed in chunks whose tables stay near 2 MB (in cache). Double backward
+recomputes the same maths as plain differentiable torch code (:func:`_composed_marginals`),
+which is also the path taken under torch.compile, vmap and torch.func.
+
+One-node fast paths for the Gumbel estimators (:func:`perturb_argmax_marginals`: perturb,
+top-k and the marginals' tables from one ``topk``; :func:`conditional_mean_marginals`: the K
+relaxations of gumbel-rao as one batch) use the same tables.
 
 Reference: the recursion over counts as in Chen, Dempster & Liu, "Weighted finite population
 sampling to maximize entropy", Biometrika 1994; k-subset marginals as relaxations as in Xie &
@@ -45,10 +53,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["subset_log_partition", "subset_marginals"]
+from pickgrad._validation import graph_capture_active
+from pickgrad.noise import sample_gumbel
+
+__all__ = [
+    "conditional_mean_marginals",
+    "fused_path_applies",
+    "perturb_argmax_marginals",
+    "subset_log_partition",
+    "subset_marginals",
+    "top_k_hot",
+]
 
 _BITS_KEPT = 36.0  # exp(-36) ~ 2.3e-16: the clamp and flush errors stay below float64 rounding
 _LOG_TINY = math.log(torch.finfo(torch.float64).tiny)  # -708.4
+_LOG_MAX = math.log(torch.finfo(torch.float64).max)  # 709.8
 _CHUNK_ENTRIES = 1 << 18  # float64 table entries per chunk of rows (2 MB)
 
 
@@ -62,7 +81,21 @@ def _log_comb(n: int, j: int) -> float:
 
 
 def column_path_is_exact(n: int, k: int) -> bool:
-    """Whether the column programme keeps 36 bits for k of n (see the module docstring)."""
+    """Whether the unscaled column programme is exact for k of n (see the module docstring):
+    ``k L + log C(2n, k - 1) + log n`` stays 8 below ``log(float64 max)``, so that no table
+    entry, product or sum overflows, and ``k L`` below ``-log(float64 tiny)``, so that none
+    underflows (after the complement ``k -> n - k`` when ``k > n / 2``)."""
+    k = min(k, n - k)
+    if k <= 1:
+        return True
+    width = _clamp_width(n)
+    largest = k * width + _log_comb(2 * n, k - 1) + math.log(n)
+    return largest < _LOG_MAX - 8.0 and k * width < -_LOG_TINY - 8.0
+
+
+def _normalised_columns_are_exact(n: int, k: int) -> bool:
+    """Whether the normalised column recursion of :func:`subset_log_partition` keeps 36 bits
+    (each column divided by its total, entries below ``2.2e-308`` of it flushed)."""
     k = min(k, n - k)
     if k <= 1:
         return True
@@ -70,13 +103,15 @@ def column_path_is_exact(n: int, k: int) -> bool:
     return bound + _BITS_KEPT < -_LOG_TINY - 12.0
 
 
-def _threshold(z: Tensor, k: int) -> Tensor:
+def _threshold(z: Tensor, k: int, top: Tensor | None = None) -> Tensor:
     """Midpoint of the k-th and (k+1)-th largest entries of ``z`` (1 <= k < n); ``(..., 1)``.
+    ``top``: the k + 1 largest entries, when the caller has them.
 
     Masked (``-inf``) entries: with at most k others, the k-th largest minus twice the clamp
     width (the allowed items sit above the clamp: in every subset, as they must be); with none
     allowed, 0. Either way finite, so ``z - t`` is ``-inf`` exactly on the masked entries."""
-    top = torch.topk(z.detach(), k + 1, dim=-1).values
+    if top is None:
+        top = torch.topk(z.detach(), k + 1, dim=-1).values
     kth, next_ = top[..., k - 1 : k], top[..., k : k + 1]
     middle = (kth + next_) / 2
     below = kth - 2 * _clamp_width(z.shape[-1])
@@ -96,178 +131,267 @@ def _complement_scores(s: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     return torch.where(masked, fill, c), masked
 
 
-# --- the column programme ---------------------------------------------------------------------
+# --- the column programme (unscaled) ----------------------------------------------------------
+#
+# Tables are ``(2, k, B, n + 1)``: ``tables[d, j, b, i] = e_j(the first i items of row b in
+# order d)`` (d = 0: items in order, d = 1: reversed), so ``tables[d, j, :, :n]`` is the
+# exclusive prefix before each item and ``tables[d, j, :, 1:]`` the inclusive one. Column j is
+# one ``cumsum`` of ``x`` times the exclusive column j - 1.
 
 
-def _columns(x: Tensor, k: int, rev: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Normalised exclusive prefix columns, forward and reversed order.
-
-    Returns ``xs`` ``(2, B, n)`` (x and x reversed), ``columns[j]`` ``(2, B, n)`` for j < k with
-    ``columns[j][d, :, i] = e_j(items before i in order d) / e_j(all)`` (``columns[0] = 1``), and
-    ``totals[j - 1] = e_j(all) / e_{j-1}(all)`` as ``(2, B, 1)``.
-    """
-    xs = torch.stack([x, x.index_select(-1, rev)])
-    columns = [torch.ones_like(xs)]
-    totals = []
-    for _ in range(1, k):
-        running = torch.cumsum(columns[-1] * xs, -1)
-        total = running[..., -1:]
-        columns.append(F.pad(running[..., :-1] / total, (1, 0)))
-        totals.append(total)
-    return xs, columns, totals
+def _shifted_scaled(s: Tensor, k: int, tau: float, top: Tensor | None) -> Tensor:
+    """``u = (s - t) / tau`` (float64), t from :func:`_threshold` (or from ``top``, the k + 1
+    largest entries of ``s`` when the caller has them)."""
+    return (s - _threshold(s, k, top)) / tau
 
 
-def _pairing(k: int, device: torch.device) -> Tensor:
-    return torch.arange(k - 1, -1, -1, device=device)
-
-
-def _combine(
-    x: Tensor, columns: list[Tensor], totals: list[Tensor], rev: Tensor, k: int
-) -> tuple[Tensor, ...]:
-    """Marginals from the tables; returns ``(m, w, total_w, pre, suf, gamma)``."""
-    log_e = torch.cumsum(
-        torch.stack([torch.zeros_like(totals[0][0])] + [t[0].log() for t in totals]), 0
-    )  # (k, B, 1): log e_j(all) - log e_0, j < k
-    pairing = _pairing(k, x.device)
-    # gamma_a = e_a e_{k-1-a} / e_{k-1}: the scale of prefix column a times suffix column k-1-a.
-    gamma = torch.exp(log_e + log_e.index_select(0, pairing) - log_e[-1:])
-    pre = torch.stack([c[0] for c in columns])  # (k, B, n)
-    suf = torch.stack([c[1] for c in columns]).index_select(-1, rev).index_select(0, pairing)
-    w = x * (gamma * pre * suf).sum(0)
-    total_w = w.sum(-1, keepdim=True)
-    m = (k * w / total_w).clamp(max=1.0)
-    return m, w, total_w, pre, suf, gamma
-
-
-def _tangent(
-    g: Tensor,
-    x: Tensor,
-    xs: Tensor,
-    columns: list[Tensor],
-    totals: list[Tensor],
-    rev: Tensor,
-    k: int,
-    m: Tensor,
-    w: Tensor,
-    total_w: Tensor,
-    pre: Tensor,
-    suf: Tensor,
-    gamma: Tensor,
-) -> Tensor:
-    """The directional derivative of the marginals along ``g`` (a change of ``log x``)."""
-    gs = torch.stack([g, g.index_select(-1, rev)])
-    dcolumns = [torch.zeros_like(xs)]
-    dlog = [torch.zeros_like(totals[0][0])]
-    for j in range(1, k):
-        running = torch.cumsum((dcolumns[-1] + columns[j - 1] * gs) * xs, -1)
-        rate = running[..., -1:] / totals[j - 1]
-        dcolumns.append(F.pad(running[..., :-1] / totals[j - 1], (1, 0)) - columns[j] * rate)
-        dlog.append(rate[0])
-    dlog_e = torch.cumsum(torch.stack(dlog), 0)
-    pairing = _pairing(k, x.device)
-    dgamma = gamma * (dlog_e + dlog_e.index_select(0, pairing) - dlog_e[-1:])
-    dpre = torch.stack([c[0] for c in dcolumns])
-    dsuf = torch.stack([c[1] for c in dcolumns]).index_select(-1, rev).index_select(0, pairing)
-    da = (dgamma * pre * suf + gamma * (dpre * suf + pre * dsuf)).sum(0)
-    dw = w * g + x * da
-    return (k * dw - m * dw.sum(-1, keepdim=True)) / total_w
-
-
-def _fast_forward(u: Tensor, k: int) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """:func:`_columns` and :func:`_combine` without autograd, in preallocated tables.
-
-    ``tables[d, j]`` is exclusive column j in order d (``tables[d, j, :, 0]`` is the empty
-    prefix); ``tables[1]`` is contiguous, so reversing it is a fast ``flip`` (a flip of a
-    strided view is tens of times slower).
-    """
-    batch, n = u.shape
-    x = torch.exp(u)
+def _tables_forward(u: Tensor, k: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Marginals of ``u`` ``(B, n)`` float64 (2 <= k <= n / 2, the unscaled bound holds),
+    eager and without autograd; returns ``(m, saved)`` for :func:`_tables_tangent`."""
+    n = u.shape[-1]
+    width = _clamp_width(n)
+    x = torch.exp(u.clamp(-width, width))
     xs = torch.stack([x, x.flip(-1)])
-    tables = torch.empty((2, k, batch, n), dtype=u.dtype, device=u.device)
+    tables = torch.empty((2, k, *x.shape[:-1], n + 1), dtype=u.dtype, device=u.device)
     tables[:, 0].fill_(1.0)
     tables[:, 1:, :, 0] = 0.0
-    totals = torch.ones((k, 2, batch, 1), dtype=u.dtype, device=u.device)
+    torch.cumsum(xs, -1, out=tables[:, 1, :, 1:])
     work = torch.empty_like(xs)
-    for j in range(1, k):
-        torch.mul(tables[:, j - 1], xs, out=work)
-        torch.cumsum(work, -1, out=work)
-        totals[j] = work[..., -1:]
-        torch.div(work[..., :-1], totals[j], out=tables[:, j, :, 1:])
-    log_e = totals[:, 0].log().cumsum(0)  # (k, B, 1): log e_j(all), j < k
-    pairing = _pairing(k, u.device)
-    gamma = torch.exp(log_e + log_e.index_select(0, pairing) - log_e[-1:])
-    pre = tables[0]
-    suf = tables[1].flip(-1)  # suf[b][:, i] = e_b(items after i) / e_b(all)
-    scaled_pre = pre * gamma
-    acc = scaled_pre[0] * suf[k - 1]
+    for j in range(2, k):
+        torch.mul(xs, tables[:, j - 1, :, :n], out=work)
+        torch.cumsum(work, -1, out=tables[:, j, :, 1:])
+    # suffix[b][:, i] = e_b(items after i): the reversed exclusive prefix, flipped back.
+    suffix = tables[1].flip(-1)[..., 1:]
+    prefix = tables[0, :, :, :n]
+    acc = suffix[k - 1].clone()  # a = 0: prefix[0] = 1
     for a in range(1, k):
-        acc.addcmul_(scaled_pre[a], suf[k - 1 - a])
-    w = acc.mul_(x)
-    total_w = w.sum(-1, keepdim=True)
-    m = (w * (k / total_w)).clamp_(max=1.0)
-    return m, (x, xs, tables, totals, pre, suf, scaled_pre, gamma, w, total_w, m)
+        acc.addcmul_(prefix[a], suffix[k - 1 - a])
+    w = acc * x
+    total = w.sum(-1, keepdim=True)
+    m = (w * (k / total)).clamp_(max=1.0)
+    # Below the clamp a marginal is proportional to exp(u_i) (to relative order m_i itself):
+    # restore that factor, so far tails come out as their tiny values (or 0), not e^-L.
+    tail = torch.exp((u + width).clamp_(max=0.0))
+    result = m * tail
+    return result, (u, x, xs, tables, suffix, acc, w, total, m, tail, result)
 
 
-def _fast_tangent(g: Tensor, k: int, saved: tuple[Tensor, ...]) -> Tensor:
-    """:func:`_tangent` without autograd, on the tables of :func:`_fast_forward`."""
-    x, xs, tables, totals, pre, suf, scaled_pre, gamma, w, total_w, m = saved
-    gs = torch.stack([g, g.flip(-1)])
+def _tables_tangent(g: Tensor, k: int, saved: tuple[Tensor, ...]) -> Tensor:
+    """The vector-Jacobian product of :func:`_tables_forward` with ``g``, d/du, eager.
+
+    The Jacobian of the marginals is the covariance of x, symmetric, so this is the directional
+    derivative along ``g * tail``, carried through the same recursion (``d log x = h``)."""
+    u, x, xs, tables, suffix, _, w, total, m, tail, result = saved
+    n = u.shape[-1]
+    width = _clamp_width(n)
+    h = g * tail
+    hs = torch.stack([h, h.flip(-1)])
     dtables = torch.empty_like(tables)
-    dtables[:, 0].zero_()
-    dtables[:, 1:, :, 0] = 0.0
-    rates = torch.zeros_like(totals)
-    work = torch.empty_like(xs)
-    for j in range(1, k):
-        torch.mul(tables[:, j - 1], gs, out=work)
-        work.add_(dtables[:, j - 1]).mul_(xs)
-        torch.cumsum(work, -1, out=work)
-        torch.div(work[..., -1:], totals[j], out=rates[j])
-        shifted = dtables[:, j, :, 1:]
-        torch.div(work[..., :-1], totals[j], out=shifted)
-        shifted.addcmul_(tables[:, j, :, 1:], rates[j], value=-1.0)
-    dlog_e = rates[:, 0].cumsum(0)
-    pairing = _pairing(k, x.device)
-    dgamma = gamma * (dlog_e + dlog_e.index_select(0, pairing) - dlog_e[-1:])
-    dpre = dtables[0]
-    dsuf = dtables[1].flip(-1)
-    first = torch.addcmul(pre * dgamma, gamma, dpre)  # d(gamma pre)
-    acc = first[0] * suf[k - 1]
-    acc.addcmul_(scaled_pre[0], dsuf[k - 1])
+    dtables[:, :, :, 0] = 0.0
+    work = torch.mul(hs, xs)
+    torch.cumsum(work, -1, out=dtables[:, 1, :, 1:])
+    for j in range(2, k):
+        torch.addcmul(dtables[:, j - 1, :, :n], hs, tables[:, j - 1, :, :n], out=work)
+        work.mul_(xs)
+        torch.cumsum(work, -1, out=dtables[:, j, :, 1:])
+    dsuffix = dtables[1, 1:].flip(-1)[..., 1:]  # dsuffix[b - 1]: d suffix[b], b >= 1
+    prefix = tables[0, :, :, :n]
+    dprefix = dtables[0, :, :, :n]
+    dacc = dsuffix[k - 2].clone()  # a = 0: prefix[0] = 1, dprefix[0] = 0
     for a in range(1, k):
-        acc.addcmul_(first[a], suf[k - 1 - a]).addcmul_(scaled_pre[a], dsuf[k - 1 - a])
-    dw = acc.mul_(x).addcmul_(w, g)
-    return (dw * k - m * dw.sum(-1, keepdim=True)) / total_w
+        dacc.addcmul_(dprefix[a], suffix[k - 1 - a])
+        if a < k - 1:
+            dacc.addcmul_(prefix[a], dsuffix[k - 2 - a])
+    dw = dacc.mul_(x).addcmul_(w, h)
+    dm = (dw * k).sub_(m * dw.sum(-1, keepdim=True)).div_(total)
+    # clamp's gradient passes on [-L, L]; the tail factor's where u + L <= 0.
+    inside = (u >= -width) & (u <= width)
+    return torch.where(inside, dm, 0.0).addcmul_(g, torch.where(u <= -width, result, 0.0))
 
 
-class _ColumnMarginals(torch.autograd.Function):
-    """Marginals of clamped ``u`` ``(B, n)`` float64, 2 <= k <= n / 2; backward = covariance."""
+def _composed_marginals(s: Tensor, k: int, tau: float) -> Tensor:
+    """:func:`_tables_forward` (from float64 scores) as plain differentiable torch code.
+
+    Out of place, no ``out=``, no data-dependent branch: used under torch.compile, vmap and
+    torch.func, and recomputed under autograd for double backward."""
+    n = s.shape[-1]
+    width = _clamp_width(n)
+    u = _shifted_scaled(s, k, tau, None)
+    x = torch.exp(u.clamp(-width, width))
+    xs = torch.stack([x, x.flip(-1)])
+    column = torch.ones_like(xs)
+    columns = [column]
+    for _ in range(1, k):
+        column = F.pad(torch.cumsum(column * xs, -1)[..., :-1], (1, 0))
+        columns.append(column)
+    acc = sum(columns[a][0] * columns[k - 1 - a][1].flip(-1) for a in range(k))
+    w = x * acc
+    m = (k * w / w.sum(-1, keepdim=True)).clamp(max=1.0)
+    return m * torch.exp((u + width).clamp(max=0.0))
+
+
+def top_k_hot(scores: Tensor, top: Tensor, k: int) -> Tensor:
+    """The top-k of ``scores`` ``(..., n)`` as 0/1 in its dtype, ties to the lowest index.
+
+    ``top``: ``(..., >= k)``, the largest entries in descending order (``torch.topk`` values).
+    Everything above the k-th largest value is in; of the entries equal to it, the lowest
+    indices fill the remaining places (torch.topk's own tie order is unspecified)."""
+    kth = top[..., k - 1 : k]
+    above = scores > kth
+    tied = scores == kth
+    places = k - above.sum(-1, keepdim=True)
+    return (above | (tied & (tied.cumsum(-1) <= places))).to(scores.dtype)
+
+
+def fused_path_applies(scores: Tensor, k: int) -> bool:
+    """Whether the one-node fast paths below serve these scores (eager, float32 or float64,
+    2 <= k <= n / 2 and :func:`column_path_is_exact`, at least one row)."""
+    n = scores.shape[-1]
+    return (
+        2 <= k
+        and 2 * k <= n
+        and scores.dtype in (torch.float32, torch.float64)
+        and scores.numel() > 0
+        and column_path_is_exact(n, k)
+        and not graph_capture_active()
+    )
+
+
+def _chunk_rows(k: int, n: int) -> int:
+    return max(1, _CHUNK_ENTRIES // (2 * k * (n + 1)))
+
+
+def _chunked_forward(ctx: Any, u: Tensor, k: int) -> Tensor:
+    """:func:`_tables_forward` over chunks of rows whose tables stay near ``_CHUNK_ENTRIES``
+    entries (2 MB), so each column pass runs in cache; the tables are kept on ``ctx``."""
+    rows = _chunk_rows(k, u.shape[-1])
+    if rows >= u.shape[0]:
+        m, saved = _tables_forward(u, k)
+        ctx.saved = [saved]
+        return m
+    parts = [_tables_forward(chunk, k) for chunk in u.split(rows)]
+    ctx.saved = [saved for _, saved in parts]
+    return torch.cat([m for m, _ in parts])
+
+
+def _chunked_tangent(ctx: Any, g: Tensor, k: int) -> Tensor:
+    rows = _chunk_rows(k, g.shape[-1])
+    if rows >= g.shape[0]:
+        return _tables_tangent(g, k, ctx.saved[0])
+    chunks = g.split(rows)
+    parts = [_tables_tangent(c, k, saved) for c, saved in zip(chunks, ctx.saved, strict=True)]
+    return torch.cat(parts)
+
+
+def _backward(ctx: Any, grad: Tensor, scores: Tensor, noise: Tensor | None) -> Tensor:
+    """d/d scores of ``<grad, marginals(scores + noise)>`` (averaged over a leading draw
+    dimension of ``noise`` when ``grad`` has fewer dimensions), from the saved tables; under
+    create_graph, by autograd through :func:`_composed_marginals` (double backward)."""
+    k, tau, n = ctx.k, ctx.tau, scores.shape[-1]
+    perturbed_shape = scores.shape if noise is None else noise.shape
+    draws = perturbed_shape[0] if len(perturbed_shape) > grad.dim() else 0
+    if torch.is_grad_enabled():
+        with torch.enable_grad():
+            perturbed = scores if noise is None else scores + noise
+            m = _composed_marginals(perturbed.to(torch.float64), k, tau).to(scores.dtype)
+            if draws:
+                m = m.mean(0)
+            (derivative,) = torch.autograd.grad(m, scores, grad, create_graph=True)
+        return derivative
+    g = grad.to(torch.float64).reshape(-1, n)
+    if draws:
+        g = g.repeat(draws, 1)
+    d = _chunked_tangent(ctx, g, k)
+    if draws:
+        d = d.view(draws, -1, n).mean(0)
+    result: Tensor = (d / tau).to(scores.dtype).reshape(scores.shape)
+    return result
+
+
+class _SubsetMarginals(torch.autograd.Function):
+    """Marginals of ``(B, n)`` scores (float32 or float64; float64 inside) where
+    :func:`fused_path_applies`; hand-written backward (double backward by autograd through
+    :func:`_composed_marginals`).
+
+    Eager only (graph capture and torch.func take :func:`_composed_marginals`), so the forward
+    keeps its tables on ``ctx`` (the ``forward(ctx, ...)`` form, not ``setup_context``)."""
 
     @staticmethod
-    def forward(ctx: Any, u: Tensor, k: int) -> Tensor:
-        # Rows in chunks whose tables stay near 2 MB, so each column pass runs in cache.
-        rows = max(1, _CHUNK_ENTRIES // (2 * k * u.shape[-1]))
-        parts = [_fast_forward(chunk, k) for chunk in u.split(rows)]
-        ctx.save_for_backward(u)
-        ctx.k = k
-        ctx.rows = rows
-        ctx.saved = [saved for _, saved in parts]
-        return torch.cat([m for m, _ in parts]) if len(parts) > 1 else parts[0][0].clone()
+    def forward(ctx: Any, scores: Tensor, k: int, tau: float) -> Tensor:
+        u = _shifted_scaled(scores.to(torch.float64), k, tau, None)
+        ctx.save_for_backward(scores)
+        ctx.k, ctx.tau = k, tau
+        return _chunked_forward(ctx, u, k).to(scores.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (u,) = ctx.saved_tensors
-        k = ctx.k
-        if not torch.is_grad_enabled():
-            chunks = grad.contiguous().split(ctx.rows)
-            parts = [_fast_tangent(g, k, saved) for g, saved in zip(chunks, ctx.saved, strict=True)]
-            return (torch.cat(parts) if len(parts) > 1 else parts[0]), None
-        # create_graph: the same maths in plain differentiable ops, recomputed from u.
-        rev = torch.arange(u.shape[-1] - 1, -1, -1, device=u.device)
-        x = torch.exp(u)
-        xs, columns, totals = _columns(x, k, rev)
-        m, w, total_w, pre, suf, gamma = _combine(x, columns, totals, rev, k)
-        result = _tangent(grad, x, xs, columns, totals, rev, k, m, w, total_w, pre, suf, gamma)
-        return result, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (scores,) = ctx.saved_tensors
+        return _backward(ctx, grad, scores, None), None, None
+
+
+class _PerturbArgmaxMarginals(torch.autograd.Function):
+    """``argmax(scores + G)`` with the gradient of ``subset_marginals(scores + G, k, tau)``,
+    in one pass: one ``topk`` gives both the argmax and the marginals' shift. ``G`` is drawn
+    as ``sample_gumbel(scores.shape, ...)`` draws it. Eager only, as :class:`_SubsetMarginals`."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, scores: Tensor, k: int, tau: float, generator: torch.Generator | None
+    ) -> Tensor:
+        n = scores.shape[-1]
+        noise = sample_gumbel(
+            scores.shape, dtype=scores.dtype, device=scores.device, generator=generator
+        )
+        perturbed = scores + noise
+        top = torch.topk(perturbed, k + 1, dim=-1).values
+        hard = top_k_hot(perturbed, top, k)
+        flat = perturbed.reshape(-1, n).to(torch.float64)
+        u = _shifted_scaled(flat, k, tau, top.reshape(-1, k + 1).to(torch.float64))
+        ctx.save_for_backward(scores)
+        ctx.k, ctx.tau, ctx.noise = k, tau, noise
+        _chunked_forward(ctx, u, k)
+        return hard
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        (scores,) = ctx.saved_tensors
+        return _backward(ctx, grad, scores, ctx.noise), None, None, None
+
+
+class _ConditionalMeanMarginals(torch.autograd.Function):
+    """``x`` with the gradient ``(1/K) sum_k d subset_marginals(scores + noise[k]) / d scores``:
+    the K relaxations of gumbel-rao as one batch of tables, one node. Eager only."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: Tensor, noise: Tensor, x: Tensor, k: int, tau: float) -> Tensor:
+        n = scores.shape[-1]
+        flat = (scores + noise).reshape(-1, n).to(torch.float64)
+        ctx.save_for_backward(scores)
+        ctx.k, ctx.tau, ctx.noise = k, tau, noise
+        _chunked_forward(ctx, _shifted_scaled(flat, k, tau, None), k)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+        (scores,) = ctx.saved_tensors
+        return _backward(ctx, grad, scores, ctx.noise), None, None, None, None
+
+
+def perturb_argmax_marginals(
+    scores: Tensor, k: int, tau: float, generator: torch.Generator | None
+) -> Tensor:
+    """:class:`_PerturbArgmaxMarginals` (where :func:`fused_path_applies`)."""
+    result: Tensor = _PerturbArgmaxMarginals.apply(scores, k, tau, generator)
+    return result
+
+
+def conditional_mean_marginals(
+    scores: Tensor, noise: Tensor, x: Tensor, k: int, tau: float
+) -> Tensor:
+    """:class:`_ConditionalMeanMarginals` (where :func:`fused_path_applies`); ``noise``
+    ``(K, *scores.shape)`` without gradient."""
+    result: Tensor = _ConditionalMeanMarginals.apply(scores, noise, x, k, tau)
+    return result
 
 
 # --- the log-space programme over items (any k, slower) ---------------------------------------
@@ -335,6 +459,14 @@ def subset_marginals(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
         tensor([0.4000, 0.4000, 0.4000, 0.4000, 0.4000])
     """
     n = scores.shape[-1]
+    if fused_path_applies(scores, k):  # one autograd node, float64 inside
+        if scores.dim() == 2:
+            result: Tensor = _SubsetMarginals.apply(scores, k, tau)
+            return result
+        m: Tensor = _SubsetMarginals.apply(scores.reshape(-1, n), k, tau)
+        return m.reshape(scores.shape)
+    if 2 <= k and 2 * k <= n and column_path_is_exact(n, k) and scores.numel() > 0:
+        return _composed_marginals(scores.to(torch.float64), k, tau).to(scores.dtype)
     s = scores.to(torch.float64)
     if k >= n:  # the one subset; zero gradient (no -inf * 0 with masked entries)
         return (1 + 0 * torch.where(s == -math.inf, 0.0, s)).to(scores.dtype)
@@ -344,20 +476,9 @@ def subset_marginals(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
         c, masked = _complement_scores(s, tau)
         m = torch.where(masked, 0.0, 1 - subset_marginals(c, n - k, tau))
         return m.to(scores.dtype)
-    shape = s.shape
-    flat = s.reshape(-1, n)
-    if flat.shape[0] == 0:
-        return (flat * 0).reshape(shape).to(scores.dtype)
-    u = (flat - _threshold(flat, k)) / tau
-    if column_path_is_exact(n, k):
-        width = _clamp_width(n)
-        m = _ColumnMarginals.apply(u.clamp(-width, width), k)
-        # Below the clamp a marginal is proportional to exp(u_i) (to relative order m_i itself):
-        # restore that factor, so far tails come out as their tiny values (or 0), not e^-L.
-        m = m * torch.exp((u + width).clamp(max=0.0))
-    else:
-        m = _log_space_marginals(u, k)
-    return m.reshape(shape).to(scores.dtype)
+    if s.numel() == 0:
+        return (s * 0).to(scores.dtype)
+    return _log_space_marginals(_shifted_scaled(s, k, tau, None), k).to(scores.dtype)
 
 
 def subset_log_partition(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
@@ -394,7 +515,7 @@ def subset_log_partition(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
     t = _threshold(s, k)
     u = (s - t) / tau
     shift = k * t[..., 0] / tau
-    if not column_path_is_exact(n, k):
+    if not _normalised_columns_are_exact(n, k):
         return shift + _log_space_log_partition(u, k)
     width = _clamp_width(n)
     # Items above t + L are in every subset that counts: their excess adds to the log-partition.

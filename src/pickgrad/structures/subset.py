@@ -12,7 +12,14 @@ from torch import Tensor
 from pickgrad._validation import compute_dtype
 from pickgrad.noise import sample_gumbel
 from pickgrad.structures._masks import fill_masked
-from pickgrad.structures._subset_marginals import subset_log_partition, subset_marginals
+from pickgrad.structures._subset_marginals import (
+    conditional_mean_marginals,
+    fused_path_applies,
+    perturb_argmax_marginals,
+    subset_log_partition,
+    subset_marginals,
+    top_k_hot,
+)
 from pickgrad.structures.base import Structure
 
 __all__ = ["Subset", "capped_simplex_projection", "subset_conditional_gumbel", "subset_marginals"]
@@ -408,13 +415,7 @@ class Subset(Structure):
     def _argmax(self, scores: Tensor) -> Tensor:
         # Everything above the k-th largest value is in; of the entries equal to it, the lowest
         # indices fill the remaining places (torch.topk's own tie order is unspecified).
-        k = self.k
-        kth = torch.topk(scores, k, dim=-1).values[..., k - 1 : k]
-        above = scores > kth
-        tied = scores == kth
-        places = k - above.sum(-1, keepdim=True)
-        chosen = above | (tied & (tied.cumsum(-1) <= places))
-        return chosen.to(scores.dtype)
+        return top_k_hot(scores, torch.topk(scores, self.k, dim=-1).values, self.k)
 
     def _is_solution(self, x: Tensor) -> Tensor:
         # Exact and cheaper than the generic test: 0/1 entries, exactly k ones.
@@ -477,6 +478,45 @@ class Subset(Structure):
         start: Tensor | None = None,  # a closed-form sampler needs no starting point
     ) -> Tensor:
         return subset_conditional_gumbel(scores, x, n_draws, generator)
+
+    def _fused_paths_apply(self, scores: Tensor, regularizer: str, options: dict[str, Any]) -> bool:
+        # The fused paths hard-code this class's argmax, entropy relaxation and conditional
+        # sampler; a subclass that redefines one of them gets the generic composition instead.
+        cls = type(self)
+        own = all(
+            getattr(cls, name) is getattr(Subset, name)
+            for name in ("_argmax", "_relax", "_conditional_gumbel")
+        )
+        return (
+            own and regularizer == "entropy" and not options and fused_path_applies(scores, self.k)
+        )
+
+    def _perturb_argmax_relax(
+        self,
+        scores: Tensor,
+        tau: float,
+        generator: torch.Generator | None,
+        regularizer: str = "entropy",
+        **options: Any,
+    ) -> Tensor | None:
+        if not self._fused_paths_apply(scores, regularizer, options):
+            return None
+        return perturb_argmax_marginals(scores, self.k, tau, generator)
+
+    def _conditional_mean_relax(
+        self,
+        scores: Tensor,
+        x: Tensor,
+        n_draws: int,
+        tau: float,
+        generator: torch.Generator | None,
+        regularizer: str = "entropy",
+        **options: Any,
+    ) -> Tensor | None:
+        if not self._fused_paths_apply(scores, regularizer, options):
+            return None
+        noise = subset_conditional_gumbel(scores.detach(), x, n_draws, generator)
+        return conditional_mean_marginals(scores, noise, x, self.k, tau)
 
     def _log_partition(self, scores: Tensor, tau: float) -> Tensor:
         # Computed in float64; the public method passes half scores already upcast to float32.
