@@ -470,7 +470,8 @@ class _InverseMarginals(torch.autograd.Function):
     """Marginals of ``scores / tau`` (root 0) by the inverse formula, with a hand-written
     backward.
 
-    The forward applies :func:`_inverse_marginals` to :func:`shifted_weights`. Backward, with
+    The forward applies :func:`_inverse_marginals` to :func:`shifted_weights` (or to the
+    ``weights`` given, the same computed from the detached scores). Backward, with
     ``H = g * w``, ``A`` the inverse of the minor ``M`` padded with a zero root row and column,
     and ``K[i, j] = A[j, j] - A[j, i]``: ``dL/dA = diag(sum_i H[i, :]) - H^T``,
     ``P = A^T (dL/dA) A^T = -dL/dM`` (zero on the root's row and column: the root row of the
@@ -478,25 +479,52 @@ class _InverseMarginals(torch.autograd.Function):
     ``dL/dw[i, j] = g K + P[i, j] - P[j, j]``, ``dL/dscores = w * dL/dw / tau`` (the shift is a
     constant per graph, which the marginals ignore). A backward that must itself be
     differentiable (``create_graph=True``) goes through autograd instead.
+
+    A graph whose error estimate is not finite (a singular or garbage inverse) gets a zero
+    gradient: :func:`arc_marginals` never returns its marginals (it redoes it), and its inverse
+    would turn even a zero incoming gradient into NaN. Forward and ``setup_context`` are apart
+    and every step is plain torch, so ``torch.func`` transforms and ``vmap`` run through it
+    (``generate_vmap_rule``).
+
+    Returns ``(marginals, error, weights, inverse, kernel)``; only the first is differentiable.
     """
 
-    @staticmethod
-    def forward(ctx: Any, scores: Tensor, arcs: Tensor, tau: float) -> tuple[Tensor, Tensor]:
-        weights = shifted_weights(scores, arcs, tau)
-        marginals, inverse, kernel, error = _inverse_marginals(weights, arcs)
-        ctx.save_for_backward(scores, weights, inverse, kernel)
-        ctx.arcs, ctx.tau = arcs, tau
-        ctx.mark_non_differentiable(error)
-        return marginals, error
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor, None, None]:
-        scores, weights, inverse, kernel = ctx.saved_tensors
+    def forward(
+        scores: Tensor, arcs: Tensor, tau: float, weights: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        if weights is None:
+            weights = shifted_weights(scores, arcs, tau)
+        else:  # an input returned (and saved) as an output must be a view of it
+            weights = weights.view_as(weights)
+        marginals, inverse, kernel, error = _inverse_marginals(weights, arcs)
+        return marginals, error, weights, inverse, kernel
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        scores, arcs, tau, _ = inputs
+        _, error, weights, inverse, kernel = output
+        ctx.save_for_backward(scores, arcs, weights, inverse, kernel, error)
+        ctx.tau = tau
+        ctx.mark_non_differentiable(error, weights, inverse, kernel)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None, *_: Any) -> tuple[Tensor | None, None, None, None]:
+        if grad is None:
+            return None, None, None, None
+        scores, arcs, weights, inverse, kernel, error = ctx.saved_tensors
+        usable = torch.isfinite(error)[..., None, None]
         if torch.is_grad_enabled():  # double backward: differentiate the autograd formula
-            weights = shifted_weights(scores, ctx.arcs, ctx.tau)
-            marginals = _inverse_marginals(weights, ctx.arcs)[0]
-            (grad_scores,) = torch.autograd.grad(marginals, scores, grad, create_graph=True)
-            return grad_scores, None, None
+            # Untrusted graphs are replaced by zeros first, so that no NaN of theirs reaches
+            # the graph being differentiated (a mask on the result would still carry them).
+            safe = torch.where(usable, scores, torch.zeros((), dtype=scores.dtype))
+            weights = shifted_weights(safe, arcs, ctx.tau)
+            marginals = _inverse_marginals(weights, arcs)[0]
+            (grad_scores,) = torch.autograd.grad(marginals, safe, grad, create_graph=True)
+            return grad_scores, None, None, None
         h = grad * weights
         # P^T = A (dL/dM)^T A on the minor, with (dL/dM)^T = h minus its column sums on the
         # diagonal; P is zero on the root's row and column, so it only touches the minor.
@@ -509,16 +537,63 @@ class _InverseMarginals(torch.autograd.Function):
         grad_scores = grad_weights.mul_(weights)
         if ctx.tau != 1.0:
             grad_scores.mul_(1.0 / ctx.tau)
-        return grad_scores, None, None
+        return grad_scores.masked_fill_(~usable, 0.0), None, None, None
 
 
 def _marginals_by_inverse(
-    scores: Tensor, arcs: Tensor, *, tau: float = 1.0
+    scores: Tensor, arcs: Tensor, *, tau: float = 1.0, weights: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Fast marginals of ``scores / tau`` (root 0) from the inverse of the Laplacian, with an
-    estimate of their error ``(...)``."""
-    result: tuple[Tensor, Tensor] = _InverseMarginals.apply(scores, arcs, tau)
+    estimate of their error ``(...)``; ``weights``, if given, are
+    ``shifted_weights(scores.detach(), arcs, tau)``."""
+    marginals, error, *_ = _InverseMarginals.apply(scores, arcs, tau, weights)
+    return marginals, error
+
+
+def _returns_lower_bound(weights: Tensor) -> Tensor:
+    """A lower bound ``(...)`` on the largest return probability of the walk behind the
+    inverse formula, from its 2-cycles alone; ``weights`` ``(..., n, n)`` as in
+    :func:`shifted_weights`.
+
+    The walk at node j steps to a parent k with probability ``p[k, j] = w[k, j] / d_j``
+    (``d_j = sum_i w[i, j]``) and stops at the root; ``A[j, j] d_j`` is its expected number of
+    visits to j, ``1 / (1 - r_j)`` with r_j its probability of coming back. Coming back in two
+    steps, through k, are disjoint events, so ``r_j >= sum_k p[k, j] p[j, k]``: O(n^2) work,
+    no inverse. Gumbel-perturbed scores at small tau have heavy arc pairs (a few weights far
+    above the rest), the case this bound sees.
+    """
+    column = weights.sum(dim=-2, keepdim=True)
+    step = weights / column.clamp_min(torch.finfo(weights.dtype).tiny)  # absent nodes: 0
+    back = (step * step.transpose(-1, -2)).sum(dim=-2)
+    result: Tensor = back.amax(dim=-1)
     return result
+
+
+def _bound_to_miss(weights: Tensor, tolerance: float) -> Tensor:
+    """Boolean ``(...)``: graphs whose inverse-formula estimate is sure to exceed ``tolerance``
+    (in exact arithmetic), by :func:`_returns_lower_bound`; they skip the float32 pass.
+
+    The estimate is at least ``c eps / (1 - r_j)`` (see :func:`_error_factor`), so
+    ``r_j > 1 - c eps / tolerance`` dooms it. Only the speed depends on this choice: a graph
+    sent to float64 is accurate there too.
+    """
+    n, dtype = weights.shape[-1], weights.dtype
+    limit = 1.0 - _error_factor(n, dtype) * torch.finfo(dtype).eps / tolerance
+    return _returns_lower_bound(weights) > limit
+
+
+def _flat_arcs(arcs: Tensor, shape: torch.Size) -> Tensor:
+    """``arcs`` for the batch of ``shape`` ``(..., n, n)`` flattened to ``(B, n, n)``; a mask
+    shared by every graph stays one ``(n, n)`` mask."""
+    n = shape[-1]
+    if all(size == 1 for size in arcs.shape[:-2]):
+        return arcs.reshape(n, n)
+    return arcs.expand(shape).reshape(-1, n, n)
+
+
+def _rows(arcs: Tensor, index: Tensor) -> Tensor:
+    """The arcs (from :func:`_flat_arcs`) of the graphs ``index``."""
+    return arcs if arcs.dim() == 2 else arcs.index_select(0, index)
 
 
 def arc_marginals(
@@ -531,13 +606,18 @@ def arc_marginals(
     ``log det M`` in ``z[i, j] = scores[i, j] / tau``; its backward is two matrix products,
     O(n^3) like the forward. That formula subtracts numbers as large as the expected number of
     returns to j before the root is reached, which explodes when a group of nodes is bound far
-    more tightly together than to the root (common at small tau), and it rounds the weights of
-    a column lying far below the graph's largest score (:func:`shifted_weights`). Graphs whose
-    estimated error exceeds ``tolerance`` are recomputed: float32 graphs by this function in
-    float64, float64 graphs as the gradient of the subtraction-free elimination
-    (:func:`arborescence_log_partition`), slower but exact to rounding for any spread of the
-    scores (the backward then runs through it by autograd). Another root is first relabelled
+    more tightly together than to the root (common at small tau, and on Gumbel-perturbed
+    scores), and it rounds the weights of a column lying far below the graph's largest score
+    (:func:`shifted_weights`). Graphs whose estimated error exceeds ``tolerance`` are
+    recomputed: float32 graphs by this function in float64, float64 graphs as the gradient of
+    the subtraction-free elimination (:func:`arborescence_log_partition`), slower but exact to
+    rounding for any spread of the scores (the backward then runs through it by autograd).
+    float32 graphs that are sure to miss (:func:`_bound_to_miss`, a cheap lower bound on the
+    returns) go to float64 at once, without a float32 pass. Another root is first relabelled
     node 0.
+
+    Choosing the precision per graph reads back one count and one list of graphs (host syncs);
+    they are the only values this function reads.
 
     Args:
         scores: ``(..., n, n)`` arc scores, float32 or float64 (the dtype of the computation;
@@ -560,23 +640,43 @@ def arc_marginals(
             _relabel(scores, order), _relabel(arcs, order), 0, tau, tolerance=tolerance
         )
         return _relabel(moved, back)
-    marginals, error = _marginals_by_inverse(scores, arcs, tau=tau)
-    unreliable = ~(error <= tolerance)
-    if not bool(unreliable.any()):
-        return marginals
-    flat, flat_arcs = scores.reshape(-1, n, n), arcs.expand(scores.shape).reshape(-1, n, n)
-    bad = unreliable.reshape(-1).nonzero().squeeze(-1)
-    good = (~unreliable).reshape(-1).nonzero().squeeze(-1)
-    # Recompute the reliable graphs apart, so that no NaN of a singular one reaches a backward.
-    fast, _ = _marginals_by_inverse(flat[good], flat_arcs[good], tau=tau)
+    flat, arcs = scores.reshape(-1, n, n), _flat_arcs(arcs, scores.shape)
+    if scores.dtype == torch.float64:
+        marginals, error = _marginals_by_inverse(flat, arcs, tau=tau)
+    else:
+        weights = shifted_weights(flat.detach(), arcs, tau)
+        doomed = _bound_to_miss(weights, tolerance)
+        count = int(doomed.sum())
+        if count == flat.shape[0]:  # every graph: float64 at once, no split
+            again = arc_marginals(flat.to(torch.float64), arcs, 0, tau, tolerance)
+            return again.to(scores.dtype).reshape(scores.shape)
+        if count == 0:
+            marginals, error = _marginals_by_inverse(flat, arcs, tau=tau, weights=weights)
+        else:
+            keep = (~doomed).nonzero().squeeze(-1)
+            kept, kept_error = _marginals_by_inverse(
+                flat.index_select(0, keep),
+                _rows(arcs, keep),
+                tau=tau,
+                weights=weights.index_select(0, keep),
+            )
+            marginals = flat.new_zeros(flat.shape).index_copy(0, keep, kept)
+            error = torch.full_like(doomed, math.inf, dtype=kept_error.dtype)
+            error = error.index_copy(0, keep, kept_error)
+    bad = (~(error <= tolerance)).nonzero().squeeze(-1)
+    if bad.numel() == 0:
+        return marginals.reshape(scores.shape)
+    bad_arcs = _rows(arcs, bad)
     if scores.dtype != torch.float64:  # redo in float64, to the same tolerance
-        again = arc_marginals(flat[bad].to(torch.float64), flat_arcs[bad], 0, tau, tolerance)
+        again = arc_marginals(
+            flat.index_select(0, bad).to(torch.float64), bad_arcs, 0, tau, tolerance
+        )
         again = again.to(scores.dtype)
     else:
-        z = centered_log_weights(flat[bad], flat_arcs[bad], tau, torch.float64)
-        again = _elimination_marginals(z, flat_arcs[bad], 0)
-    order = torch.argsort(torch.cat([good, bad]))
-    return torch.cat([fast, again]).index_select(0, order).reshape(scores.shape)
+        z = centered_log_weights(flat.index_select(0, bad), bad_arcs, tau, torch.float64)
+        again = _elimination_marginals(z, bad_arcs.expand(z.shape), 0)
+    # Rows redone here get a zero gradient through ``marginals`` (see _InverseMarginals).
+    return marginals.index_copy(0, bad, again).reshape(scores.shape)
 
 
 def unit_interval(marginals: Tensor) -> Tensor:
