@@ -87,6 +87,16 @@ def _functorch_transforms_active() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
+def _vmap_active() -> bool:
+    """Whether a ``torch.func.vmap`` level is running around this call (alone or nested)."""
+    if not _functorch_transforms_active():
+        return False
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(level.key() == vmap for level in retrieve_all_functorch_interpreters())
+
+
 def _tracing() -> bool:
     """Whether a tracer (torch.compile / export, torch.jit.trace, torch.fx) is recording this call."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]

@@ -6,10 +6,12 @@ global generator, so the same seed gives the same samples.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from pickgrad._validation import _functorch_transforms_active, compute_dtype
+from pickgrad._validation import _vmap_active, compute_dtype
 
 __all__ = ["CounterRandom", "draw_seed", "draw_seed_tensor", "sample_gumbel", "sampling_dtype"]
 
@@ -32,13 +34,13 @@ def sample_gumbel(
     """Standard Gumbel noise ``G = -log(E)``, ``E ~ Exponential(1)``, of the given shape.
 
     Drawn in float32 for half dtypes and returned in ``dtype``. ``E`` is clamped away from zero
-    so that ``G`` is always finite. Inside ``torch.func`` transforms ``E`` is drawn as
-    ``-log U`` from uniforms, so that ``vmap(..., randomness="different")`` works (the same
-    law, another stream).
+    so that ``G`` is always finite. Inside ``torch.func.vmap`` ``E`` is drawn as ``-log U``
+    from uniforms, so that ``vmap(..., randomness="different")`` works (the same law, another
+    stream); ``torch.func.grad`` / ``jacrev`` alone draw exactly the eager noise.
     """
     work = sampling_dtype(dtype)
     tiny = torch.finfo(work).tiny
-    if _functorch_transforms_active():
+    if _vmap_active():
         # vmap(randomness="different") cannot fill an unbatched tensor in place; E = -log U
         # from an out-of-place uniform is batched (a different stream from the eager one).
         uniform = torch.rand(shape, dtype=work, device=device, generator=generator)
@@ -143,3 +145,51 @@ class CounterRandom:
     def exponential_(self, out: Tensor, offset: int = 0) -> Tensor:
         """Fill ``out`` with Exponential(1) draws ``E = -log U`` (entries as in ``log_uniform_``)."""
         return self.log_uniform_(out, offset).neg_()
+
+    def log_uniform(
+        self,
+        shape: tuple[int, ...],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        offset: int = 0,
+    ) -> Tensor:
+        """``log U`` for entries ``offset ..`` of the stream, bit for bit as ``log_uniform_``,
+        in a new ``shape`` tensor, with out-of-place ops only.
+
+        The form for traced and transformed code: under ``torch.func.vmap`` a seed drawn inside
+        the vmapped function is batched with ``randomness="different"`` (one stream per entry)
+        and unbatched with ``randomness="same"``, and out-of-place ops accept either; the
+        compiler gets no int64-to-int32 view and no ``out=``.
+        """
+        numel = math.prod(shape)
+        first, skip = divmod(offset, 2)
+        count = (skip + numel + 1) // 2
+        steps = torch.arange(1, count + 1, dtype=torch.int64, device=device)
+        steps = steps * _wrap64(self._GAMMA)
+        if isinstance(self.seed, Tensor):
+            z = steps + (self.seed.to(device) + _wrap64(first * self._GAMMA))
+        else:
+            z = steps + _wrap64(self.seed + first * self._GAMMA)
+        for shift, multiplier in self._ROUNDS:
+            z = z ^ ((z >> shift) & ((1 << (64 - shift)) - 1))
+            if multiplier is not None:
+                z = z * _wrap64(multiplier)
+        # The two 32-bit halves, low first (as the little-endian int32 view of log_uniform_),
+        # each keeping bits 1-22 with bit 0 set: U = (2k + 1) / 2**23, exact in float32.
+        halves = torch.stack([z, z >> 32], dim=-1).flatten(-2)
+        lanes = halves.narrow(-1, skip, numel) & self._MANTISSA | 1
+        uniform = lanes.to(torch.float32) * 2.0**-23
+        return uniform.to(dtype).log().reshape(shape)
+
+    def exponential(
+        self,
+        shape: tuple[int, ...],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        offset: int = 0,
+    ) -> Tensor:
+        """Exponential(1) draws ``E = -log U``: :meth:`exponential_` in a new tensor (see
+        :meth:`log_uniform`)."""
+        return -self.log_uniform(shape, dtype=dtype, device=device, offset=offset)

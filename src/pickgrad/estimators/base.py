@@ -292,9 +292,16 @@ def check_loss_values(losses: Tensor) -> None:
 class _ReplaceGradient(torch.autograd.Function):
     """Forward ``hard``; backward sends the incoming gradient to ``soft`` unchanged."""
 
+    # forward / setup_context / backward are plain torch ops: vmap and torch.func work on it.
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, hard: Tensor, soft: Tensor) -> Tensor:
+    def forward(hard: Tensor, soft: Tensor) -> Tensor:
         return hard.detach()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        pass  # the backward needs nothing
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:

@@ -162,9 +162,11 @@ def objective_transpose(structure: Structure, grad: Tensor) -> Tensor:
     factor (for ``SpanningTree``, the gradients on ``x[i, j]`` and ``x[j, i]`` both reach
     ``scores[i, j]``; by default, ignored entries are zeroed).
     """
-    with torch.enable_grad():
-        probe = torch.zeros_like(grad, requires_grad=True)
-        (result,) = torch.autograd.grad(structure.linear_objective(probe), probe, grad)
+    # torch.func.vjp rather than autograd.grad on a leaf made with requires_grad: a tensor
+    # created with requires_grad inside traced code breaks torch.compile's graph, and vjp also
+    # works inside vmap and the other torch.func transforms.
+    transpose = torch.func.vjp(structure.linear_objective, torch.zeros_like(grad))[1]
+    result: Tensor = transpose(grad)[0]
     return result
 
 
@@ -179,9 +181,12 @@ class _PerturbAndMapDifference(torch.autograd.Function):
     for zero noise (blackbox).
     """
 
+    # Plain torch ops (the structure's argmax included) in the forward / setup_context / backward
+    # form: vmap and torch.func work on it.
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(
-        ctx: Any,
         scores: Tensor,
         samples: Tensor,
         noise: Tensor | None,
@@ -189,9 +194,13 @@ class _PerturbAndMapDifference(torch.autograd.Function):
         lambda_: float,
         mask: Tensor | None,
     ) -> Tensor:
+        return samples[0].clone().to(scores.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        scores, samples, noise, structure, lambda_, mask = inputs
         ctx.save_for_backward(scores.detach(), samples, noise)
         ctx.structure, ctx.lambda_, ctx.mask = structure, lambda_, mask
-        return samples[0].clone().to(scores.dtype)
 
     @staticmethod
     @once_differentiable
@@ -240,10 +249,15 @@ def perturb_and_map_difference(
 class _ScaleGradient(torch.autograd.Function):
     """Identity forward; backward multiplies the gradient by ``factor``."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, tensor: Tensor, factor: float) -> Tensor:
-        ctx.factor = factor
+    def forward(tensor: Tensor, factor: float) -> Tensor:
         return tensor.view_as(tensor)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, float], output: Tensor) -> None:
+        ctx.factor = inputs[1]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:

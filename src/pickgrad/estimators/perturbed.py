@@ -140,11 +140,17 @@ def perturbed_samples(
 
 
 class _PerturbedJacobian(torch.autograd.Function):
-    """Forward: the mean of the samples (or the first one); backward: the Monte Carlo JVP."""
+    """Forward: the mean of the samples (or the first one); backward: the Monte Carlo JVP.
+
+    Plain torch ops in the forward / setup_context / backward form, so vmap and torch.func
+    work on it (``generate_vmap_rule``); the backward is once differentiable (the Monte Carlo
+    estimate has no meaningful second derivative).
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        ctx: Any,
         scores: Tensor,
         samples: Tensor,
         weights: Tensor,
@@ -153,10 +159,14 @@ class _PerturbedJacobian(torch.autograd.Function):
         event_dims: int,
         hard: bool,
     ) -> Tensor:
-        ctx.save_for_backward(samples, weights, scores)
-        ctx.sigma, ctx.mask, ctx.event_dims, ctx.dtype = sigma, mask, event_dims, scores.dtype
         value = samples[0].clone() if hard else samples.mean(0)
         return value.to(scores.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        scores, samples, weights, sigma, mask, event_dims, _ = inputs
+        ctx.save_for_backward(samples, weights, scores)
+        ctx.sigma, ctx.mask, ctx.event_dims, ctx.dtype = sigma, mask, event_dims, scores.dtype
 
     @staticmethod
     @once_differentiable
@@ -169,7 +179,8 @@ class _PerturbedJacobian(torch.autograd.Function):
         if ctx.mask is not None:
             result = result * ctx.mask
         # Masked (-inf) scores: never in a sample, so no gradient (the noise term would give one).
-        result = torch.where(scores == -math.inf, torch.zeros((), dtype=result.dtype), result)
+        zero = torch.zeros((), dtype=result.dtype, device=result.device)
+        result = torch.where(scores == -math.inf, zero, result)
         return result.to(ctx.dtype), None, None, None, None, None, None
 
 

@@ -45,6 +45,9 @@ class _StraightThroughMasked(torch.autograd.Function):
     output's gradient); the comparison runs in the backward pass only.
     """
 
+    # forward / setup_context / backward are plain torch ops: vmap and torch.func work on it.
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(hard: Tensor, objective: Tensor) -> Tensor:
         return hard.detach()

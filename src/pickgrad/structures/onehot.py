@@ -101,20 +101,33 @@ class _PerturbArgmaxSoftmax(torch.autograd.Function):
 
     Saves only the softmax. The first backward overwrites it with the gradient, tile by tile, so
     the backward allocates no full-size temporary; a later backward (``retain_graph=True``)
-    redraws the same noise from the saved generator state.
+    redraws the same noise from ``rng_state``, the generator's state before the draw.
+
+    The forward returns the softmax as a second, non-differentiable output, so that
+    ``setup_context`` can keep it; the caller drops it. An eager-only fast path (generator state,
+    in-place buffers): under torch.compile and torch.func, :meth:`OneHot._perturb_argmax_relax`
+    returns None and st-gumbel takes the generic composition, which draws the same noise, so
+    this Function needs no vmap rule.
     """
 
     @staticmethod
-    def forward(ctx: Any, scores: Tensor, tau: float, generator: torch.Generator | None) -> Tensor:
-        ctx.rng_state = _rng_state(generator, scores.device)
-        ctx.device = scores.device
-        index, ctx.softmax = _perturbed_softmax_(scores.detach(), tau, generator)
-        ctx.tau = tau
-        ctx.save_for_backward(scores)
-        return torch.zeros_like(scores).scatter_(-1, index, 1.0)
+    def forward(
+        scores: Tensor, tau: float, generator: torch.Generator | None, rng_state: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        index, softmax = _perturbed_softmax_(scores.detach(), tau, generator)
+        return torch.zeros_like(scores).scatter_(-1, index, 1.0), softmax
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        scores, tau, _, rng_state = inputs
+        ctx.mark_non_differentiable(output[1])
+        # Not save_for_backward: the first backward overwrites the softmax in place.
+        ctx.softmax = output[1]
+        ctx.rng_state, ctx.device, ctx.tau = rng_state, scores.device, tau
+        ctx.save_for_backward(scores)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor, None, None, None]:
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             (scores,) = ctx.saved_tensors
             work = sampling_dtype(scores.dtype)
@@ -124,7 +137,7 @@ class _PerturbArgmaxSoftmax(torch.autograd.Function):
             p = torch.softmax(_shifted_scaled(scores.to(work) + noise, ctx.tau), dim=-1)
             g = grad.to(work)
             result = p * (g - (p * g).sum(-1, keepdim=True)) / ctx.tau
-            return result.to(grad.dtype), None, None
+            return result.to(grad.dtype), None, None, None
         p = ctx.softmax
         ctx.softmax = None
         if p is None:  # a second backward through a retained graph: redraw the same noise
@@ -142,7 +155,7 @@ class _PerturbArgmaxSoftmax(torch.autograd.Function):
             rows[tile].mul_(grad_rows[tile] - inner[tile])
         if ctx.tau != 1.0:
             p.mul_(1.0 / ctx.tau)
-        return p.to(grad.dtype), None, None
+        return p.to(grad.dtype), None, None, None
 
 
 #: Entries per tile of the conditional sampler: the in-place passes then stay in cache.
@@ -214,15 +227,21 @@ class _ConditionalMeanSoftmax(torch.autograd.Function):
     and backward: the backward redraws the points from the seed saved at forward time, tile by
     tile in cache, and reduces each tile against the gradient at once, so the same seed gives
     the same gradient in every backward (``retain_graph=True`` included).
+
+    An eager-only fast path (tiled in-place work): under torch.compile and torch.func,
+    :meth:`OneHot._conditional_mean_relax` returns None and gumbel-rao takes the generic
+    composition, which draws the same conditional noise, so this Function needs no vmap rule.
     """
 
     @staticmethod
-    def forward(
-        ctx: Any, scores: Tensor, x: Tensor, n_draws: int, tau: float, seed: Tensor
-    ) -> Tensor:
+    def forward(scores: Tensor, x: Tensor, n_draws: int, tau: float, seed: Tensor) -> Tensor:
+        return x.detach()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        scores, x, n_draws, tau, seed = inputs
         ctx.save_for_backward(scores, x, seed)
         ctx.n_draws, ctx.tau = n_draws, tau
-        return x.detach()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -385,9 +404,14 @@ class OneHot(Structure):
         s = (s - s.amax(-1, keepdim=True)).unsqueeze(-2)
         chosen = x.to(torch.bool).unsqueeze(-2)
         shape = (*scores.shape[:-1], n_draws, scores.shape[-1])
-        exponential = torch.empty(shape, dtype=work, device=s.device)
         stream = CounterRandom(draw_seed_tensor(generator, s.device))
-        gumbel = stream.exponential_(exponential).log_().neg_()
+        if graph_capture_active():
+            # The same draws with out-of-place ops: vmap cannot fill an unbatched buffer with a
+            # batched seed's stream, and the compiler gets no dtype view or out=.
+            gumbel = stream.exponential(shape, dtype=work, device=s.device).log().neg()
+        else:
+            exponential = torch.empty(shape, dtype=work, device=s.device)
+            gumbel = stream.exponential_(exponential).log_().neg_()
         top = torch.logsumexp(s, dim=-1, keepdim=True) + (gumbel * chosen).sum(-1, keepdim=True)
         others = -torch.logaddexp(-top, -(s + gumbel))
         noise = torch.where(chosen, top, others) - s
@@ -419,7 +443,8 @@ class OneHot(Structure):
             return None
         if graph_capture_active():  # traced or transformed: the generic composition (same noise)
             return None
-        result: Tensor = _PerturbArgmaxSoftmax.apply(scores, tau, generator)
+        rng_state = _rng_state(generator, scores.device)  # before the draw, for a replay
+        result: Tensor = _PerturbArgmaxSoftmax.apply(scores, tau, generator, rng_state)[0]
         return result
 
     def _conditional_mean_relax(
