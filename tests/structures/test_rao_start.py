@@ -262,3 +262,15 @@ def test_lca_depths_match_networkx(n: int, generator: torch.Generator) -> None:
                     assert common[b, i, j] == depth[lca], (b, i, j)
                 else:
                     assert common[b, i, j] == (0 if i == j else -1), (b, i, j)
+
+
+def test_arborescence_check_solution_takes_lengths(generator: torch.Generator) -> None:
+    structure = pickgrad.Arborescence()
+    scores = torch.randn(3, 5, 5, generator=generator)
+    lengths = torch.tensor([5, 3, 2])
+    short = structure.argmax(scores, lengths=lengths)
+    assert structure.check_solution(scores, short, lengths=lengths) is short
+    with pytest.raises(
+        ValueError, match=r"x is not a hard solution of Arborescence\(root=0\) at 2"
+    ):
+        structure.check_solution(scores, structure.argmax(scores), lengths=lengths)

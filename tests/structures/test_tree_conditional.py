@@ -251,18 +251,17 @@ def test_sparse_table_bounds_match_the_paths(n: int, generator: torch.Generator)
     nodes = node_mask(lengths, (batch,), n, scores.device)
     index = edge_index(n)
     m = index.shape[1]
-    parents, ancestors, segments, listed, prefix = _lifting_layout(x, nodes, index)
+    parents, ancestors, segments = _lifting_layout(x, nodes, index)
     tree = torch.randn(batch, n, dtype=torch.float64, generator=generator)
     tree = tree.masked_fill(parents < 0, math.inf)
     minima = torch.full((batch, ancestors.shape[1], n + 1), math.inf, dtype=torch.float64)
     ceilings = _ceilings(tree, ancestors, segments, minima)
     in_tree = x[:, index[0], index[1]] > 0.5
     utilities = torch.randn(batch, m, dtype=torch.float64, generator=generator)
-    padded = torch.cat([utilities, torch.full((batch, 1), -math.inf, dtype=torch.float64)], -1)
     bounding = ~in_tree & (index[1] < lengths[:, None])  # the non-tree edges of present nodes
-    unbounding = torch.cat([~bounding, torch.ones(batch, 1, dtype=torch.bool)], -1)
-    scan = torch.empty((2, batch, n, n + 1), dtype=torch.float64)
-    floors = _floors(padded, torch.where(unbounding.gather(-1, listed), m, listed), prefix, scan)
+    maxima = torch.empty((batch, ancestors.shape[1], n + 1), dtype=torch.float64)
+    floor_segments = torch.where(bounding.repeat(1, 4), segments, n)
+    floors = _floors(utilities, floor_segments, ancestors, maxima)
     for b in range(batch):
         present = int(lengths[b])
         paths = tree_paths(parents[b].tolist(), present)

@@ -15,25 +15,26 @@ tree utility is a Gumbel truncated below at the largest utility of the non-tree 
 passes through it, independently again. :func:`conditional_tree_gumbel` alternates these two
 exact block updates (two-block Gibbs sampling, a data-augmentation scheme; Tanner & Wong 1987),
 each vectorised over batch, draws and edges. Both bounds are path queries on a fixed tree, so
-their index tables are built once per call and each sweep is O(log n) tensor operations: the
-ceilings from a sparse table of segment minima (binary lifting), the floors from the prefix
-maxima of each node's pairs listed by the depth of their lowest common ancestor (see
-:func:`_lifting_layout`). Measured on one CPU thread this costs about what the previous two
-Python loops over the n nodes cost (the elementwise work, not the operation count, dominates
-there); the operation count matters on accelerators.
+their index tables are built once per call (the depths of lowest common ancestors from one
+inverse of the grounded Laplacian, see :func:`_lca_depths`) and each sweep is O(log n) tensor
+operations: the ceilings from a sparse table of segment minima filled bottom-up (binary
+lifting), the floors from a sparse table of segment maxima filled top-down (see
+:func:`_lifting_layout` and :func:`_floors`).
 
 Where the chains start. ``gumbel-rao`` draws its hard sample as ``x = argmax(s + G)`` and
 passes that very noise G as ``start``: G is an exact draw of the conditional law given x, so a
 chain started at G is stationary from its first state, and every later state is an exact draw
 too (the Gibbs kernel leaves the law invariant). No burn-in, only correlation between the
-states: the K draws of a graph are the states of one chain after each of its first K sweeps
-(:data:`START_DRAWS_PER_CHAIN` draws per chain). Only G's non-tree utilities are used (the
-first tree update redraws the tree utilities given them), so a start whose rounding ties the
-argmax cannot put a chain outside the support. Measured (``--chains``, 10 nodes, tau 0.5):
-this gives gumbel-rao the variance of K independent chains (0.30x st-gumbel) and the same
-mean, with K sweeps per graph instead of 24 (two chains of 8 burn-in and 4 more sweeps); K
-chains one sweep from G each are faster on accelerators but measured a higher variance (0.33x),
-their draws all sharing G's non-tree utilities.
+states: the K draws of a graph come from ``ceil(K / 5)`` chains, all started at G, each giving
+its states after each of its first 5 sweeps (:data:`START_DRAWS_PER_CHAIN`). Only G's
+non-tree utilities are used (the first tree update redraws the tree utilities given them), so
+a start whose rounding ties the argmax cannot put a chain outside the support. Measured
+(``benchmarks/bench_tree_gumbel_rao.py --chains``, 10 nodes, tau 0.5, two runs): this gives
+gumbel-rao the variance of K independent chains (0.300x st-gumbel against 0.300x) and the same
+mean, with 10 chain-sweeps per graph instead of 24 (two chains of 8 burn-in sweeps and 4 more);
+one chain of 10 sweeps has the same variance (0.29x-0.30x) but is 15-20% slower (more
+sequential tensor operations), while 10 chains one sweep from G each, the fastest, measured a
+higher variance (0.32x-0.33x): their draws all share G's non-tree utilities.
 
 Without a start (the public :meth:`SpanningTree.conditional_gumbel` called without one), the
 K draws of a graph come from ``ceil(K / DRAWS_PER_CHAIN)`` chains, each giving its state after
@@ -103,7 +104,7 @@ DEFAULT_SWEEPS = 8
 START_SWEEPS = 1
 
 #: Draws taken from each chain when the chains start at an exact draw.
-START_DRAWS_PER_CHAIN = 10
+START_DRAWS_PER_CHAIN = 5
 
 
 def default_sweeps(n: int) -> int:
@@ -198,7 +199,7 @@ def _lca_depths(adjacency: Tensor, nodes: Tensor) -> Tensor:
 
 def _lifting_layout(
     adjacency: Tensor, nodes: Tensor, index: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """The index tables of the sparse-table sweeps, built once per call from the trees alone.
 
     Rooted at node 0, each node v other than the root owns the tree edge (parent(v), v). A
@@ -229,7 +230,6 @@ def _lifting_layout(
     # The parent is the neighbour one level up (none for the root and absent nodes).
     above = (adjacency > 0.5) & (depth[:, None, :] == depth[:, :, None] - 1)
     parents = torch.where(above, labels, -1).amax(-1)
-    has_parent = parents >= 0
     # is_ancestor[b, i, a]: a is i or an ancestor of i, i.e. lca(i, a) = a.
     is_ancestor = common == depth[:, None, :]
     # at_depth[b, i, d]: the ancestor of i at depth d (-1 below i's own depth).
@@ -251,30 +251,10 @@ def _lifting_layout(
         length = depth[:, end] - lca_depth
         valid = (length >= 1) & (lca_depth >= 0) & nodes[:, end] & nodes[:, other]
         k = log2[length.clamp(0, n)]
-        w = flat_depth.gather(-1, end * n + (lca_depth + 2**k).clamp(0, n - 1))
+        w = flat_depth.gather(-1, end * n + (lca_depth + powers[k]).clamp(0, n - 1))
         runs.append(torch.where(valid, k * (n + 1) + end, n))
         runs.append(torch.where(valid, k * (n + 1) + w, n))
-    # Floors: the non-tree edges whose path covers the edge above a are those (i, j) with i in
-    # the subtree of a and lca(i, j) above a, i.e. depth(lca) < depth(a). Each row i lists its
-    # pairs by increasing lca depth, so these are a prefix of row i, of length count(i, a).
-    pair = torch.full((n, n), m_of(n), dtype=torch.long, device=device)
-    pair[index[0], index[1]] = torch.arange(index.shape[1], device=device)
-    pair[index[1], index[0]] = torch.arange(index.shape[1], device=device)
-    lca_depth, by_depth = common.sort(dim=-1, stable=True)
-    listed = pair.expand(graphs, n, n).gather(-1, by_depth)
-    blank = listed.new_full((graphs, n, 1), m_of(n))  # column 0: the empty prefix
-    listed = torch.cat([blank, listed], dim=-1).view(graphs, n * (n + 1))
-    # count[b, i, a] = #{j : depth(lca(i, j)) < depth(a)}.
-    count = torch.searchsorted(lca_depth, depth[:, None, :].expand(graphs, n, n).contiguous())
-    covered = is_ancestor & has_parent[:, None, :] & nodes[:, :, None]  # [b, i, a]
-    prefix = torch.where(covered, labels[:, None] * (n + 1) + count, 0)  # 0: an empty prefix
-    return (
-        parents,
-        ancestors,
-        torch.cat(runs, dim=-1),
-        listed,
-        prefix.transpose(1, 2).reshape(graphs, n * n),
-    )
+    return parents, ancestors, torch.cat(runs, dim=-1)
 
 
 def conditional_tree_gumbel(
@@ -350,7 +330,7 @@ def conditional_tree_gumbel(
     allowed = edge_scores > -math.inf
     present = nodes[:, index[0]] & nodes[:, index[1]] & allowed
     constrained = present & ~in_tree  # the non-tree edges that bound tree edges
-    parents, ancestors, segments, listed, prefix = _lifting_layout(adjacency, nodes, index)
+    parents, ancestors, segments = _lifting_layout(adjacency, nodes, index)
     has_parent = parents >= 0
     nodes_index = torch.arange(n, device=device)
     low_end = torch.minimum(parents, nodes_index)
@@ -370,25 +350,23 @@ def conditional_tree_gumbel(
     rootless = per_chain(~has_parent | (tree_mu == -math.inf))
     chain_ancestors = per_chain(ancestors)  # (C, L, n + 1)
     chain_segments = per_chain(segments)  # (C, 4 m)
-    # Only the non-tree edges bound the tree edges: the others read the blank slot instead.
-    unbounding = torch.cat([~constrained, constrained.new_ones(graphs, 1)], dim=-1)
-    chain_listed = per_chain(torch.where(unbounding.gather(-1, listed), m, listed))
-    chain_prefix = per_chain(prefix)  # (C, n n)
+    # Only the non-tree edges bound the tree edges: the others go to the sentinel slot.
+    bounding = constrained.repeat(1, 4)
+    chain_floor_segments = per_chain(torch.where(bounding, segments, n))
 
-    # utilities[:, m] is a blank (-inf) slot that the floors' gathers read for no edge.
     if start is None:
         initial = mu_edges  # a deterministic point; the first tree update enters the support
     else:  # an exact draw: every later state is one too (stationarity), no burn-in
         start_edges = start.reshape(-1, n, n)[:, index[0], index[1]].to(dtype)
         initial = per_chain(edge_scores + start_edges)
-    utilities = torch.cat([initial, mu_edges.new_full((chains, 1), -math.inf)], dim=-1)
+    utilities = initial.clone()
     tree = mu_tree
     minima = torch.full((chains, levels, slots), math.inf, dtype=dtype, device=device)
-    scan = torch.empty((2, chains, n, n + 1), dtype=dtype, device=device)
+    maxima = torch.empty((chains, levels, slots), dtype=dtype, device=device)
     tiny = torch.finfo(dtype).tiny
     states: list[tuple[Tensor, Tensor]] = []
     for sweep in range(1, n_sweeps + (draws_per_chain - 1) * thin + 1):
-        floor = _floors(utilities, chain_listed, chain_prefix, scan)
+        floor = _floors(utilities, chain_floor_segments, chain_ancestors, maxima)
         tree = lower_truncated_gumbel(mu_tree, floor, _exponential((chains, n), scores, generator))
         tree = tree.masked_fill_(rootless, math.inf)  # no edge: no bound (and never read)
         ceiling = _ceilings(tree, chain_ancestors, chain_segments, minima)
@@ -399,9 +377,9 @@ def conditional_tree_gumbel(
         ceiling = ceiling.neg_()
         draw = torch.logaddexp(draw, ceiling, out=draw).neg_()
         below = torch.nextafter(ceiling, ceiling.new_tensor(math.inf), out=ceiling).neg_()
-        torch.minimum(draw, below, out=utilities[:, :m])
+        torch.minimum(draw, below, out=utilities)
         if sweep >= n_sweeps and (sweep - n_sweeps) % thin == 0:
-            states.append((utilities[:, :m].clone(), tree))
+            states.append((utilities.clone(), tree))
     # Tree utilities into their edges' slots (nodes without a parent write into a spare one).
     slot = torch.where(per_chain(has_parent), per_chain(parent_edge), m)
     stacked = torch.stack([state for state, _ in states])  # (d, C, m)
@@ -425,22 +403,33 @@ def conditional_tree_gumbel(
     return out.reshape(n_draws, *batch, n, n)
 
 
-def _floors(utilities: Tensor, listed: Tensor, prefix: Tensor, scan: Tensor) -> Tensor:
+def _floors(utilities: Tensor, segments: Tensor, ancestors: Tensor, maxima: Tensor) -> Tensor:
     """Floor of each tree edge (by child node): the largest utility of the non-tree edges whose
-    path runs over it, the largest of the prefix maxima of the rows of its subtree.
+    path runs over it, from a sparse table of segment maxima filled top-down.
+
+    Each non-tree utility goes into the maxima of its path's four segments (a scatter); then,
+    level by level from the top, the maximum of every segment ``(k, v)`` passes down into its
+    two halves, ``(k - 1, v)`` and ``(k - 1, a)``, a the ``2^(k-1)``-th ancestor of v; level 0
+    then holds, for each edge, the maximum over the paths covering it.
 
     Args:
-        utilities: ``(C, m + 1)`` edge utilities, ``utilities[:, m] = -inf``.
-        listed, prefix: ``(C, n (n + 1))`` and ``(C, n n)`` from :func:`_lifting_layout`
-            (``listed`` pointing at m for every edge that bounds nothing).
-        scan: ``(2, C, n, n + 1)`` work space.
+        utilities: ``(C, m)`` edge utilities.
+        segments: ``(C, 4 m)`` from :func:`_lifting_layout`, pointing at the sentinel ``n`` of
+            level 0 for every edge that bounds nothing (tree edges, masked and absent ones).
+        ancestors: ``(C, L, n + 1)`` from :func:`_lifting_layout`.
+        maxima: ``(C, L, n + 1)`` work space.
 
     Returns ``(C, n)``; ``-inf`` where no non-tree edge covers the edge (and for the root).
     """
-    chains, n = scan.shape[1], scan.shape[2]
-    torch.gather(utilities, -1, listed, out=scan[0].view(chains, -1))
-    maxima = _prefix_maxima(scan)
-    return maxima.view(chains, -1).gather(-1, prefix).view(chains, n, n).amax(-1)
+    chains, levels, slots = maxima.shape
+    maxima.fill_(-math.inf)
+    flat = maxima.view(chains, -1)
+    flat.scatter_reduce_(-1, segments, utilities.repeat(1, 4), "amax")
+    for level in range(levels - 1, 0, -1):
+        upper, lower = maxima[:, level], maxima[:, level - 1]
+        torch.maximum(lower, upper, out=lower)
+        lower.scatter_reduce_(-1, ancestors[:, level - 1], upper, "amax")
+    return maxima[:, 0, : slots - 1]
 
 
 def _ceilings(tree: Tensor, ancestors: Tensor, segments: Tensor, minima: Tensor) -> Tensor:
@@ -462,25 +451,6 @@ def _ceilings(tree: Tensor, ancestors: Tensor, segments: Tensor, minima: Tensor)
     ceiling = torch.minimum(runs[:, 0], runs[:, 1])
     ceiling = torch.minimum(ceiling, runs[:, 2], out=ceiling)
     return torch.minimum(ceiling, runs[:, 3], out=ceiling)
-
-
-def _prefix_maxima(buffers: Tensor) -> Tensor:
-    """Running maximum along the last dimension of ``buffers[0]`` (``cummax``'s values), by
-    doubling: log2 of its length elementwise passes between the two buffers ``(2, ...)``,
-    measured faster than ``torch.cummax`` on these short rows. Returns the buffer holding it.
-    """
-    length, shift, source = buffers.shape[-1], 1, 0
-    while shift < length:
-        x, y = buffers[source], buffers[1 - source]
-        y[..., :shift] = x[..., :shift]
-        torch.maximum(x[..., shift:], x[..., :-shift], out=y[..., shift:])
-        source, shift = 1 - source, 2 * shift
-    return buffers[source]
-
-
-def m_of(n: int) -> int:
-    """The number of pairs of n nodes."""
-    return n * (n - 1) // 2
 
 
 @functools.lru_cache(maxsize=64)

@@ -128,6 +128,10 @@ class Arborescence(TreeStructure):
         n = event_shape[-1]
         return arc_mask(torch.ones(n, dtype=torch.bool, device=device), self.root)
 
+    def _is_solution(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Whether each ``x`` is an arborescence (of the first ``lengths[b]`` nodes)."""
+        return self._is_own_argmax(x, lengths=lengths)
+
     def _argmax(self, scores: Tensor, lengths: Tensor | None = None) -> Tensor:
         n = scores.shape[-1]
         # Reduced costs are differences: float64, and masked arcs made finite.

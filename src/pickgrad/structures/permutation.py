@@ -112,7 +112,27 @@ class Permutation(Structure):
       so ``supports("log_partition")`` is False and it raises ``NotImplementedError``; neither
       the law of the perturbed argmax nor a conditional Gumbel sampler is available
       (``reinforce`` uses the Gumbel utilities;
-      ``gumbel-rao`` is not available).
+      ``gumbel-rao`` is not available, see below).
+
+    ``gumbel-rao`` is not available: there is no sampler of the Gumbel noise given the
+    perturbed argmax. An assignment x is optimal for utilities u exactly when dual potentials
+    certify it: some ``f_i``, ``g_j`` with reduced costs ``u_ij - f_i - g_j <= 0`` everywhere and
+    ``= 0`` on x's entries; eliminating the potentials, the condition is that every alternating
+    cycle (and, when s < n, every alternating path to an unused column) gains nothing, a sum of
+    utilities of chosen entries against a sum of unchosen ones. Considered: (1) the two-block
+    Gibbs sampler of ``SpanningTree``, whose blocks are products of truncated Gumbels because the
+    cycle property constrains one chosen and one unchosen edge at a time; here the constraints
+    couple several entries through each cycle, so given the chosen entries the unchosen ones
+    live in a polytope, not a box, are not conditionally independent, and neither block update
+    is a product of truncated Gumbels. (2) Single-site Gibbs, which is sound: given every other
+    entry, an entry's feasible set is a half-line ending where the best assignment forced to
+    contain it (for an unchosen entry) or to avoid it (for a chosen one) ties with x, and that
+    end is a shortest alternating path in the residual graph of x under the optimal dual's
+    reduced costs. But a sweep is ``s * n`` sequential updates per graph, each needing a
+    shortest-path computation (O(n^2), or updated potentials after the entry moves): O(s n^3)
+    sequential work per sweep, without the batching over entries that makes the tree sampler
+    affordable, so about 2500 dependent shortest-path solves per sweep at 50 x 50, and several
+    sweeps of burn-in per draw. It is not implemented.
 
     References: Mena, Belanger, Linderman & Snoek, "Learning Latent Permutations with
     Gumbel-Sinkhorn Networks", ICLR 2018; Schmitzer, "Stabilized Sparse Scaling Algorithms for

@@ -228,8 +228,9 @@ class SpanningTree(TreeStructure):
         structure's option; default :func:`~pickgrad.structures._tree_conditional.default_sweeps`
         of n, ``max(8, ceil(n / 3))``) and ``ceil(K / 5)`` chains give five successive states
         each. With ``start``, noise that makes ``x`` the argmax (an exact draw of this law, such
-        as the forward pass's own noise), one chain per 10 draws starts there, and its states
-        after each of the next K sweeps are exact draws: no burn-in (``n_sweeps`` is not used).
+        as the forward pass's own noise), ``ceil(K / 5)`` chains start there and their states
+        after each of their first 5 sweeps are exact draws: no burn-in (``n_sweeps`` is not
+        used).
 
         Args:
             scores: ``(*batch, n, n)`` (or ``(*batch, m)`` with ``edge_list=True``).
