@@ -8,11 +8,30 @@ from typing import Any, SupportsFloat
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_generator, check_positive_int, check_tau
+from pickgrad._validation import (
+    check_generator,
+    check_positive_int,
+    check_score_types,
+    check_tau,
+)
 from pickgrad.estimators.base import Estimator, LossFn, get_estimator
+from pickgrad.structures._bound import LengthBound, node_pairs, takes_lengths
 from pickgrad.structures.base import Structure
 
 __all__ = ["estimate", "select"]
+
+
+def _check_lengths(structure: Structure, scores: Any, lengths: Any) -> Tensor:
+    """``lengths`` checked by ``structure`` (which must take it) against ``scores``."""
+    if not takes_lengths(structure):
+        raise TypeError(
+            f"lengths= is for structures over graphs of varying size (SpanningTree, "
+            f"Arborescence); {structure!r} does not take it: pad its scores and exclude the "
+            "padding with mask= instead"
+        )
+    check_score_types(scores, event_dims=structure.event_dims)
+    checked: Tensor = structure._check_lengths(lengths, scores)  # type: ignore[attr-defined]
+    return checked
 
 
 def _prepare(
@@ -23,27 +42,38 @@ def _prepare(
     generator: Any,
     options: dict[str, Any],
     mask: Tensor | None = None,
-) -> tuple[Estimator, float, Tensor]:
-    """Resolve the estimator and run every check before any work; return it, ``tau`` and the
-    scores with ``mask`` applied (``-inf`` where it is False)."""
+    lengths: Any = None,
+) -> tuple[Estimator, float, Tensor, Structure]:
+    """Resolve the estimator and run every check before any work; return it, ``tau``, the
+    scores with ``mask`` applied (``-inf`` where it is False) and the structure the estimator
+    is to use (with ``lengths``, the user's structure with them bound in)."""
     if not isinstance(structure, Structure):
         raise TypeError(
             "structure must be a pickgrad Structure such as pickgrad.OneHot(), "
             f"got {type(structure).__name__}"
         )
     resolved = get_estimator(estimator, **options)
+    solver_options: dict[str, Any] = {}
+    if lengths is not None:
+        solver_options["lengths"] = _check_lengths(structure, scores, lengths)
     if resolved.uses_tau:
         # scores / tau is computed: tau must keep it within the compute dtype's range.
-        scores, tau_value = structure._prepare(scores, mask, tau=tau)
+        scores, tau_value = structure._prepare(scores, mask, tau=tau, **solver_options)
     else:
-        scores, _ = structure._prepare(scores, mask)
+        scores, _ = structure._prepare(scores, mask, **solver_options)
         tau_value = check_tau(tau)
     check_generator(generator, scores.device)
     resolved.check_structure(structure)
     relax_options = getattr(resolved, "relax_options", None)
     if isinstance(relax_options, Mapping) and relax_options:
         structure.check_relax_options(relax_options)
-    return resolved, tau_value, scores
+    if lengths is None:
+        return resolved, tau_value, scores, structure
+    checked = solver_options["lengths"]
+    # Padded entries (a padded node at either end) get exactly zero gradient from every
+    # estimator: their values reach it only as constants.
+    scores = torch.where(node_pairs(structure, checked, scores), scores, scores.detach())
+    return resolved, tau_value, scores, LengthBound(structure, checked)
 
 
 def select(
@@ -54,6 +84,7 @@ def select(
     tau: SupportsFloat = 1.0,
     generator: torch.Generator | None = None,
     mask: Tensor | None = None,
+    lengths: Tensor | None = None,
     **options: Any,
 ) -> Tensor:
     """Choose a discrete structure from ``scores`` and let gradients flow back by ``estimator``.
@@ -72,6 +103,13 @@ def select(
             ``scores.masked_fill(~mask, -inf)`` (``-inf`` scores are masked too). Masked
             entries never appear in ``x`` and get exactly zero gradient; a mask that leaves a
             batch entry no solution is a ``ValueError`` naming it (a value check).
+        lengths: optional ``(*batch)`` integer tensor, for the trees (``SpanningTree``,
+            ``Arborescence``) only: graph b uses its first ``lengths[b]`` nodes
+            (1 <= lengths[b] <= n), exactly as the unbatched computation on
+            ``scores[b, :lengths[b], :lengths[b]]`` would (every estimator, same law); entries
+            with a padded node at either end are exactly 0 in ``x`` and get exactly zero
+            gradient, so graphs of different sizes share a batch without padding scores. Other
+            structures refuse it (``TypeError``). Works together with ``mask``.
         **options: options of the named estimator, e.g. ``n_draws=10`` for ``gumbel-rao``.
 
     Returns:
@@ -90,8 +128,8 @@ def select(
         >>> scores.grad.round(decimals=3)
         tensor([[-0.0960,  0.1320, -0.0350]])
     """
-    resolved, tau_value, scores = _prepare(
-        scores, structure, estimator, tau, generator, options, mask
+    resolved, tau_value, scores, structure = _prepare(
+        scores, structure, estimator, tau, generator, options, mask, lengths
     )
     return resolved.select(scores, structure, tau=tau_value, generator=generator)
 
@@ -107,6 +145,7 @@ def estimate(
     generator: torch.Generator | None = None,
     baseline_values: Tensor | None = None,
     mask: Tensor | None = None,
+    lengths: Tensor | None = None,
     **options: Any,
 ) -> Tensor:
     """A scalar surrogate whose value is the mean loss and whose gradient is the estimator's.
@@ -132,6 +171,13 @@ def estimate(
             ``scores.masked_fill(~mask, -inf)`` (``-inf`` scores are masked too). Masked
             entries never appear in ``x`` and get exactly zero gradient; a mask that leaves a
             batch entry no solution is a ``ValueError`` naming it (a value check).
+        lengths: optional ``(*batch)`` integer tensor, for the trees (``SpanningTree``,
+            ``Arborescence``) only: graph b uses its first ``lengths[b]`` nodes
+            (1 <= lengths[b] <= n), exactly as the unbatched computation on
+            ``scores[b, :lengths[b], :lengths[b]]`` would (every estimator, same law); entries
+            with a padded node at either end are exactly 0 in ``x`` and get exactly zero
+            gradient, so graphs of different sizes share a batch without padding scores. Other
+            structures refuse it (``TypeError``). Works together with ``mask``.
         **options: options of the named estimator, e.g. ``baseline="rloo"``.
 
     Returns:
@@ -150,8 +196,8 @@ def estimate(
         >>> int(scores.grad.argmin())  # the gradient pushes the score of item 2 up
         2
     """
-    resolved, tau_value, scores = _prepare(
-        scores, structure, estimator, tau, generator, options, mask
+    resolved, tau_value, scores, structure = _prepare(
+        scores, structure, estimator, tau, generator, options, mask, lengths
     )
     check_positive_int(n_samples, name="n_samples")
     if not callable(loss_fn):

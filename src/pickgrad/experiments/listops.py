@@ -160,10 +160,19 @@ class ListOpsModel(ExperimentModel):
 
     def scores(self, states: Tensor, lengths: Tensor) -> Tensor:
         """The scores the structure reads (see the class docstring)."""
-        arcs = self.network.arc_scores(states, lengths)
+        arcs = self.network.arc_scores(states, lengths, pad=not self.uses_lengths)
         if self.method == "independent":
             return arcs.transpose(-1, -2)[..., 1:, :]  # child j >= 1 chooses a head i
         return arcs
+
+    @property
+    def uses_lengths(self) -> bool:
+        """Whether the structure is a tree, drawn with ``lengths=`` (otherwise padded scores)."""
+        return self.method in ("arborescence", "tree")
+
+    def lengths_option(self, lengths: Tensor) -> dict[str, Tensor]:
+        """``{"lengths": lengths}`` for the trees' ``select`` / ``estimate``, else nothing."""
+        return {"lengths": lengths} if self.uses_lengths else {}
 
     def graph(self, drawn: Tensor) -> Tensor:
         """The drawn structure as arc weights ``(..., B, n, n)``."""
@@ -203,7 +212,7 @@ class ListOpsModel(ExperimentModel):
             scores, self.sample_loss(states, lengths, values), self.structure,
             self.estimator.estimator, tau=self.config.tau,
             n_samples=self.config.n_samples if self.estimator.needs_loss else 1,
-            baseline_values=baseline,
+            baseline_values=baseline, options=self.lengths_option(lengths),
         )  # fmt: skip
 
     def forward(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
@@ -217,7 +226,7 @@ class ListOpsModel(ExperimentModel):
             scores = self.scores(states, lengths)
             if self.estimator.needs_loss:
                 loss_fn = self.sample_loss(states, lengths, values)
-                options = {}
+                options: dict[str, Tensor] = self.lengths_option(lengths)
                 if self.baseline is not None:
                     options["baseline_values"] = self.baseline(states[:, 0].detach())[:, 0]
                 loss = pickgrad.estimate(
@@ -228,7 +237,7 @@ class ListOpsModel(ExperimentModel):
             else:
                 drawn = pickgrad.select(
                     scores, self.structure, self.estimator.estimator, tau=config.tau,
-                    generator=generator,
+                    generator=generator, **self.lengths_option(lengths),
                 )  # fmt: skip
                 logits = self.network.logits(states, lengths, self.graph(drawn))
                 loss = F.cross_entropy(logits, values)

@@ -10,11 +10,13 @@ The root is fixed: in prefix notation the outermost operator is always token 0, 
 arborescence is ``Arborescence(root=0)`` and no root score is needed (a scored root would only
 have to learn to pick token 0).
 
-Variable length: pickgrad's estimators do not pass ``lengths=`` to the structure (see
-``Arborescence``'s docstring), so for training the padded tokens are masked by scores of
-``MASK_SCORE`` (a stopgap): a padded token may only hang from token 0 and nothing may hang from
-it, so the distribution over the real tokens' graphs is exactly the one ``lengths=`` gives (the
-padded arcs are forced and their messages are zeroed). Evaluation uses ``argmax(lengths=...)``.
+Variable length: the trees (``arborescence``, ``tree``) get ``lengths=`` in training
+(``pickgrad.select`` / ``pickgrad.estimate``) and evaluation (``argmax``): graph b is drawn over
+its first ``lengths[b]`` tokens, the padded arcs are 0 and get no gradient, and the padded
+scores are never read. ``independent`` (a ``OneHot`` per token, which has no ``lengths``) masks
+the padding by scores of ``MASK_SCORE``: a padded token may only hang from token 0 and no real
+token may hang from a padded one (their messages are zeroed), which leaves the real tokens'
+heads exactly as free as without padding.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ __all__ = [
     "structure_for",
 ]
 
-#: Score of an arc excluded by padding (pickgrad's trees refuse -inf scores).
+#: Score of an arc excluded by padding, for ``independent`` (OneHot takes no ``lengths``).
 MASK_SCORE = -1.0e4
 
 METHODS = {
@@ -133,10 +135,13 @@ class ListOpsNetwork(nn.Module):
         padded, _ = pad_packed_sequence(states, batch_first=True, total_length=tokens.shape[1])
         return padded
 
-    def arc_scores(self, states: Tensor, lengths: Tensor) -> Tensor:
-        """Biaffine ``s[i, j] = h_i^T W d_j + u^T h_i``, masked to ``allowed_arcs``."""
+    def arc_scores(self, states: Tensor, lengths: Tensor, *, pad: bool = True) -> Tensor:
+        """Biaffine ``s[i, j] = h_i^T W d_j + u^T h_i``; with ``pad``, masked to ``allowed_arcs``
+        by ``MASK_SCORE`` (for structures without ``lengths=``)."""
         head, dependent = self.head(states), self.dependent(states)
         scores: Tensor = head @ self.biaffine @ dependent.transpose(-1, -2) + self.head_bias(head)
+        if not pad:
+            return scores
         allowed = allowed_arcs(lengths, states.shape[1])
         return scores.masked_fill(~allowed, MASK_SCORE)
 
