@@ -199,9 +199,10 @@ def variance(n: int, n_samples: int) -> None:
 
 
 def chains(n_samples: int, settings: list[tuple[bool, int, int, int]], repeats: int) -> None:
-    """Each setting ``(start, chains, n_sweeps, thin)``: K = 10 draws from ``chains`` chains per
-    graph, started at the forward noise (``start``) or not (burn-in), the first state kept after
-    ``n_sweeps`` sweeps and then every ``thin`` sweeps."""
+    """Each setting ``(start, chains, n_sweeps, thin[, half_sweeps])``: K = 10 draws from
+    ``chains`` chains per graph, started at the forward noise (``start``) or not (burn-in), the
+    first state kept after ``n_sweeps`` sweeps and then every ``thin`` sweeps (with
+    ``half_sweeps``, also the state after each tree update)."""
     generator = torch.Generator().manual_seed(3)
     tree = SpanningTree()
     n, n_draws = 10, 10
@@ -219,9 +220,10 @@ def chains(n_samples: int, settings: list[tuple[bool, int, int, int]], repeats: 
         s = torch.randn(size, nodes, nodes, generator=generator)
         g = gumbel(s.shape, s, generator)
         problems.append((s, tree.argmax(s + g), g))
-    for from_start, count, n_sweeps, thin in settings:
+    for from_start, count, n_sweeps, thin, *half in settings:
         per_chain = -(-n_draws // count)
-        options = {"draws_per_chain": per_chain, "thin": thin, "n_sweeps": n_sweeps}
+        options: dict[str, object] = {"draws_per_chain": per_chain, "thin": thin}
+        options.update(n_sweeps=n_sweeps, half_sweeps=bool(half and half[0]))
         forward = gumbel(batch.shape, batch, generator)
         hard = tree.argmax(batch + forward)
         start = forward if from_start else None
@@ -244,9 +246,11 @@ def chains(n_samples: int, settings: list[tuple[bool, int, int, int]], repeats: 
                     repeats,
                 )
             )
-        label = "start" if from_start else "burn-in"
+        label = ("start" if from_start else "burn-in") + (
+            " + half-sweep states" if half and half[0] else ""
+        )
         print(
-            f"  {label:7s} chains {count:2d} x draws {per_chain:2d}, first after {n_sweeps:2d} "
+            f"  {label:26s} chains {count:2d} x draws {per_chain:2d}, first after {n_sweeps:2d} "
             f"sweeps, thin {thin}: variance {ratio:.3f}x st-gumbel, max |z| {z:.2f}; sampler "
             f"CPU (128, 10, 10) {times[0] * 1e3:.1f} ms, (16, 50, 50) {times[1] * 1e3:.1f} ms"
         )
@@ -257,7 +261,7 @@ BURN_IN_SIZES = [(10, 4, 4000), (20, 2, 3000), (30, 2, 2000), (50, 1, 2000), (10
 BURN_IN_SWEEPS = [2, 4, 6, 8, 12, 16, 20, 24, 32]
 
 #: The chain layouts compared by ``--chains``: (start, chains per graph, sweeps to the first
-#: kept state, thin).
+#: kept state, thin[, half_sweeps: also keep the state after each tree update]).
 CHAIN_SETTINGS = [
     (False, 10, 8, 1),
     (False, 2, 8, 1),
@@ -268,6 +272,8 @@ CHAIN_SETTINGS = [
     (True, 1, 1, 1),
     (True, 1, 1, 2),
     (True, 2, 2, 2),
+    (True, 1, 1, 1, True),
+    (True, 2, 1, 1, True),
 ]
 
 

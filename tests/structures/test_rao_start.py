@@ -274,3 +274,21 @@ def test_arborescence_check_solution_takes_lengths(generator: torch.Generator) -
         ValueError, match=r"x is not a hard solution of Arborescence\(root=0\) at 2"
     ):
         structure.check_solution(scores, structure.argmax(scores), lengths=lengths)
+
+
+def test_half_sweep_states_follow_the_law(generator: torch.Generator) -> None:
+    """half_sweeps keeps the state after each tree update too: every state of such a chain
+    from a start keeps the tree and has the law of independent long chains."""
+    n, count = 4, 8_000
+    scores = torch.randn(n, n, dtype=torch.float64, generator=generator)
+    start = gumbel((count, n, n), generator)
+    x = TREE.argmax(scores + start)
+    batch = scores.expand(count, n, n)
+    index = edge_index(n)
+    noise = conditional_tree_gumbel(batch, x, 4, generator, start=start, half_sweeps=True)
+    assert noise.shape == (4, count, n, n)
+    assert bool((TREE.argmax(scores + noise) == x).all())
+    # Each chain's graph has its own tree: compare with independent chains of the same trees.
+    reference = conditional_tree_gumbel(batch, x, 1, generator, n_sweeps=16, draws_per_chain=1)
+    for state in noise:
+        assert_same_law(state[:, index[0], index[1]], reference[0][:, index[0], index[1]])

@@ -268,6 +268,7 @@ def conditional_tree_gumbel(
     draws_per_chain: int | None = None,
     thin: int = 1,
     start: Tensor | None = None,
+    half_sweeps: bool = False,
 ) -> Tensor:
     """Gumbel noise G drawn from its law given ``max spanning tree(scores + G) = x``.
 
@@ -298,6 +299,9 @@ def conditional_tree_gumbel(
             every ``thin`` sweeps (each state has the conditional law, exactly from a start,
             to the burn-in otherwise; successive states of a chain are correlated).
         thin: sweeps between two states taken from one chain, >= 1.
+        half_sweeps: also keep the state after each tree update (two states per sweep; each
+            has the law, but measured in ``--chains`` they raise gumbel-rao's variance from
+            0.30x to 0.36x st-gumbel for a 20-30% cheaper sampler: off by default).
         start: optional ``(*batch, n, n)`` noise with ``argmax(scores + start) = x`` (an exact
             draw of the conditional law, e.g. the forward pass's own noise): every chain of a
             graph starts at its non-tree utilities, so no state needs a burn-in.
@@ -365,10 +369,17 @@ def conditional_tree_gumbel(
     maxima = torch.empty((chains, levels, slots), dtype=dtype, device=device)
     tiny = torch.finfo(dtype).tiny
     states: list[tuple[Tensor, Tensor]] = []
-    for sweep in range(1, n_sweeps + (draws_per_chain - 1) * thin + 1):
+    sweep = 0
+    while len(states) < draws_per_chain:
+        sweep += 1
+        keep = sweep >= n_sweeps and (sweep - n_sweeps) % thin == 0
         floor = _floors(utilities, chain_floor_segments, chain_ancestors, maxima)
         tree = lower_truncated_gumbel(mu_tree, floor, _exponential((chains, n), scores, generator))
         tree = tree.masked_fill_(rootless, math.inf)  # no edge: no bound (and never read)
+        if keep and half_sweeps:
+            states.append((utilities.clone(), tree))
+            if len(states) == draws_per_chain:
+                break
         ceiling = _ceilings(tree, chain_ancestors, chain_segments, minima)
         # Non-tree utilities: Gumbel(mu) below the ceiling, written in place (see
         # upper_truncated_gumbel; the uniforms become log Exp(1) in place).
@@ -378,7 +389,7 @@ def conditional_tree_gumbel(
         draw = torch.logaddexp(draw, ceiling, out=draw).neg_()
         below = torch.nextafter(ceiling, ceiling.new_tensor(math.inf), out=ceiling).neg_()
         torch.minimum(draw, below, out=utilities)
-        if sweep >= n_sweeps and (sweep - n_sweeps) % thin == 0:
+        if keep:
             states.append((utilities.clone(), tree))
     # Tree utilities into their edges' slots (nodes without a parent write into a spare one).
     slot = torch.where(per_chain(has_parent), per_chain(parent_edge), m)
