@@ -212,6 +212,7 @@ def train_run(
             )
 
     started, first_step = time.perf_counter(), step
+    cpu_started, monitor_cpu = time.process_time(), 0.0
     bar = _progress(config, spec, step, context)
     try:
         while step < config.steps:
@@ -241,7 +242,9 @@ def train_run(
                 examples = config.monitor_examples
                 probe = model.monitor_probe(tuple(t[:examples] for t in batch))
                 if probe is not None:
+                    measured = time.process_time()
                     monitor.measure(step + 1, probe)
+                    monitor_cpu += time.process_time() - measured
             load_estimator_state(choice.estimator, _average_states(after, context))
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
             if torch.isfinite(norm):
@@ -278,6 +281,7 @@ def train_run(
         if monitor is not None:
             monitor.close()
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     assert best is not None  # the last step always evaluates
     model.load_state_dict(best["model"])
     result = {
@@ -292,6 +296,10 @@ def train_run(
         "curve": curve,
         "wall_s": wall,
         "steps_per_s": (step - first_step) / wall if wall > 0 else None,
+        # CPU seconds of this process in the training loop and, within it, in the monitor's
+        # measurements (since a resume, like wall_s): the monitor's overhead is their ratio.
+        "cpu_s": cpu,
+        "monitor_cpu_s": monitor_cpu,
         "monitor": [] if monitor is None else [_json_row(asdict(r)) for r in monitor.records],
     }
     if context.is_main:

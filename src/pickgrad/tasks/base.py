@@ -69,6 +69,49 @@ class Task:
             scores = selector.score(items)
         return self.loss_fn(items), scores
 
+    def warm_selector(
+        self, steps: int, *, batch_size: int = 32, n_samples: int = 4, lr: float = 3e-3
+    ) -> SlotSelector:
+        """The initial float64 selector after ``steps`` Adam steps of unbiased training.
+
+        Training's gradient is ``reinforce`` with the leave-one-out baseline (unbiased: in
+        expectation it follows the exact gradient, so the point reached favours no relaxation)
+        on batches of training examples drawn with seed ``90_000 + seed``, the demo's batch,
+        samples per step and learning rate by default.
+        """
+        from pickgrad.estimators.reinforce import Reinforce  # lazy: keeps the import light
+        from pickgrad.select import estimate
+        from pickgrad.structures.onehot import OneHot
+
+        selector = self.make_selector(self.seed).double()
+        optimizer = torch.optim.Adam(selector.parameters(), lr=lr)
+        generator = torch.Generator().manual_seed(90_000 + self.seed)
+        estimator = Reinforce(baseline="rloo")
+        for _ in range(steps):
+            items = self.sample_items(batch_size, generator).double()
+            surrogate = estimate(
+                self.loss_fn(items), selector.score(items), OneHot(), estimator,
+                n_samples=n_samples, generator=generator,
+            )  # fmt: skip
+            optimizer.zero_grad()
+            surrogate.backward()
+            optimizer.step()
+        return selector
+
+    def diagnostic_network_problem(
+        self, batch_size: int = 32, warm_steps: int = 0
+    ) -> tuple[Callable[[Tensor], Tensor], Tensor, tuple[Tensor, ...]]:
+        """``(loss_fn, scores, parameters)``: :meth:`diagnostic_problem` with the scores' graph.
+
+        ``scores`` float64 ``(batch_size, S, N)`` of the first held-out examples come from the
+        float64 selector (freshly initialised, or :meth:`warm_selector` after ``warm_steps``)
+        whose ``parameters`` they depend on through autograd, for
+        ``pickgrad.diagnose(..., parameters=parameters)`` (the gradient its optimiser sees).
+        """
+        selector = self.warm_selector(warm_steps)
+        items = self.test_items()[:batch_size].double()
+        return self.loss_fn(items), selector.score(items), tuple(selector.parameters())
+
     def test_items(self) -> Tensor:
         """The held-out examples ``(n_test, N, D)``."""
         raise NotImplementedError
