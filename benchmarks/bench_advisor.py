@@ -216,6 +216,13 @@ def compare(
     }
 
 
+def outcome_text(trained: dict[str, tuple[float, float]], label: str) -> str:
+    """``final (curve mean)`` of a trained label, '-' if it was not trained (--only-ranked)."""
+    if label not in trained:
+        return "-"
+    return f"{trained[label][0]:.4g} ({trained[label][1]:.4g})"
+
+
 def start_text(entry: dict[str, Any]) -> str:
     """The start-only ranking's pick, top two and Spearman where it differs in kind (later
     points measured), else '-'."""
@@ -234,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--toy-steps", type=int, default=200, help="steps on the toys")
     parser.add_argument("--n-draws", type=int, default=200, help="diagnose draws per estimator")
     parser.add_argument("--allow-soft", action="store_true", help="rank soft-forward ones too")
+    parser.add_argument(
+        "--only-ranked",
+        action="store_true",
+        help="train only the estimators the advisor may recommend (hard forward unless "
+        "--allow-soft): the soft ones' rows then show no training outcome",
+    )
     parser.add_argument("--tasks", nargs="+", default=[*DEMO_TASKS, *TOY_TASKS, *NEW_TASKS])
     parser.add_argument("--out", default="pickgrad-out/bench-advisor.json")
     parser.add_argument(
@@ -272,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         if task in previous:
             trained = {label: tuple(value) for label, value in previous[task]["trained"].items()}  # type: ignore[misc]
             spread = dict(previous[task]["spread"])
+        hard_labels = {row.label for row in rows if row.hard or args.allow_soft}
         for setup in setups if task not in previous else []:
+            if args.only_ranked and setup[0] not in hard_labels:
+                continue
             outcomes = [
                 train_demo(task, setup, seed, args.demo_steps)
                 if task in DEMO_TASKS
@@ -311,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {row.label} | {'hard' if row.hard else 'soft'} "
                 f"| {'yes' if row.acceptable_bias else 'no'} | {row.mse:.3g} "
                 f"| {row.cosine_draw:.3f} | {position} | {trained_position} "
-                f"| {trained[row.label][0]:.4g} ({trained[row.label][1]:.4g}) "
-                f"| {spread[row.label]:.3g} |"
+                f"| {outcome_text(trained, row.label)} | {spread.get(row.label, math.nan):.3g} |"
             )
         print(
             f"\nadvisor pick: {new['pick']} (trained position {new['pick_trained_position']:g}); "
