@@ -9,7 +9,6 @@ import torch
 from pickgrad import Arborescence, SpanningTree
 from pickgrad.structures._matrix_tree import (
     MARGINAL_TOLERANCE,
-    _column_max,
     _marginals_by_inverse,
     arc_marginals,
     arc_mask,
@@ -119,12 +118,6 @@ def test_columns_far_below_the_graphs_largest_score() -> None:
         torch.testing.assert_close(out.double(), reference, rtol=0, atol=FLOAT32_TOLERANCE)
         # Lowering a whole column does not change the law.
         torch.testing.assert_close(out, structure.relax(base, 1.0), rtol=0, atol=FLOAT32_TOLERANCE)
-
-
-@pytest.mark.parametrize("m", [1, 2, 3, 9, 10, 17, 64, 65])
-def test_column_max_equals_amax(m: int) -> None:
-    x = torch.randn(4, m, m)
-    assert torch.equal(_column_max(x), x.amax(dim=-2))
 
 
 def test_the_cached_arc_mask_is_left_untouched() -> None:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pickgrad._validation import check_score_types, value_checks_enabled
+from pickgrad._validation import check_score_types, graph_capture_active, value_checks_enabled
 from pickgrad.structures._masks import fill_masked
 from pickgrad.structures.base import _NO_TAU, Structure
 
@@ -255,6 +255,15 @@ def max_arborescence_parents(scores: Tensor, root: int, nodes: Tensor) -> Tensor
 # --- matrix-tree theorem ------------------------------------------------------------------------
 
 
+def _laplacian(weights: Tensor, has_parent: Tensor) -> Tensor:
+    """Laplacian ``diag(sum_i w[i, :]) - w`` of the arc weights ``(..., n, n)``, with a unit
+    diagonal for the root and absent nodes (``has_parent`` False)."""
+    laplacian = weights.neg()
+    diagonal = weights.sum(dim=-2).masked_fill_(~has_parent, 1.0)
+    laplacian.diagonal(dim1=-2, dim2=-1).add_(diagonal)
+    return laplacian
+
+
 def _laplacian_minor(weights: Tensor, has_parent: Tensor) -> Tensor:
     """Laplacian of the arc weights ``(..., n, n)`` without the root's row and column (root 0):
     a strided ``(..., n - 1, n - 1)`` view, which LAPACK and BLAS take as it is.
@@ -263,10 +272,7 @@ def _laplacian_minor(weights: Tensor, has_parent: Tensor) -> Tensor:
     the rest of the inverse unchanged (block diagonal). Arcs out of the root only feed the
     diagonal.
     """
-    laplacian = weights.neg()
-    diagonal = weights.sum(dim=-2).masked_fill_(~has_parent, 1.0)
-    laplacian.diagonal(dim1=-2, dim2=-1).add_(diagonal)
-    return laplacian[..., 1:, 1:]
+    return _laplacian(weights, has_parent)[..., 1:, 1:]
 
 
 #: Largest absolute error tolerated in the marginals, per dtype of the computation, before a
@@ -282,10 +288,14 @@ def _error_factor(n: int, dtype: torch.dtype) -> float:
     number of returns to j. In float32, against the exact elimination, over 287k Gaussian,
     clustered, uniform and column-gapped graphs (n = 3..50, scores up to +-100;
     ``python benchmarks/measure_tree_error.py``), every graph with ``eps * returns <= 1e-4`` and
-    no column gap erred by at most 4.2 eps x returns, so float32 uses 8; float64 keeps its more
-    conservative 8 n.
+    no column gap erred by at most 4.2 eps x returns, and Gumbel-perturbed graphs at tau 0.5
+    and 0.1 by at most 1.1 (``--quick``); so float32 uses 8. In float64 (``--dtype float64
+    --quick``, graphs with ``eps * returns >= 1e-12``) at most 1.2 eps x returns, but with 8 the
+    whole estimate came within 0.86 of the error of an accepted graph (Gumbel-perturbed at tau
+    0.1, a column gap): float64 uses 16. (It used 8 n before it was measured: at n = 50 that
+    sent 3% of Gumbel-perturbed spanning trees at tau 0.5 to the slow exact elimination.)
     """
-    return 8.0 * n if dtype == torch.float64 else 8.0
+    return 16.0 if dtype == torch.float64 else 8.0
 
 
 #: ``c`` in the extra error ``c * eps * gap`` of a graph whose lowest column lies ``gap`` nats
@@ -325,14 +335,13 @@ def shifted_weights(scores: Tensor, arcs: Tensor, tau: float) -> Tensor:
     score, is measured by :func:`_inverse_marginals`: rounding of its log-weights, and
     subnormal weights.
     """
-    dtype = scores.dtype
-    bias = torch.where(arcs, torch.zeros((), dtype=dtype, device=scores.device), -math.inf)
-    shift = (scores.detach() + bias).amax(dim=(-2, -1), keepdim=True)
-    z = scores - shift.clamp_min(torch.finfo(dtype).min)  # a graph with no arc has shift -inf
+    # -inf off the arcs (whatever is stored there, inf included): exp makes it exactly 0.
+    z = torch.where(arcs, scores, -math.inf)
+    shift = z.detach().amax(dim=(-2, -1), keepdim=True)
+    z = z - shift.clamp_min(torch.finfo(scores.dtype).min)  # a graph with no arc: shift -inf
     if tau != 1.0:
         z = z * (1.0 / tau)
-    # Entries off the arcs may be positive (or inf): cut them before exp, zero them after.
-    return torch.exp(z.clamp_max(0.0)) * arcs
+    return torch.exp(z)
 
 
 def _log_add(a: Tensor, b: Tensor) -> Tensor:
@@ -403,21 +412,6 @@ def arborescence_log_partition(z: Tensor, arcs: Tensor, root: int) -> Tensor:
     return _eliminate(z, arcs, root)
 
 
-def _column_max(x: Tensor) -> Tensor:
-    """``x.amax(dim=-2)`` for ``x`` ``(..., m, m)``; up to m = 64 as a pairwise maximum of
-    halves, which measured about twice as fast there (torch's reduction over a short strided
-    dimension is slow)."""
-    if x.shape[-2] > 64:
-        return x.amax(dim=-2)
-    while x.shape[-2] > 1:
-        half = x.shape[-2] // 2
-        top = torch.maximum(x[..., :half, :], x[..., half : 2 * half, :])
-        if x.shape[-2] % 2:  # fold the odd row in
-            top[..., 0, :] = torch.maximum(top[..., 0, :], x[..., -1, :])
-        x = top
-    return x[..., 0, :]
-
-
 def _inverse_marginals(weights: Tensor, arcs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Koo et al.'s marginals from the inverse of the Laplacian (root 0), with an error estimate.
 
@@ -431,38 +425,34 @@ def _inverse_marginals(weights: Tensor, arcs: Tensor) -> tuple[Tensor, Tensor, T
     """
     n, dtype = weights.shape[-1], weights.dtype
     has_parent = arcs.any(dim=-2)  # False for the root and absent nodes
-    minor = _laplacian_minor(weights, has_parent)
-    inverse, info = torch.linalg.inv_ex(minor)
-    # LAPACK returns the inverse column-major: its transpose is the contiguous one.
-    transposed = inverse.transpose(-1, -2)
-    returns_to = torch.diagonal(transposed, dim1=-2, dim2=-1)  # A[j, j]
-    if torch.is_grad_enabled() and transposed.requires_grad:  # the double backward's path
-        kernel = torch.cat([returns_to[..., None, :], returns_to[..., None, :] - transposed], -2)
-        kernel = torch.nn.functional.pad(kernel, (1, 0))
-    else:  # the same, written in place
-        kernel = weights.new_empty(weights.shape)
-        torch.sub(returns_to[..., None, :], transposed, out=kernel[..., 1:, 1:])
-        kernel[..., 0, 1:] = returns_to  # A[j, root] = 0
-        kernel[..., :, 0] = 0.0  # nothing enters the root
+    laplacian = _laplacian(weights, has_parent)
+    inverse, info = torch.linalg.inv_ex(laplacian[..., 1:, 1:])
+    # LAPACK returns the inverse column-major: its transpose is the contiguous one. Padded with
+    # a zero root row and column, kernel = diag(A)[j] - A^T[i, j] is A[j, j] on the root's row
+    # (A[j, root] = 0) and 0 on its column (nothing enters the root).
+    transposed = torch.nn.functional.pad(inverse.transpose(-1, -2), (1, 0, 1, 0))
+    kernel = torch.diagonal(transposed, dim1=-2, dim2=-1)[..., None, :] - transposed
     marginals = weights * kernel
     with torch.no_grad():
         eps = torch.finfo(dtype).eps
         # A[j, j] L[j, j] is the expected number of returns to j before reaching the root; the
         # subtraction above loses that factor times the rounding error (see _error_factor).
         # max_i |A[j, i]| equals A[j, j] in exact arithmetic and also flags a garbage inverse.
-        diagonal = torch.diagonal(minor, dim1=-2, dim2=-1)
-        returns = (_column_max(transposed.abs()) * diagonal).amax(dim=-1)
-        error = _error_factor(n, dtype) * eps * returns
+        # (The root's column: 0 returns, 0 = 0 column sum, and a unit diagonal, which leaves
+        # the smallest column sum below, clamped to 1, alone.)
+        diagonal = torch.diagonal(laplacian, dim1=-2, dim2=-1)
+        returns = transposed.abs().amax(dim=-2).mul_(diagonal)
         # A check that needs no trust in the inverse: each non-root column sums to 1 exactly.
-        column_error = (marginals.sum(dim=-2) - has_parent.to(dtype)).abs().amax(dim=-1)
-        error = torch.maximum(error, column_error)
+        column_error = (marginals.sum(dim=-2) - has_parent.to(dtype)).abs_()
+        error = torch.maximum(returns.mul_(_error_factor(n, dtype) * eps), column_error)
+        error = error.amax(dim=-1)
         # A column whose weights sum to s lies about -log(s) below the graph's shift: its
         # log-weights carry that much more rounding (see _GAP_FACTOR), and below tiny / eps
         # the weights that matter may be subnormal.
         smallest = diagonal.amin(dim=-1)
-        error += _GAP_FACTOR * eps * smallest.log().neg().clamp_min(0.0)
-        trusted = (info == 0) & (smallest >= torch.finfo(dtype).tiny / eps)
-        error = torch.where(trusted, error, torch.full_like(error, math.inf))
+        error.sub_(smallest.log().clamp_max_(0.0), alpha=_GAP_FACTOR * eps)
+        untrusted = (info != 0) | (smallest < torch.finfo(dtype).tiny / eps)
+        error.masked_fill_(untrusted, math.inf)
     return marginals, inverse, kernel, error
 
 
@@ -540,14 +530,34 @@ class _InverseMarginals(torch.autograd.Function):
         return grad_scores.masked_fill_(~usable, 0.0), None, None, None
 
 
+class _EagerInverseMarginals(torch.autograd.Function):
+    """:class:`_InverseMarginals` in the classic form (``forward(ctx, ...)``) for eager calls:
+    ``apply`` of a Function with ``setup_context`` binds the forward's signature on every call
+    (``inspect.signature``), a third of this Function's own cost at 64 graphs of 10 nodes."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, scores: Tensor, arcs: Tensor, tau: float, weights: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        output = _InverseMarginals.forward(scores, arcs, tau, weights)
+        _InverseMarginals.setup_context(ctx, (scores, arcs, tau, weights), output)
+        return output
+
+    backward = staticmethod(_InverseMarginals.backward)
+
+
 def _marginals_by_inverse(
     scores: Tensor, arcs: Tensor, *, tau: float = 1.0, weights: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Fast marginals of ``scores / tau`` (root 0) from the inverse of the Laplacian, with an
     estimate of their error ``(...)``; ``weights``, if given, are
     ``shifted_weights(scores.detach(), arcs, tau)``."""
-    marginals, error, *_ = _InverseMarginals.apply(scores, arcs, tau, weights)
-    return marginals, error
+    outputs: tuple[Tensor, ...]
+    if graph_capture_active():
+        outputs = _InverseMarginals.apply(scores, arcs, tau, weights)
+    else:
+        outputs = _EagerInverseMarginals.apply(scores, arcs, tau, weights)
+    return outputs[0], outputs[1]
 
 
 def _returns_lower_bound(weights: Tensor) -> Tensor:
@@ -580,6 +590,12 @@ def _bound_to_miss(weights: Tensor, tolerance: float) -> Tensor:
     n, dtype = weights.shape[-1], weights.dtype
     limit = 1.0 - _error_factor(n, dtype) * torch.finfo(dtype).eps / tolerance
     return _returns_lower_bound(weights) > limit
+
+
+#: Fewest score entries (batch x n x n) for which float32 input first looks for the graphs
+#: :func:`_bound_to_miss` dooms: below, its handful of extra ops and its host sync cost more
+#: than the float32 pass it can spare (measured at 64 graphs of 10 nodes).
+_PREDICTION_SIZE = 2**15
 
 
 def _flat_arcs(arcs: Tensor, shape: torch.Size) -> Tensor:
@@ -616,8 +632,14 @@ def arc_marginals(
     returns) go to float64 at once, without a float32 pass. Another root is first relabelled
     node 0.
 
-    Choosing the precision per graph reads back one count and one list of graphs (host syncs);
-    they are the only values this function reads.
+    Choosing the precision per graph reads values back to Python (one to three host syncs:
+    whether any graph is doomed, whether every estimate is met, which graphs to redo), the one
+    value-dependent step of the tree relaxations, which validation does not govern. Under graph
+    capture (``torch.compile``, ``torch.func`` transforms such as ``vmap``; see
+    :func:`pickgrad._validation.graph_capture_active`) no value can choose a path: every graph
+    is computed once by the inverse formula in float64 and a graph whose float64 estimate still
+    misses ``tolerance`` comes out NaN (loud, not silently wrong; eager calls give it the exact
+    elimination).
 
     Args:
         scores: ``(..., n, n)`` arc scores, float32 or float64 (the dtype of the computation;
@@ -641,7 +663,11 @@ def arc_marginals(
         )
         return _relabel(moved, back)
     flat, arcs = scores.reshape(-1, n, n), _flat_arcs(arcs, scores.shape)
-    if scores.dtype == torch.float64:
+    if graph_capture_active():  # no value may choose a path: one float64 pass, no fallback
+        wide, error = _marginals_by_inverse(flat.to(torch.float64), arcs, tau=tau)
+        missed = ~(error <= tolerance)[..., None, None]
+        return torch.where(missed, math.nan, wide).to(scores.dtype).reshape(scores.shape)
+    if scores.dtype == torch.float64 or flat.numel() < _PREDICTION_SIZE:
         marginals, error = _marginals_by_inverse(flat, arcs, tau=tau)
     else:
         weights = shifted_weights(flat.detach(), arcs, tau)
@@ -663,9 +689,10 @@ def arc_marginals(
             marginals = flat.new_zeros(flat.shape).index_copy(0, keep, kept)
             error = torch.full_like(doomed, math.inf, dtype=kept_error.dtype)
             error = error.index_copy(0, keep, kept_error)
-    bad = (~(error <= tolerance)).nonzero().squeeze(-1)
-    if bad.numel() == 0:
+    reliable = error <= tolerance
+    if bool(reliable.all()):
         return marginals.reshape(scores.shape)
+    bad = (~reliable).nonzero().squeeze(-1)
     bad_arcs = _rows(arcs, bad)
     if scores.dtype != torch.float64:  # redo in float64, to the same tolerance
         again = arc_marginals(
