@@ -8,10 +8,12 @@ pickgrad's backward measured alone on the same scores with a random upstream gra
 is ``(pickgrad forward + pickgrad backward) / step``. CPU time of this process, one thread: on a
 shared machine wall time mostly measures the queue.
 
-It also compares ``Arborescence.relax`` on the batch's real lengths three ways at equal work
-(the same ``(B, n, n)`` scores): ``lengths=`` given, masking by -1e4 scores (what training does,
-since estimators do not pass ``lengths=``), and with every length equal to ``n`` against no
-``lengths`` at all, printing ratios.
+The trees are drawn as training draws them, with ``lengths=`` through ``pickgrad.select`` /
+``pickgrad.estimate``; ``gumbel-rao`` joins the estimators for the ``tree`` method (the only
+tree with a conditional sampler). It also compares ``Arborescence.relax`` on the batch's real
+lengths three ways at equal work (the same ``(B, n, n)`` scores): ``lengths=`` given, masking by
+-1e4 scores (what training did before ``lengths=`` reached the estimators), and with every
+length equal to ``n`` against no ``lengths`` at all, printing ratios.
 
     python benchmarks/bench_listops.py            # batch 100, every method x estimator
     python benchmarks/bench_listops.py --quick    # seconds (tests/test_benchmarks.py)
@@ -77,12 +79,14 @@ def profile_step(experiment, config, method, estimator, data, repeats):
             loss = pickgrad.estimate(
                 loss_fn, scores, model.structure, choice.estimator,
                 n_samples=config.n_samples, tau=config.tau, generator=generator,
+                **model.lengths_option(lengths),
             )  # fmt: skip
             t_pick = _now() - network_time[0]
         else:
             drawn = pickgrad.select(
-                scores, model.structure, choice.estimator, tau=config.tau, generator=generator
-            )
+                scores, model.structure, choice.estimator, tau=config.tau, generator=generator,
+                **model.lengths_option(lengths),
+            )  # fmt: skip
             t_pick = _now()
             begin = _now()
             logits = model.network.logits(states, lengths, model.graph(drawn))
@@ -102,14 +106,15 @@ def profile_step(experiment, config, method, estimator, data, repeats):
                 surrogate = pickgrad.estimate(
                     lambda x, w=weights: (x * w).flatten(-2).sum(-1), leaf, model.structure,
                     choice.estimator, n_samples=config.n_samples, tau=config.tau,
-                    generator=generator,
+                    generator=generator, **model.lengths_option(lengths),
                 )  # fmt: skip
                 begin = _now()
                 surrogate.backward()
             else:
                 out = pickgrad.select(
-                    leaf, model.structure, choice.estimator, tau=config.tau, generator=generator
-                )
+                    leaf, model.structure, choice.estimator, tau=config.tau,
+                    generator=generator, **model.lengths_option(lengths),
+                )  # fmt: skip
                 upstream = torch.randn_like(out)
                 begin = _now()
                 torch.autograd.grad(out, leaf, upstream)
@@ -181,7 +186,8 @@ def main():
     )
     shares = []
     for method in methods:
-        for estimator in estimators:
+        extra = ("gumbel-rao",) if method == "tree" and not args.quick else ()
+        for estimator in (*estimators, *extra):
             p = profile_step(experiment, config, method, estimator, data, repeats)
             step = sum(v for k, v in p.items() if k != "pickgrad bwd")
             share = (p["pickgrad"] + p["pickgrad bwd"]) / step
