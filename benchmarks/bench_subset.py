@@ -21,6 +21,7 @@ Run:
     python benchmarks/bench_subset.py                  # the three sizes, 1 thread and default
     python benchmarks/bench_subset.py --threads 1      # one thread only
     python benchmarks/bench_subset.py --quick          # a seconds-long smoke run
+    python benchmarks/bench_subset.py --no-reference   # without the minutes-long reference
 """
 
 from __future__ import annotations
@@ -201,6 +202,11 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds (best of)")
     parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the per-example Python reference (minutes long on a busy machine)",
+    )
+    parser.add_argument(
         "--threads",
         default="1,default",
         help="comma-separated torch thread counts to run with ('default': torch's own count)",
@@ -223,8 +229,9 @@ def main() -> None:
         run_sizes(sizes, args.tau, args.repeats, pool_size=7)
         print("gumbel-rao against st-gumbel:")
         run_gumbel_rao(sizes[0], args.tau, args.repeats, pool_size=7)
-        print("relax against a per-example Python DP with finite differences (reference code):")
-        run_reference(*reference, args.tau, repeats=min(args.repeats, 5))
+        if not args.no_reference:
+            print("relax against a per-example Python DP with finite differences (reference):")
+            run_reference(*reference, args.tau, repeats=min(args.repeats, 5))
     torch.set_num_threads(default_threads)
 
 
