@@ -30,7 +30,7 @@ ESTIMATOR_OPTIONS: dict[str, dict[str, Any]] = {
     "blackbox": {"lambda_": 1.0},
 }
 ALL = tuple(ESTIMATOR_OPTIONS)
-HARD_ARGMAX = ("st", "perturbed", "imle", "blackbox")  # no relaxation: only the solver
+RELAX_ONLY = ("relaxed", "gumbel-relaxed")  # no solver: only the relaxation
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,22 @@ class FuncCase:
 
 FUNC_CASES = [
     FuncCase("onehot", OneHot(), (3, 5), ALL, ALL, ALL, ALL),
-    FuncCase("subset", Subset(2), (3, 5), HARD_ARGMAX, HARD_ARGMAX, HARD_ARGMAX, HARD_ARGMAX),
-    FuncCase("spanning-tree", SpanningTree(), (2, 4, 4), HARD_ARGMAX, (), ALL, ("st", "perturbed")),
+    FuncCase("subset", Subset(2), (3, 5), ALL, ALL, ALL, ALL),
+    FuncCase(
+        "spanning-tree",
+        SpanningTree(),
+        (2, 4, 4),
+        tuple(name for name in ALL if name != "gumbel-rao"),
+        RELAX_ONLY,
+        ALL,
+        ("st", "perturbed"),
+    ),
     FuncCase(
         "arborescence",
         Arborescence(),
         (2, 4, 4),
-        (),
-        (),
+        RELAX_ONLY,
+        RELAX_ONLY,
         tuple(name for name in ALL if name != "gumbel-rao"),  # no conditional_gumbel
         ("st", "perturbed"),
     ),

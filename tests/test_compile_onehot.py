@@ -14,12 +14,17 @@ import pytest
 import torch
 
 import pickgrad
-from func_cases import FuncCase, chooser, pair_id, pairs, scores_and_weights
+from func_cases import ESTIMATOR_OPTIONS, FuncCase, chooser, pair_id, pairs, scores_and_weights
 
-CASE = "onehot"  # test_compile_structures.py runs the other structures
+CASE = "onehot"  # test_compile_subset.py and test_compile_trees.py run the others
 
-# torch 2.13's dynamo warns about instantiating any autograd.Function it traces (its own doing).
-pytestmark = pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+# torch 2.13's dynamo warns about instantiating any autograd.Function it traces (its own
+# doing), and that it traces through functools.lru_cache (the trees' cached index tables: the
+# traced graph recomputes them, with the same values).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -48,5 +53,7 @@ def test_compiled_select_is_one_graph_and_matches_eager(pair: tuple[FuncCase, st
     compiled = torch.compile(choose, fullgraph=True, backend="eager")
     x, gradient = _forward_backward(compiled, scores, weights, seed=1)
     x_eager, gradient_eager = _forward_backward(choose, scores, weights, seed=1)
-    assert torch.equal(x, x_eager)
+    torch.testing.assert_close(x, x_eager, atol=1e-12, rtol=1e-10)
+    if pickgrad.get_estimator(estimator, **ESTIMATOR_OPTIONS[estimator]).hard:
+        assert torch.equal(x, x_eager)  # the same hard solution
     torch.testing.assert_close(gradient, gradient_eager, atol=1e-12, rtol=1e-10)
