@@ -32,9 +32,10 @@ a start whose rounding ties the argmax cannot put a chain outside the support. M
 (``benchmarks/bench_tree_gumbel_rao.py --chains``, 10 nodes, tau 0.5, two runs): this gives
 gumbel-rao the variance of K independent chains (0.300x st-gumbel against 0.300x) and the same
 mean, with 10 chain-sweeps per graph instead of 24 (two chains of 8 burn-in sweeps and 4 more);
-one chain of 10 sweeps has the same variance (0.29x-0.30x) but is 15-20% slower (more
+one chain of 10 sweeps has the same variance (0.29x-0.30x) but was 3-20% slower (more
 sequential tensor operations), while 10 chains one sweep from G each, the fastest, measured a
-higher variance (0.32x-0.33x): their draws all share G's non-tree utilities.
+higher variance (0.32x-0.33x): their draws all share G's non-tree utilities (and keeping the
+state after each half-sweep too, ``half_sweeps``, 0.36x).
 
 Without a start (the public :meth:`SpanningTree.conditional_gumbel` called without one), the
 K draws of a graph come from ``ceil(K / DRAWS_PER_CHAIN)`` chains, each giving its state after
@@ -61,7 +62,7 @@ Why this does not carry over to arborescences and assignments: their optimality 
 (Chu-Liu/Edmonds' contracted cycles; the optimal dual's reduced costs) are not pairwise order
 constraints between a chosen and an unchosen coordinate, so neither block of a two-block chain
 is a product of truncated Gumbels, and a single-site chain needs an exact solve per coordinate
-and sweep (see ``Arborescence``'s docstring).
+and sweep (see ``Arborescence``'s and ``Permutation``'s docstrings).
 
 Truncated Gumbel draws, in log space so that no bound overflows. With ``E = exp(-(u - mu))``,
 which is Exponential(1) for an untruncated Gumbel(mu):
