@@ -841,8 +841,10 @@ class TreeStructure(Structure):
     def _arcs(self, scores: Tensor, lengths: Tensor | None) -> Tensor:
         """Usable arcs: ``(n, n)`` (broadcast over the batch) without ``lengths``, else full."""
         n = scores.shape[-1]
-        if lengths is None:
+        if lengths is None and not graph_capture_active():  # tracers skip lru_cache anyway
             return full_arc_mask(n, self._root, scores.device)
+        if lengths is None:
+            return arc_mask(torch.ones(n, dtype=torch.bool, device=scores.device), self._root)
         return arc_mask(node_mask(lengths, tuple(scores.shape[:-2]), n, scores.device), self._root)
 
     def _allowed_arcs(self, arc_scores: Tensor, lengths: Tensor | None) -> Tensor:
