@@ -16,6 +16,7 @@ lengths three ways at equal work (the same ``(B, n, n)`` scores): ``lengths=`` g
 length equal to ``n`` against no ``lengths`` at all, printing ratios.
 
     python benchmarks/bench_listops.py            # batch 100, every method x estimator
+    python benchmarks/bench_listops.py --methods arborescence tree   # some methods only
     python benchmarks/bench_listops.py --quick    # seconds (tests/test_benchmarks.py)
 """
 
@@ -161,6 +162,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     experiment = get_experiment("listops")
@@ -168,6 +170,8 @@ def main():
     methods = tuple(config.methods)
     estimators = tuple(config.estimators)
     batch, repeats, examples = args.batch_size, args.repeats, 2000
+    if args.methods:
+        methods = tuple(args.methods)
     if args.quick:
         batch, repeats, examples = 8, 1, 64
         methods, estimators = ("arborescence",), ("st-gumbel", "reinforce")
