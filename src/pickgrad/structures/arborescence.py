@@ -50,7 +50,7 @@ class Arborescence(TreeStructure):
     * ``lengths``: the public ``argmax``, ``relax`` and ``log_partition`` accept
       ``lengths=`` a ``(*batch)`` integer tensor; example b then uses only its first
       ``lengths[b]`` nodes (root < lengths[b] <= n) and the padded entries of the output are 0.
-      Estimators do not pass ``lengths``.
+      ``pickgrad.select`` / ``estimate`` pass ``lengths=`` to every estimator.
 
     ``gumbel-rao`` is not available: there is no sampler of the Gumbel noise given the
     perturbed argmax, and ``reinforce`` uses the Gumbel utilities' density instead. What was

@@ -63,7 +63,8 @@ class SpanningTree(TreeStructure):
     * ``lengths``: the public ``argmax``, ``relax`` and ``log_partition`` accept
       ``lengths=`` a ``(*batch)`` integer tensor; example b is then a tree on its first
       ``lengths[b]`` nodes only (1 <= lengths[b] <= n) and the padded entries of the output
-      are 0, so graphs of different sizes share a batch. Estimators do not pass ``lengths``.
+      are 0, so graphs of different sizes share a batch; ``pickgrad.select`` / ``estimate``
+      pass ``lengths=`` to every estimator.
 
     * ``edge_list=True``: scores and outputs are edge lists ``(..., m)``, ``m = n (n - 1) / 2``,
       one entry per vertex pair in the order of :func:`~pickgrad.structures.edge_index` (the
