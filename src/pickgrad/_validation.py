@@ -356,8 +356,10 @@ def check_tau(tau: Any, *, name: str = "tau", dtype: torch.dtype | None = None) 
     schedule (any other object with ``__float__``, e.g. :class:`pickgrad.Schedule`), read at
     this call. Strings, bytes and bools are ``TypeError`` even though they convert to numbers.
     A tensor is read back to Python (a host sync on an accelerator) and its gradient is **not**
-    kept: a tensor that requires grad gets a ``UserWarning`` (learnable temperatures are not
-    supported yet). These checks read no tensor of scores, so they always run.
+    kept here: a tensor that requires grad gets a ``UserWarning`` (``pickgrad.select`` and
+    ``estimate`` keep a learnable temperature's gradient through the relaxing estimators, and
+    call this on its detached value). These checks read no tensor of scores, so they always
+    run.
 
     With ``dtype`` (the scores' dtype) given, ``tau`` must also be at least the smallest normal
     number of its compute dtype (:func:`compute_dtype`), so that ``1 / tau`` is finite there.
@@ -386,7 +388,9 @@ def check_tau(tau: Any, *, name: str = "tau", dtype: torch.dtype | None = None) 
         if tau.requires_grad:
             warnings.warn(
                 f"{name} is a tensor that requires grad; pickgrad reads its value as a float "
-                "and no gradient reaches it (learnable temperatures are not supported yet)",
+                "and no gradient reaches it here (a learnable temperature keeps its gradient "
+                "through select / estimate with an estimator that relaxes: relaxed, "
+                "st-relaxed, gumbel-relaxed, st-gumbel, gumbel-rao)",
                 UserWarning,
                 stacklevel=3,
             )

@@ -14,8 +14,8 @@ from pickgrad._validation import (
     check_score_types,
     check_tau,
 )
-from pickgrad.estimators.base import Estimator, LossFn, get_estimator
-from pickgrad.structures._bound import LengthBound, node_pairs, takes_lengths
+from pickgrad.estimators.base import Estimator, LossFn, RelaxingEstimator, get_estimator
+from pickgrad.structures._bound import LengthBound, TemperatureBound, node_pairs, takes_lengths
 from pickgrad.structures.base import Structure
 
 __all__ = ["estimate", "select"]
@@ -53,6 +53,13 @@ def _prepare(
             f"got {type(structure).__name__}"
         )
     resolved = get_estimator(estimator, **options)
+    # A learnable temperature keeps its gradient through every estimator whose gradient goes
+    # through relax; its value is checked (and read) as any tau is.
+    learned_tau = (
+        tau if isinstance(tau, Tensor) and tau.requires_grad and _relaxes(resolved) else None
+    )
+    if learned_tau is not None:
+        tau = learned_tau.detach()
     solver_options: dict[str, Any] = {}
     if lengths is not None:
         solver_options["lengths"] = _check_lengths(structure, scores, lengths)
@@ -67,13 +74,20 @@ def _prepare(
     relax_options = getattr(resolved, "relax_options", None)
     if isinstance(relax_options, Mapping) and relax_options:
         structure.check_relax_options(relax_options)
-    if lengths is None:
-        return resolved, tau_value, scores, structure
-    checked = solver_options["lengths"]
-    # Padded entries (a padded node at either end) get exactly zero gradient from every
-    # estimator: their values reach it only as constants.
-    scores = torch.where(node_pairs(structure, checked, scores), scores, scores.detach())
-    return resolved, tau_value, scores, LengthBound(structure, checked)
+    if lengths is not None:
+        checked = solver_options["lengths"]
+        # Padded entries (a padded node at either end) get exactly zero gradient from every
+        # estimator: their values reach it only as constants.
+        scores = torch.where(node_pairs(structure, checked, scores), scores, scores.detach())
+        structure = LengthBound(structure, checked)
+    if learned_tau is not None:
+        structure = TemperatureBound(structure, learned_tau)
+    return resolved, tau_value, scores, structure
+
+
+def _relaxes(estimator: Estimator) -> bool:
+    """Whether ``estimator``'s gradient goes through ``structure.relax`` at ``tau``."""
+    return isinstance(estimator, RelaxingEstimator)
 
 
 def select(
@@ -94,10 +108,14 @@ def select(
         structure: what is chosen, e.g. ``OneHot()`` or ``Subset(k)``.
         estimator: a registered name (see :func:`pickgrad.available_estimators`) or an
             ``Estimator`` object.
-        tau: temperature > 0 of the relaxation: a number, a 0-dim tensor (read as a float: no
-            gradient reaches it) or a schedule (see :mod:`pickgrad.schedules`). For estimators
-            that use it, ``scores / tau`` must fit the compute dtype (a ``ValueError`` says the
-            smallest ``tau`` allowed; value checks, see :func:`pickgrad.set_validation`).
+        tau: temperature > 0 of the relaxation: a number, a 0-dim tensor or a schedule (see
+            :mod:`pickgrad.schedules`). A tensor that requires grad is a learnable temperature:
+            its gradient flows through every estimator whose gradient goes through ``relax``
+            (``relaxed``, ``st-relaxed``, ``gumbel-relaxed``, ``st-gumbel``, ``gumbel-rao``),
+            as ``relax(scores / tau, 1)``; the others read its value only (with a warning).
+            For estimators that use it, ``scores / tau`` must fit the compute dtype (a
+            ``ValueError`` says the smallest ``tau`` allowed; value checks, see
+            :func:`pickgrad.set_validation`).
         generator: source of the noise; the same seed gives the same sample.
         mask: optional bool tensor broadcastable to ``scores``, True = allowed; exactly
             ``scores.masked_fill(~mask, -inf)`` (``-inf`` scores are masked too). Masked

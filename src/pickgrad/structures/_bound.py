@@ -10,6 +10,12 @@ unchanged. So no estimator has code for ``lengths``, and a new estimator gets it
 
 The bound ``lengths`` has the batch shape of the scores it was checked against; estimators add
 leading sample dimensions (``(n_samples, *batch)``, ``(K, *batch)``), to which it is broadcast.
+
+:class:`TemperatureBound` does the same for a learnable temperature: a ``tau`` tensor that
+requires grad, given to a relaxing estimator, is bound into ``_relax`` as
+``relax(scores / tau, 1)`` (equal to ``relax(scores, tau)`` for every regularised relaxation,
+``argmax <x, s> - tau * Omega(x)``), so its gradient flows with no estimator code for it.
+Both wrappers refuse the fused one-pass capabilities, whose generic composition they rebuild.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from torch import Tensor
 from pickgrad.structures.base import Structure
 from pickgrad.structures.edges import matrix_to_edges, nodes_from_edges
 
-__all__ = ["LengthBound", "node_pairs", "takes_lengths"]
+__all__ = ["BoundStructure", "LengthBound", "TemperatureBound", "node_pairs", "takes_lengths"]
 
 
 def takes_lengths(structure: Structure) -> bool:
@@ -58,55 +64,32 @@ def node_pairs(structure: Structure, lengths: Tensor, scores: Tensor) -> Tensor:
     return result
 
 
-class LengthBound(Structure):
-    """``structure`` with ``lengths`` (already checked, ``(*batch)`` long) added to its calls.
+class BoundStructure(Structure):
+    """A structure that delegates every call to ``structure`` through :meth:`_call`.
 
-    Private: built by ``pickgrad.select`` / ``pickgrad.estimate``; users pass ``lengths=``.
+    Private base of the wrappers ``pickgrad.select`` / ``pickgrad.estimate`` build; a subclass
+    changes :meth:`_call` (or one solver call) to bind what the estimators do not pass.
     """
 
-    def __init__(self, structure: Structure, lengths: Tensor) -> None:
+    def __init__(self, structure: Structure) -> None:
         self._inner = structure
-        self._lengths = lengths
         self.event_dims = structure.event_dims  # type: ignore[misc]
         self.unsupported = structure.unsupported  # type: ignore[misc]
         self.relax_option_names = structure.relax_option_names  # type: ignore[misc]
 
     @property
     def inner(self) -> Structure:
-        """The user's structure."""
+        """The wrapped structure."""
         return self._inner
-
-    @property
-    def lengths(self) -> Tensor:
-        """The bound node counts, ``(*batch)`` long."""
-        return self._lengths
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes not found normally: the user's structure's own ones.
-        if name.startswith("__") or name in ("_inner", "_lengths"):
+        if name.startswith("__") or name in ("_inner", "_lengths", "_tau"):
             raise AttributeError(name)
         return getattr(self._inner, name)
 
-    def _lengths_for(self, tensor: Tensor) -> Tensor:
-        """The lengths broadcast to the batch shape of ``tensor`` (leading sample dims added)."""
-        batch = tuple(tensor.shape[: tensor.dim() - self.event_dims])
-        bound = tuple(self._lengths.shape)
-        if batch[len(batch) - len(bound) :] != bound:
-            raise ValueError(
-                f"lengths of shape {bound} cannot follow scores of batch shape {batch} "
-                f"(shape {tuple(tensor.shape)}) through {self._inner!r}: the batch must end "
-                "with the shape lengths was given for"
-            )
-        return self._lengths.expand(batch)
-
     def _call(self, method_name: str, tensor: Tensor, *args: Any, **options: Any) -> Any:
-        method = getattr(self._inner, method_name)
-        options.pop("lengths", None)
-        if not _accepts_lengths(method):
-            raise NotImplementedError(
-                f"{self._inner!r}.{method_name.lstrip('_')} does not take lengths="
-            )
-        return method(tensor, *args, lengths=self._lengths_for(tensor), **options)
+        return getattr(self._inner, method_name)(tensor, *args, **options)
 
     # --- capabilities and plain forwards -------------------------------------------------------
 
@@ -173,14 +156,11 @@ class LengthBound(Structure):
         return result
 
     def _is_solution(self, x: Tensor, **solver_options: Any) -> Tensor:
-        if _accepts_lengths(self._inner._is_solution):
-            result: Tensor = self._call("_is_solution", x, **solver_options)
-            return result
-        # The generic check (a 0/1 x is a solution iff it is its own argmax), with lengths.
-        return Structure._is_solution(self, x)
+        result: Tensor = self._call("_is_solution", x, **solver_options)
+        return result
 
-    # Fused one-pass capabilities do not take lengths: the estimators' generic composition of
-    # the calls above (each with lengths) is what they would compute.
+    # Fused one-pass capabilities are refused: the estimators' generic composition of the
+    # calls above (each with what the wrapper binds) is what they would compute.
     def _perturb_argmax_relax(
         self, scores: Tensor, tau: float, generator: torch.Generator | None, **options: Any
     ) -> Tensor | None:
@@ -199,3 +179,65 @@ class LengthBound(Structure):
 
     def __repr__(self) -> str:
         return repr(self._inner)
+
+
+class LengthBound(BoundStructure):
+    """``structure`` with ``lengths`` (already checked, ``(*batch)`` long) added to its calls.
+
+    Private: built by ``pickgrad.select`` / ``pickgrad.estimate``; users pass ``lengths=``.
+    """
+
+    def __init__(self, structure: Structure, lengths: Tensor) -> None:
+        super().__init__(structure)
+        self._lengths = lengths
+
+    @property
+    def lengths(self) -> Tensor:
+        """The bound node counts, ``(*batch)`` long."""
+        return self._lengths
+
+    def _lengths_for(self, tensor: Tensor) -> Tensor:
+        """The lengths broadcast to the batch shape of ``tensor`` (leading sample dims added)."""
+        batch = tuple(tensor.shape[: tensor.dim() - self.event_dims])
+        bound = tuple(self._lengths.shape)
+        if batch[len(batch) - len(bound) :] != bound:
+            raise ValueError(
+                f"lengths of shape {bound} cannot follow scores of batch shape {batch} "
+                f"(shape {tuple(tensor.shape)}) through {self._inner!r}: the batch must end "
+                "with the shape lengths was given for"
+            )
+        return self._lengths.expand(batch)
+
+    def _call(self, method_name: str, tensor: Tensor, *args: Any, **options: Any) -> Any:
+        method = getattr(self._inner, method_name)
+        options.pop("lengths", None)
+        if not _accepts_lengths(method):
+            raise NotImplementedError(
+                f"{self._inner!r}.{method_name.lstrip('_')} does not take lengths="
+            )
+        return method(tensor, *args, lengths=self._lengths_for(tensor), **options)
+
+    def _is_solution(self, x: Tensor, **solver_options: Any) -> Tensor:
+        if _accepts_lengths(self._inner._is_solution):
+            result: Tensor = self._call("_is_solution", x, **solver_options)
+            return result
+        # The generic check (a 0/1 x is a solution iff it is its own argmax), with lengths.
+        return Structure._is_solution(self, x)
+
+
+class TemperatureBound(BoundStructure):
+    """``structure`` whose relaxation divides by a learnable ``tau`` tensor: ``_relax(s, t)`` is
+    ``structure._relax(s / tau, 1)`` (``t``, the float value of ``tau``, is not used again).
+
+    Private: built by ``pickgrad.select`` / ``pickgrad.estimate`` for a ``tau`` that requires
+    grad and an estimator whose gradient goes through ``relax``.
+    """
+
+    def __init__(self, structure: Structure, tau: Tensor) -> None:
+        super().__init__(structure)
+        self._tau = tau
+
+    def _relax(self, scores: Tensor, tau: float, **options: Any) -> Tensor:
+        scaled = scores / self._tau.to(scores.dtype)
+        result: Tensor = self._call("_relax", scaled, 1.0, **options)
+        return result
