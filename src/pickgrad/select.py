@@ -15,6 +15,7 @@ from pickgrad._validation import (
     check_tau,
 )
 from pickgrad.estimators.base import Estimator, LossFn, RelaxingEstimator, get_estimator
+from pickgrad.estimators.perturbed import Perturbed
 from pickgrad.structures._bound import LengthBound, TemperatureBound, node_pairs, takes_lengths
 from pickgrad.structures.base import Structure
 
@@ -55,11 +56,13 @@ def _prepare(
     resolved = get_estimator(estimator, **options)
     # A learnable temperature keeps its gradient through every estimator whose gradient goes
     # through relax; its value is checked (and read) as any tau is.
-    learned_tau = (
-        tau if isinstance(tau, Tensor) and tau.requires_grad and _relaxes(resolved) else None
-    )
-    if learned_tau is not None:
-        tau = learned_tau.detach()
+    learnable = isinstance(tau, Tensor) and tau.requires_grad
+    learned_tau = tau if learnable and _relaxes(resolved) else None
+    # perturbed with sigma=None scales its noise by tau: argmax(s + tau Z) = argmax(s / tau + Z),
+    # and its Jacobian estimate at (s, tau) is 1 / tau times the one at (s / tau, 1).
+    noise_tau = tau if learnable and _scales_noise_by_tau(resolved) else None
+    if learned_tau is not None or noise_tau is not None:
+        tau = tau.detach()
     solver_options: dict[str, Any] = {}
     if lengths is not None:
         solver_options["lengths"] = _check_lengths(structure, scores, lengths)
@@ -82,12 +85,19 @@ def _prepare(
         structure = LengthBound(structure, checked)
     if learned_tau is not None:
         structure = TemperatureBound(structure, learned_tau)
+    if noise_tau is not None:
+        scores, tau_value = scores / noise_tau.to(scores.dtype), 1.0
     return resolved, tau_value, scores, structure
 
 
 def _relaxes(estimator: Estimator) -> bool:
     """Whether ``estimator``'s gradient goes through ``structure.relax`` at ``tau``."""
     return isinstance(estimator, RelaxingEstimator)
+
+
+def _scales_noise_by_tau(estimator: Estimator) -> bool:
+    """Whether ``estimator`` is ``perturbed`` with its noise scale taken from ``tau``."""
+    return isinstance(estimator, Perturbed) and estimator.sigma is None
 
 
 def select(
@@ -112,7 +122,8 @@ def select(
             :mod:`pickgrad.schedules`). A tensor that requires grad is a learnable temperature:
             its gradient flows through every estimator whose gradient goes through ``relax``
             (``relaxed``, ``st-relaxed``, ``gumbel-relaxed``, ``st-gumbel``, ``gumbel-rao``),
-            as ``relax(scores / tau, 1)``; the others read its value only (with a warning).
+            as ``relax(scores / tau, 1)``, and through ``perturbed`` as its noise scale (as
+            ``scores / tau`` with scale 1); the others read its value only (with a warning).
             For estimators that use it, ``scores / tau`` must fit the compute dtype (a
             ``ValueError`` says the smallest ``tau`` allowed; value checks, see
             :func:`pickgrad.set_validation`).

@@ -121,11 +121,57 @@ def test_gumbel_rao_tau_gradient_is_the_mean_over_its_conditional_draws(
     torch.testing.assert_close(got, want)
 
 
-def test_estimators_without_relax_read_a_tensor_tau_as_a_float_and_say_so() -> None:
+@pytest.mark.parametrize(("name", "options"), [("st", {}), ("perturbed", {"sigma": 0.5})])
+def test_estimators_that_do_not_use_tau_read_a_tensor_tau_as_a_float_and_say_so(
+    name: str, options: dict[str, float]
+) -> None:
     tau = torch.tensor(0.5, requires_grad=True)
     with pytest.warns(UserWarning, match="no gradient reaches it"):
-        pickgrad.select(torch.randn(3, 4), OneHot(), "perturbed", tau=tau)
+        x = pickgrad.select(
+            torch.randn(3, 4, requires_grad=True), OneHot(), name, tau=tau, **options
+        )
+    x.sum().backward()
     assert tau.grad is None
+
+
+@pytest.mark.parametrize(("structure", "shape"), CASES[:3])
+def test_perturbed_with_a_tensor_tau_matches_a_float_tau(
+    structure: Structure, shape: tuple[int, ...]
+) -> None:
+    weights = torch.randn(shape, dtype=f64)
+    grads, outputs = [], []
+    for tau in (0.7, torch.tensor(0.7, dtype=f64, requires_grad=True)):
+        scores = torch.randn(shape, dtype=f64, generator=torch.Generator().manual_seed(1))
+        scores.requires_grad_(True)
+        x = _select(scores, structure, "perturbed", tau)
+        (x * weights).sum().backward()
+        outputs.append(x.detach())
+        grads.append(scores.grad)
+    torch.testing.assert_close(outputs[0], outputs[1])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_perturbed_tau_gradient_is_unbiased_for_the_noise_scale() -> None:
+    # With Gumbel noise on OneHot, E[argmax(s + tau G)] = softmax(s / tau) exactly.
+    # Loss = the expected score: its derivative in tau is -Var_p(s) / tau^2, far from zero.
+    scores = torch.tensor([[0.3, -0.2, 0.8, 0.0]], dtype=f64)
+    weights = scores[0]
+    tau = torch.tensor(0.4, dtype=f64, requires_grad=True)
+    draws = []
+    for seed in range(40):
+        x = pickgrad.select(
+            scores, OneHot(), "perturbed", tau=tau, n_perturbations=500,
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        draws.append(torch.autograd.grad((x * weights).sum(), tau)[0])
+    estimate = torch.stack(draws)
+    exact_tau = tau.detach().clone().requires_grad_(True)
+    (exact,) = torch.autograd.grad(
+        (torch.softmax(scores / exact_tau, -1) * weights).sum(), exact_tau
+    )
+    standard_error = estimate.std() / len(draws) ** 0.5
+    assert abs(float(estimate.mean() - exact)) < 4 * float(standard_error) + 1e-9
+    assert abs(float(exact)) > 10 * float(standard_error)  # the test can see a wrong sign
 
 
 def test_learnable_tau_with_lengths_on_trees() -> None:
