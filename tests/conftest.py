@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+import pickgrad
 
 settings.register_profile("ci", deadline=None, derandomize=True, max_examples=30, print_blob=True)
 settings.register_profile("pickgrad", settings.get_profile("ci"))
@@ -53,3 +56,12 @@ def _seed_everything() -> None:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def fresh_dynamo_without_validation() -> Iterator[None]:
+    """Value checks off and a fresh dynamo cache around a torch.compile test."""
+    torch._dynamo.reset()
+    with pickgrad.validation(False):
+        yield
+    torch._dynamo.reset()

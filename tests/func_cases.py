@@ -95,3 +95,28 @@ def scores_and_weights(
     scores = torch.randn(case.shape, dtype=dtype, generator=generator)
     weights = torch.randn(case.shape, dtype=dtype, generator=generator)
     return scores, weights
+
+
+def forward_backward(
+    choose: Any, scores: torch.Tensor, weights: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``choose(scores)`` and the gradient of the linear loss ``<x, weights>``, noise seeded."""
+    leaf = scores.clone().requires_grad_()
+    torch.manual_seed(seed)
+    x = choose(leaf)
+    (gradient,) = torch.autograd.grad((x * weights).sum(), leaf)
+    return x.detach(), gradient
+
+
+def check_compiled_matches_eager(case: FuncCase, estimator: str) -> None:
+    """``select`` compiled in one graph (``fullgraph=True``, eager backend) gives eager's ``x``
+    (the same hard solution for hard estimators) and gradient under the same seed."""
+    scores, weights = scores_and_weights(case, 0)
+    choose = chooser(case, estimator)
+    compiled = torch.compile(choose, fullgraph=True, backend="eager")
+    x, gradient = forward_backward(compiled, scores, weights, seed=1)
+    x_eager, gradient_eager = forward_backward(choose, scores, weights, seed=1)
+    torch.testing.assert_close(x, x_eager, atol=1e-12, rtol=1e-10)
+    if pickgrad.get_estimator(estimator, **ESTIMATOR_OPTIONS[estimator]).hard:
+        assert torch.equal(x, x_eager)  # the same hard solution
+    torch.testing.assert_close(gradient, gradient_eager, atol=1e-12, rtol=1e-10)

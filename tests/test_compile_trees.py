@@ -8,39 +8,18 @@ are in ``test_compile_onehot.py``, ``test_compile_subset.py``, ``test_compile_in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
-import pickgrad
-from func_cases import ESTIMATOR_OPTIONS, FuncCase, chooser, pair_id, pairs, scores_and_weights
+from func_cases import FuncCase, check_compiled_matches_eager, pair_id, pairs
 
 # torch 2.13's dynamo warns about instantiating any autograd.Function it traces (its own
 # doing), and that it traces through functools.lru_cache (the trees' cached index tables: the
 # traced graph recomputes them, with the same values).
 pytestmark = [
+    pytest.mark.usefixtures("fresh_dynamo_without_validation"),
     pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_validation_fresh_dynamo() -> Iterator[None]:
-    torch._dynamo.reset()
-    with pickgrad.validation(False):
-        yield
-    torch._dynamo.reset()
-
-
-def _forward_backward(
-    choose: object, scores: torch.Tensor, weights: torch.Tensor, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    leaf = scores.clone().requires_grad_()
-    torch.manual_seed(seed)
-    x = choose(leaf)  # type: ignore[operator]
-    (gradient,) = torch.autograd.grad((x * weights).sum(), leaf)
-    return x.detach(), gradient
 
 
 @pytest.mark.parametrize(
@@ -49,13 +28,4 @@ def _forward_backward(
     ids=pair_id,
 )
 def test_compiled_select_is_one_graph_and_matches_eager(pair: tuple[FuncCase, str]) -> None:
-    case, estimator = pair
-    scores, weights = scores_and_weights(case, 0)
-    choose = chooser(case, estimator)
-    compiled = torch.compile(choose, fullgraph=True, backend="eager")
-    x, gradient = _forward_backward(compiled, scores, weights, seed=1)
-    x_eager, gradient_eager = _forward_backward(choose, scores, weights, seed=1)
-    torch.testing.assert_close(x, x_eager, atol=1e-12, rtol=1e-10)
-    if pickgrad.get_estimator(estimator, **ESTIMATOR_OPTIONS[estimator]).hard:
-        assert torch.equal(x, x_eager)  # the same hard solution
-    torch.testing.assert_close(gradient, gradient_eager, atol=1e-12, rtol=1e-10)
+    check_compiled_matches_eager(*pair)
