@@ -466,7 +466,8 @@ def kept_estimator(estimator: str | Estimator, **options: Any) -> Estimator:
     return get_estimator(estimator, warn_stateful=False, **options)
 
 
-def _parse_value(text: str) -> Any:
+def parse_option_value(text: str) -> Any:
+    """An option's value from its text: an int, a float, a bool, None or the text itself."""
     for kind in (int, float):
         try:
             return kind(text)
@@ -494,7 +495,7 @@ def parse_estimator(spec: str) -> tuple[str, Estimator]:
         key, equals, value = item.partition("=")
         if not equals:
             raise ValueError(f"estimator option {item!r} in {spec!r} must be key=value")
-        options[key.strip()] = _parse_value(value.strip())
+        options[key.strip()] = parse_option_value(value.strip())
     try:
         return spec, kept_estimator(name, **options)
     except TypeError as error:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pickgrad.diagnostics.report import parse_option_value
 from pickgrad.estimators import Estimator, Reinforce, available_estimators, get_estimator
 from pickgrad.select import estimate as pickgrad_estimate
 from pickgrad.structures import OneHot
@@ -107,7 +108,7 @@ def _with_options(spec: str, base: str, option_text: str, structure: Structure) 
                 f"estimator option {item!r} in {spec!r} must be key=value, "
                 "e.g. gumbel-rao:n_draws=100"
             )
-        options[key.strip()] = _option_value(value.strip())
+        options[key.strip()] = parse_option_value(value.strip())
     if base == "reinforce":
         options.setdefault("baseline", "rloo")
     try:
@@ -118,16 +119,6 @@ def _with_options(spec: str, base: str, option_text: str, structure: Structure) 
     return EstimatorChoice(
         spec, estimator, needs_loss=type(estimator).needs_loss, learned_baseline=False
     )
-
-
-def _option_value(text: str) -> Any:
-    """An option's value from its text: an int, a float, a bool, None or the text itself."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def _check_learned_baseline(nvil: Estimator) -> None:
