@@ -200,13 +200,7 @@ def estimate(
             ``scores.masked_fill(~mask, -inf)`` (``-inf`` scores are masked too). Masked
             entries never appear in ``x`` and get exactly zero gradient; a mask that leaves a
             batch entry no solution is a ``ValueError`` naming it (a value check).
-        lengths: optional ``(*batch)`` integer tensor, for the trees (``SpanningTree``,
-            ``Arborescence``) only: graph b uses its first ``lengths[b]`` nodes
-            (1 <= lengths[b] <= n), exactly as the unbatched computation on
-            ``scores[b, :lengths[b], :lengths[b]]`` would (every estimator, same law); entries
-            with a padded node at either end are exactly 0 in ``x`` and get exactly zero
-            gradient, so graphs of different sizes share a batch without padding scores. Other
-            structures refuse it (``TypeError``). Works together with ``mask``.
+        lengths: graph sizes for the trees, as for :func:`select`.
         **options: options of the named estimator, e.g. ``baseline="rloo"``.
 
     Returns:

@@ -531,6 +531,18 @@ class Structure:
     # --- optional fused capabilities (None: callers use the generic composition) --------------
     # Named for what they compute, so that no structure names an estimator.
 
+    def _keeps_solvers_of(self, owner: type[Structure]) -> bool:
+        """Whether ``_argmax``, ``_relax`` and ``_conditional_gumbel`` are still ``owner``'s own.
+
+        A fused path hard-codes them, so a subclass that redefines one gets the generic
+        composition instead.
+        """
+        cls = type(self)
+        return all(
+            getattr(cls, name) is getattr(owner, name)
+            for name in ("_argmax", "_relax", "_conditional_gumbel")
+        )
+
     def _perturb_argmax_relax(
         self,
         scores: Tensor,

@@ -422,15 +422,6 @@ class OneHot(Structure):
         # can exceed float16's range (|G| up to the score range), where it would be inf.
         return noise.movedim(-2, 0)
 
-    def _has_onehot_solvers(self) -> bool:
-        # The fused paths hard-code this class's argmax, softmax and conditional sampler; a
-        # subclass that redefines one of them gets the generic composition instead.
-        cls = type(self)
-        return all(
-            getattr(cls, name) is getattr(OneHot, name)
-            for name in ("_argmax", "_relax", "_conditional_gumbel")
-        )
-
     def _perturb_argmax_relax(
         self,
         scores: Tensor,
@@ -439,7 +430,7 @@ class OneHot(Structure):
         regularizer: str = "entropy",
         **options: Any,
     ) -> Tensor | None:
-        if options or regularizer != "entropy" or not self._has_onehot_solvers():
+        if options or regularizer != "entropy" or not self._keeps_solvers_of(OneHot):
             return None
         if graph_capture_active():  # traced or transformed: the generic composition (same noise)
             return None
@@ -457,7 +448,7 @@ class OneHot(Structure):
         regularizer: str = "entropy",
         **options: Any,
     ) -> Tensor | None:
-        if options or regularizer != "entropy" or not self._has_onehot_solvers():
+        if options or regularizer != "entropy" or not self._keeps_solvers_of(OneHot):
             return None
         if graph_capture_active():  # traced or transformed: the generic composition (same noise)
             return None

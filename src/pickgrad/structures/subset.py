@@ -546,15 +546,11 @@ class Subset(Structure):
         return subset_conditional_gumbel(scores, x, n_draws, generator, k=self.k)
 
     def _fused_paths_apply(self, scores: Tensor, regularizer: str, options: dict[str, Any]) -> bool:
-        # The fused paths hard-code this class's argmax, entropy relaxation and conditional
-        # sampler; a subclass that redefines one of them gets the generic composition instead.
-        cls = type(self)
-        own = all(
-            getattr(cls, name) is getattr(Subset, name)
-            for name in ("_argmax", "_relax", "_conditional_gumbel")
-        )
         return (
-            own and regularizer == "entropy" and not options and fused_path_applies(scores, self.k)
+            self._keeps_solvers_of(Subset)
+            and regularizer == "entropy"
+            and not options
+            and fused_path_applies(scores, self.k)
         )
 
     def _perturb_argmax_relax(
