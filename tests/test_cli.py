@@ -145,14 +145,14 @@ def test_unwritable_output_folder_fails_before_any_work(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from pickgrad.diagnostics import command as diagnose_command
+    from pickgrad.diagnostics import problems as diagnose_problems
     from pickgrad.tasks import demo
 
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("work started before the output folder was checked")
 
     monkeypatch.setattr(demo, "train", no_work)
-    monkeypatch.setattr(diagnose_command, "diagnose", no_work)
+    monkeypatch.setattr(diagnose_problems, "diagnose", no_work)  # what the command calls
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert main([command, "--quick", "--out", str(blocker / "out")]) == 2
@@ -265,11 +265,11 @@ def test_diagnose_exits_1_when_every_estimator_failed(
 def test_diagnose_ctrl_c_and_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pickgrad.diagnostics import command
+    from pickgrad.diagnostics import problems  # the command diagnoses through Problem.diagnose
 
     arguments = [*DIAGNOSE_SMALL, "--problem", "bernoulli", "polynomial-2", "--out", str(tmp_path)]
     with monkeypatch.context() as patch:
-        interrupt_on_call(patch, command, "diagnose", when=2)
+        interrupt_on_call(patch, problems, "diagnose", when=2)
         assert main(arguments) == 130
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines()[-1] == (
@@ -278,7 +278,7 @@ def test_diagnose_ctrl_c_and_resume(
     )
     assert (tmp_path / "bernoulli.json").exists() and not (tmp_path / "polynomial-2.json").exists()
 
-    calls = interrupt_on_call(monkeypatch, command, "diagnose", when=0)
+    calls = interrupt_on_call(monkeypatch, problems, "diagnose", when=0)
     assert main([*arguments, "--resume"]) == 0
     assert len(calls) == 1  # only polynomial-2 was measured
     out = capsys.readouterr().out

@@ -44,8 +44,8 @@ from pickgrad._argtypes import (
     positive_int,
 )
 from pickgrad.diagnostics.exact import DEFAULT_MAX_ENUMERATION
-from pickgrad.diagnostics.problems import PROBLEMS, Problem, advise_along_training, load_problem
-from pickgrad.diagnostics.report import RANK_BY, diagnose, resolve_estimators
+from pickgrad.diagnostics.problems import PROBLEMS, Problem, load_problem
+from pickgrad.diagnostics.report import RANK_BY, resolve_estimators
 
 __all__ = ["add_arguments", "run"]
 
@@ -264,46 +264,18 @@ def run(args: argparse.Namespace) -> int:
                 summaries.append(previous)
                 continue
             try:
-                tracked = problem.parameters is not None and problem.tracked_scores is not None
-                report = diagnose(
-                    problem.loss_fn,
-                    problem.tracked_scores if tracked else problem.scores,  # type: ignore[arg-type]
-                    problem.structure,
+                report = problem.diagnose(
                     usable,
                     n_samples=n_samples,
                     tau=args.tau,
                     samples_per_draw=args.samples_per_draw,
                     tau_sweep=tau_sweep,
-                    expected_loss=problem.expected_loss,
                     max_enumeration=args.max_enumeration,
                     seed=args.seed,
-                    name=problem.name,
                     progress=not args.no_progress,
                     allow_soft=args.allow_soft,
                     rank_by=args.rank_by,
-                    parameters=problem.parameters if tracked else None,
                 )
-                if problem.later is not None and args.rank_by == "training":
-                    later = [
-                        diagnose(
-                            point.loss_fn,
-                            point.tracked_scores,  # type: ignore[arg-type]
-                            point.structure,
-                            usable,
-                            n_samples=n_samples,
-                            tau=args.tau,
-                            samples_per_draw=args.samples_per_draw,
-                            max_enumeration=args.max_enumeration,
-                            seed=args.seed,
-                            name=point.name,
-                            progress=not args.no_progress,
-                            allow_soft=args.allow_soft,
-                            rank_by=args.rank_by,
-                            parameters=point.parameters,
-                        )
-                        for point in problem.later()
-                    ]
-                    advise_along_training(report, later, allow_soft=args.allow_soft)
             except ValueError as error:
                 raise UsageError(f"{problem.name}: {error}") from None
             report.settings["estimators"] = args.estimators

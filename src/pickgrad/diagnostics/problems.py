@@ -128,12 +128,12 @@ class Problem:
     ) -> DiagnosticReport:
         """:func:`pickgrad.diagnose` of this problem (in its parameters' space if it has them;
         ``options`` are ``diagnose``'s keywords); with ``along`` and ``later`` points, those are
-        diagnosed too (each with its own exact gradient) and the recommendation is
-        :func:`advise_along_training`'s."""
+        diagnosed too (each with its own exact gradient, at the main ``tau`` only: the ranking
+        reads no temperature sweep) and the recommendation is :func:`advise_along_training`'s."""
         report = self._diagnose_here(estimators, **options)
         if along and self.later is not None and options.get("rank_by", "training") == "training":
-            options.pop("reference", None)
-            options.pop("expected_loss", None)
+            for own in ("reference", "expected_loss", "tau_sweep", "name"):
+                options.pop(own, None)
             later = [point._diagnose_here(estimators, **options) for point in self.later()]
             advise_along_training(report, later, allow_soft=options.get("allow_soft", False))
         return report
