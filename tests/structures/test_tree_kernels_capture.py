@@ -20,8 +20,8 @@ from pickgrad.structures._matrix_tree import (
     _marginals_by_inverse,
     arc_marginals,
     arc_mask,
-    max_spanning_tree_parents,
 )
+from pickgrad.structures._tree_solvers import max_spanning_tree_parents
 
 STRUCTURES = [Arborescence(), Arborescence(root=2), SpanningTree()]
 

@@ -15,13 +15,12 @@ from pickgrad.structures._matrix_tree import (
     arc_mask,
     check_lengths,
     marginal_dtype,
-    max_arborescence_parents,
     node_mask,
     orient_from_root,
-    parents_to_adjacency,
     spanning_tree_edges,
     unit_interval,
 )
+from pickgrad.structures._tree_solvers import max_arborescence_parents, parents_to_adjacency
 
 __all__ = ["Arborescence"]
 

@@ -22,13 +22,12 @@ from pickgrad.structures._matrix_tree import (
     arc_marginals,
     check_lengths,
     marginal_dtype,
-    max_spanning_tree_parents,
     node_mask,
-    parents_to_adjacency,
     spanning_tree_edges,
     unit_interval,
 )
 from pickgrad.structures._tree_conditional import conditional_tree_gumbel
+from pickgrad.structures._tree_solvers import max_spanning_tree_parents, parents_to_adjacency
 from pickgrad.structures.edges import edges_to_matrix, matrix_to_edges, nodes_from_edges
 
 __all__ = ["SpanningTree"]
