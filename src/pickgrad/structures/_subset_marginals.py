@@ -237,6 +237,13 @@ def top_k_hot(scores: Tensor, top: Tensor, k: int) -> Tensor:
     Everything above the k-th largest value is in; of the entries equal to it, the lowest
     indices fill the remaining places (torch.topk's own tie order is unspecified)."""
     kth = top[..., k - 1 : k]
+    if scores.device.type == "cpu" and not graph_capture_active():
+        # Without a tie at the k-th value (almost always), the top-k are the entries >= it:
+        # one comparison instead of the tie-breaking cumulative sum (4x faster at n = 10). One
+        # check decides for the whole batch; it reads a value, so only on the CPU (no sync).
+        at_least = scores >= kth
+        if not bool((at_least.sum(-1) != k).any()):
+            return at_least.to(scores.dtype)
     above = scores > kth
     tied = scores == kth
     places = k - above.sum(-1, keepdim=True)
