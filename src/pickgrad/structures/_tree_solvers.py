@@ -11,6 +11,7 @@ Everything here works on already-validated input and is batched over the leading
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,10 +24,9 @@ __all__ = ["max_arborescence_parents", "max_spanning_tree_parents", "parents_to_
 def parents_to_adjacency(parents: Tensor, dtype: torch.dtype) -> Tensor:
     """``(B, n)`` parent indices (-1 for none) to ``(B, n, n)`` arcs ``x[parent, child] = 1``."""
     n = parents.shape[-1]
-    has_parent = (parents >= 0).to(dtype)
-    # one_hot(parent)[b, child, parent] -> transpose to [b, parent, child]
-    onehot = torch.nn.functional.one_hot(parents.clamp_min(0), n).to(dtype)
-    return (onehot * has_parent[..., None]).transpose(-1, -2)
+    # [b, parent, child]; -1 matches no node. A comparison, not one_hot: one_hot checks its
+    # range by reading values back (a device sync, and no vmap inside grad).
+    return (parents[..., None, :] == torch.arange(n, device=parents.device)[:, None]).to(dtype)
 
 
 def max_spanning_tree_parents(weights: Tensor, nodes: Tensor) -> Tensor:
@@ -34,11 +34,17 @@ def max_spanning_tree_parents(weights: Tensor, nodes: Tensor) -> Tensor:
 
     Prim grows one tree from node 0, adding at each step the heaviest edge leaving it. On a dense
     graph that is n - 1 steps of O(n) work per graph (O(n^2) in all, optimal for dense input);
-    here each step is a handful of tensor ops over the whole batch, so the only Python loop is
-    over the n - 1 steps. Ties go to the lowest node index.
+    here each step is a handful of out-of-place tensor ops over the whole batch (no in-place
+    write, no value read back, a fixed number of steps), so it runs under ``torch.func.vmap``
+    and ``torch.compile`` as it is; the only Python loop is over the n - 1 steps. Nodes in the
+    tree (and absent ones) carry the key -inf, so one ``argmax`` picks the next node; a node's
+    parent is frozen when it joins. Ties go to the lowest node index (the next node) and to the
+    node that joined first (its parent).
 
     Args:
-        weights: ``(B, n, n)`` symmetric edge weights (the diagonal is never read).
+        weights: ``(B, n, n)`` symmetric edge weights (the diagonal is never read), without NaN;
+            masked edges a finite value below the allowed ones (``-inf`` is taken for "in the
+            tree").
         nodes: ``(B, n)`` boolean, the nodes present (a prefix of 0..n-1 containing node 0).
 
     Returns:
@@ -47,29 +53,26 @@ def max_spanning_tree_parents(weights: Tensor, nodes: Tensor) -> Tensor:
     """
     batch_size, n, _ = weights.shape
     device = weights.device
-    rows = torch.arange(batch_size, device=device)
-    in_tree = ~nodes  # absent nodes are never picked
-    in_tree[:, 0] = True
-    best = weights[:, 0, :].clone()  # heaviest edge from the tree to each node
+    outside = nodes & (torch.arange(n, device=device) != 0)  # the nodes that get a parent
+    # 0 outside the tree, -inf inside (absent nodes count as inside: never picked)
+    penalty = torch.zeros((batch_size, n), dtype=weights.dtype, device=device)
+    penalty = penalty.masked_fill(~outside, -math.inf)
+    best = weights[:, 0, :] + penalty  # heaviest edge from the tree to each node outside it
     best_from = torch.zeros((batch_size, n), dtype=torch.long, device=device)
-    parents = torch.full((batch_size, n), -1, dtype=torch.long, device=device)
-    low = torch.tensor(-math.inf, dtype=weights.dtype, device=device)
+    rows = weights.reshape(batch_size * n, n)
+    offsets = torch.arange(0, batch_size * n, n, device=device)
     for _ in range(n - 1):
-        remaining = ~in_tree
-        growing = remaining.any(dim=1)
-        picked = torch.where(remaining, best, low).argmax(dim=1)
-        picked_parent = best_from[rows, picked]
-        current = parents[rows, picked]
-        parents[rows, picked] = torch.where(growing, picked_parent, current)
-        in_tree[rows, picked] = True
-        row = weights[rows, picked, :]
-        better = (row > best) & ~in_tree
-        best = torch.where(better, row, best)
+        # A finished graph picks node 0 (every key -inf): a step that changes nothing.
+        picked = best.argmax(dim=1)
+        penalty = penalty.scatter(1, picked[:, None], -math.inf)
+        candidate = rows.index_select(0, picked + offsets) + penalty
+        better = candidate > best  # strictly: ties keep the node that joined first
         best_from = torch.where(better, picked[:, None], best_from)
-    return parents
+        best = torch.maximum(best, candidate) + penalty
+    return torch.where(outside, best_from, -1)
 
 
-def max_arborescence_parents(scores: Tensor, root: int, nodes: Tensor) -> Tensor:
+def _chu_liu_edmonds(scores: Tensor, root: int, nodes: Tensor) -> Tensor:
     """Maximum-weight arborescence rooted at ``root`` by Chu-Liu/Edmonds, batched.
 
     Each round, every non-root super-node of every graph picks its best entering arc; the
@@ -177,3 +180,64 @@ def max_arborescence_parents(scores: Tensor, root: int, nodes: Tensor) -> Tensor
         head = head_here.index_copy(0, going_on, inner_head)
         label = label_here
     return torch.where(heads, tail, -1)
+
+
+# Chu-Liu/Edmonds is data-dependent (a number of rounds found at run time, graphs leaving the
+# batch). As a custom operator it is one opaque node to torch.compile (a fake kernel gives its
+# output shape: no graph break) and, batched already, gets a vmap rule that folds the vmapped
+# dimensions into its batch.
+@torch.library.custom_op("pickgrad::max_arborescence_parents", mutates_args=())
+def _max_arborescence_parents_op(scores: Tensor, root: int, nodes: Tensor) -> Tensor:
+    if scores.shape[0] == 0:
+        return torch.empty(nodes.shape, dtype=torch.long, device=scores.device)
+    return _chu_liu_edmonds(scores, root, nodes)
+
+
+@_max_arborescence_parents_op.register_fake
+def _(scores: Tensor, root: int, nodes: Tensor) -> Tensor:
+    return scores.new_empty(nodes.shape, dtype=torch.long)
+
+
+def _arborescence_vmap(
+    info: Any,
+    in_dims: tuple[int | None, None, int | None],
+    scores: Tensor,
+    root: int,
+    nodes: Tensor,
+) -> tuple[Tensor, int]:
+    scores_dim, _, nodes_dim = in_dims
+    size = info.batch_size
+    scores = (
+        scores.movedim(scores_dim, 0)
+        if scores_dim is not None
+        else scores.expand(size, *scores.shape)
+    )
+    nodes = (
+        nodes.movedim(nodes_dim, 0) if nodes_dim is not None else nodes.expand(size, *nodes.shape)
+    )
+    batch, n = scores.shape[1], scores.shape[-1]
+    parents = _max_arborescence_parents_op(
+        scores.reshape(size * batch, n, n), root, nodes.reshape(size * batch, n)
+    )
+    return parents.reshape(size, batch, n), 0
+
+
+torch.library.register_vmap(_max_arborescence_parents_op, _arborescence_vmap)
+
+
+def max_arborescence_parents(scores: Tensor, root: int, nodes: Tensor) -> Tensor:
+    """Maximum-weight arborescence rooted at ``root`` by Chu-Liu/Edmonds (see
+    :func:`_chu_liu_edmonds`), as the custom operator ``pickgrad::max_arborescence_parents``:
+    eager calls run it directly; ``torch.compile`` sees one opaque node with a known output
+    shape (``fullgraph=True`` holds), and ``torch.func.vmap`` folds its dimension into the batch.
+
+    Args:
+        scores: ``(B, n, n)`` arc scores (float64 recommended), no NaN and no ``-inf``.
+        root: the root node.
+        nodes: ``(B, n)`` boolean, the nodes present.
+
+    Returns:
+        ``(B, n)`` long parent of each node; -1 for the root and absent nodes.
+    """
+    parents: Tensor = _max_arborescence_parents_op(scores, root, nodes.contiguous())
+    return parents
