@@ -21,9 +21,31 @@ from torch import Tensor, nn
 
 from pickgrad.structures import edge_index
 
-__all__ = ["DECODER_MESSAGES", "ForceDecoder", "PairwiseMLP", "TrajectoryEncoder", "pair_index"]
+__all__ = [
+    "DECODER_MESSAGES",
+    "DECODER_WEIGHTS",
+    "ForceDecoder",
+    "PairwiseMLP",
+    "TrajectoryEncoder",
+    "pair_index",
+    "radial_basis",
+]
 
 DECODER_MESSAGES = ("base+edge", "edge")
+DECODER_WEIGHTS = ("mlp", "radial")
+RADIAL_FEATURES = 4
+
+
+def radial_basis(sq: Tensor) -> Tensor:
+    """The fixed radial features ``[1, r, r^2, 1 / (r^2 + 0.01)]`` of squared distances ``sq
+    (..., 1)`` -> ``(..., 4)``: a Fruchterman-Reingold step's attraction (``r``) and repulsion
+    (``1 / r^2``) weights are in their span.
+
+    Example:
+        >>> radial_basis(torch.tensor([[4.0]]))
+        tensor([[1.0000, 2.0000, 4.0000, 0.2494]])
+    """
+    return torch.cat([torch.ones_like(sq), sq.add(1e-8).sqrt(), sq, 1.0 / (sq + 1e-2)], -1)
 
 
 def pair_index(n: int) -> tuple[Tensor, Tensor]:
@@ -133,11 +155,17 @@ class ForceDecoder(nn.Module):
         F_i  = sum_{j != i} d_ij w_ij                                       (B, n, C, 2)
         p_i <- p_i + u(p_i, F_i, mean_k [p_k, F_k])
 
-    ``g`` is absent in ``"edge"`` mode. The global mean lets ``u`` see the whole layout; with
+    ``g`` is absent in ``"edge"`` mode. With ``weights="mlp"`` ``g`` and ``h`` are one MLP of
+    ``(r, 1 / (r^2 + 0.01))``; with ``weights="radial"`` they are the fixed features
+    :func:`radial_basis` ``f(r)`` (K = 4 of them), ``F_i = sum_j A_ij d_ij f(r_ij)``
+    (``(B, n, K, 2)``), and ``u``'s first layer mixes them: the same functions as a learned
+    linear map of ``f`` (whose product with ``u``'s first layer is again a linear map), without
+    a hidden layer per pair. The global mean lets ``u`` see the whole layout; with
     ``rescale=True`` the step ends as the data's layout step does, centring the vertices and
-    dividing by their largest absolute coordinate, so ``u`` need not learn that global map. Each ``step`` is one round of NRI's decoder (Kipf et al. 2018,
-    Sec. 3.2); ``forward`` predicts every next frame, restarting from the true frame every
-    ``rollout`` steps (NRI's prediction steps).
+    dividing by their largest absolute coordinate, so ``u`` need not learn that global map. Each
+    ``step`` is one round of NRI's decoder (Kipf et al. 2018, Sec. 3.2); ``forward`` predicts
+    every next frame, restarting from the true frame every ``rollout`` steps (NRI's prediction
+    steps).
 
     Example:
         >>> dec = ForceDecoder(n=4, hidden=8, channels=4, messages="base+edge")
@@ -150,43 +178,93 @@ class ForceDecoder(nn.Module):
     incidence: Tensor
 
     def __init__(
-        self, n: int, hidden: int, channels: int, messages: str, *, rescale: bool = False
+        self,
+        n: int,
+        hidden: int,
+        channels: int,
+        messages: str,
+        *,
+        rescale: bool = False,
+        weights: str = "mlp",
+        weight_hidden: int | None = None,
     ) -> None:
         super().__init__()
         if messages not in DECODER_MESSAGES:
             raise ValueError(f"messages must be one of {DECODER_MESSAGES}, got {messages!r}")
+        if weights not in DECODER_WEIGHTS:
+            raise ValueError(f"weights must be one of {DECODER_WEIGHTS}, got {weights!r}")
         signed = _signed_incidence(n)
         self.register_buffer("signed", signed, persistent=False)  # d = signed @ p
         self.register_buffer("incidence", signed.T.contiguous(), persistent=False)  # d_ji = -d_ij
         self.messages = messages
         self.channels = channels
         self.rescale = rescale
+        self.radial = weights == "radial"
         per_kind = 2 if messages == "base+edge" else 1
-        self.weights = nn.Sequential(
-            nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, per_kind * channels)
-        )
-        self.update = _mlp(2 + 2 * channels + 2 + 2 * channels, hidden, 2)
-
-    def step(self, positions: Tensor, edges: Tensor) -> Tensor:
-        """One message-passing round: ``positions (B', n, 2)``, ``edges (B', m)`` -> ``(B', n, 2)``."""
-        batch, n = positions.shape[:2]
-        delta = torch.matmul(self.signed, positions)  # (B', m, 2): p_i - p_j
-        sq = (delta * delta).sum(-1, keepdim=True)
-        weights = self.weights(torch.cat([sq.add(1e-8).sqrt(), 1.0 / (sq + 1e-2)], -1))
-        if self.messages == "base+edge":
-            base, edge = weights.split(self.channels, -1)
-            weights = base + edges[..., None] * edge
+        weight_hidden = hidden if weight_hidden is None else weight_hidden
+        self.weights: nn.Module | None = None
+        if self.radial:
+            force_dim = 2 * per_kind * RADIAL_FEATURES
         else:
-            weights = edges[..., None] * weights
-        messages = weights[..., :, None] * delta[..., None, :]  # (B', m, C, 2)
-        forces = torch.matmul(self.incidence, messages.reshape(batch, -1, 2 * self.channels))
-        local = torch.cat([positions, forces], -1)  # (B', n, 2 + 2C)
-        context = local.mean(1, keepdim=True).expand(-1, n, -1)
+            force_dim = 2 * channels
+            self.weights = nn.Sequential(
+                nn.Linear(2, weight_hidden),
+                nn.ReLU(),
+                nn.Linear(weight_hidden, per_kind * channels),
+            )
+        self.update = _mlp(2 + force_dim + 2 + force_dim, hidden, 2)
+
+    def _radial_forces(self, delta: Tensor, sq: Tensor, edges: Tensor) -> Tensor:
+        """``F_i = sum_j A_ij d_ij f(r_ij)`` (and the unweighted sum first in ``"base+edge"``
+        mode): ``delta (B, S, m, 2)``, ``sq (B, S, m, 1)``, ``edges (B, m)`` -> ``(B, S, n, 2K)``
+        (or ``4K``).
+
+        The graph is the same for the ``S`` frames of an example, so the weighted sum is one
+        product ``(incidence * A) @ P`` per example over all its frames, ``P = f(r) d`` the
+        pair features; when the positions are data (one-step prediction) ``P`` needs no
+        gradient and the backward reaches ``A`` through that product alone.
+        """
+        batch, frames, pairs = delta.shape[:3]
+        basis = radial_basis(sq)  # (B, S, m, K)
+        features = (basis[..., :, None] * delta[..., None, :]).flatten(-2)  # (B, S, m, 2K)
+        width = features.shape[-1]
+        by_pair = features.transpose(1, 2).reshape(batch, pairs, frames * width)
+        weighted = self.incidence * edges[:, None, :]  # (B, n, m)
+        summed: Tensor = (
+            torch.matmul(weighted, by_pair).unflatten(-1, (frames, width)).transpose(1, 2)
+        )
+        if self.messages == "edge":
+            return summed
+        return torch.cat([torch.matmul(self.incidence, features), summed], -1)
+
+    def _step(self, positions: Tensor, edges: Tensor) -> Tensor:
+        """``step`` on ``positions (B, S, n, 2)``, ``S`` frames under one graph ``edges (B, m)``."""
+        n = positions.shape[-2]
+        delta = torch.matmul(self.signed, positions)  # (B, S, m, 2): p_i - p_j
+        sq = (delta * delta).sum(-1, keepdim=True)
+        if self.weights is None:
+            forces = self._radial_forces(delta, sq, edges)
+        else:
+            weights = self.weights(torch.cat([sq.add(1e-8).sqrt(), 1.0 / (sq + 1e-2)], -1))
+            graph = edges[:, None, :, None]
+            if self.messages == "base+edge":
+                base, edge = weights.split(self.channels, -1)
+                weights = base + graph * edge
+            else:
+                weights = graph * weights
+            messages = weights[..., :, None] * delta[..., None, :]  # (B, S, m, C, 2)
+            forces = torch.matmul(self.incidence, messages.flatten(-2))  # (B, S, n, 2C)
+        local = torch.cat([positions, forces], -1)
+        context = local.mean(-2, keepdim=True).expand(*local.shape[:-2], n, -1)
         moved: Tensor = positions + self.update(torch.cat([local, context], -1))
         if not self.rescale:
             return moved
-        centred = moved - moved.mean(1, keepdim=True)
-        return centred / centred.abs().amax((1, 2), keepdim=True).clamp_min(1e-6)
+        centred = moved - moved.mean(-2, keepdim=True)
+        return centred / centred.abs().amax((-2, -1), keepdim=True).clamp_min(1e-6)
+
+    def step(self, positions: Tensor, edges: Tensor) -> Tensor:
+        """One message-passing round: ``positions (B, n, 2)``, ``edges (B, m)`` -> ``(B, n, 2)``."""
+        return self._step(positions[:, None], edges)[:, 0]
 
     def forward(self, trajectories: Tensor, edges: Tensor, *, rollout: int) -> Tensor:
         """Predict frames ``1 .. T-1`` from ``trajectories (B, n, T, 2)`` and ``edges (B, m)``.
@@ -196,13 +274,11 @@ class ForceDecoder(nn.Module):
         """
         batch, n, frames, _ = trajectories.shape
         starts = list(range(0, frames - 1, rollout))
-        # (B * S, n, 2): every segment's starting frame, segments side by side in the batch.
-        positions = trajectories[:, :, starts].permute(0, 2, 1, 3).reshape(-1, n, 2)
-        graph = edges.repeat_interleave(len(starts), 0)
+        positions = trajectories[:, :, starts].transpose(1, 2)  # (B, S, n, 2)
         predicted = []
         for _ in range(rollout):
-            positions = self.step(positions, graph)
-            predicted.append(positions.reshape(batch, len(starts), n, 2))
+            positions = self._step(positions, edges)
+            predicted.append(positions)
         # (B, S, rollout, n, 2) -> frames in order, cut to T - 1.
         stacked = torch.stack(predicted, 2).reshape(batch, -1, n, 2)[:, : frames - 1]
-        return stacked.permute(0, 2, 1, 3)
+        return stacked.transpose(1, 2)
