@@ -275,6 +275,156 @@ class _ConditionalMeanSoftmax(torch.autograd.Function):
         return result.reshape(grad.shape).to(grad.dtype), None, None, None, None
 
 
+# --- two classes: the closed forms of the binary case ------------------------------------------
+#
+# At n = 2 the Gumbel noise enters only through L = G_1 - G_0, a standard logistic variable, and
+# softmax((scores + G) / tau) = (1 - p, p) with p = sigmoid((d + L) / tau), d = s_1 - s_0. So one
+# uniform per slot replaces two exponentials: L = logit(U). Given the argmax, the chosen class's
+# lead m = e + Lambda (e = +-d its score margin, Lambda = +-L) is logistic truncated to m > 0, by
+# one inverse-CDF uniform V: m = softplus(e) - log V + log1p(-sigmoid(e) V), i.e.
+# exp(-m) = sigmoid(-e) V / (1 - sigmoid(e) V). Either way the
+# Jacobian of the relaxation applied to g is w (g_1 - g_0) on class 1 and minus that on class 0,
+# w = sigmoid'(z / tau) / tau = exp(-|z| / tau) / (1 + exp(-|z| / tau))^2 / tau, symmetric in z.
+
+
+def _sigmoid_slope(z: Tensor, tau: float) -> Tensor:
+    """``sigmoid'(z / tau) / tau``, accurate in the tails (no ``1 - sigmoid`` cancellation)."""
+    e = torch.exp(z.abs() * (-1.0 / tau))
+    return e / (1.0 + e).square() * (1.0 / tau)
+
+
+def _binary_margin(scores: Tensor) -> Tensor:
+    """``d = s_1 - s_0`` of ``(..., 2)`` scores, in the sampling dtype (float32 for half)."""
+    work = sampling_dtype(scores.dtype)
+    s = scores.to(work)
+    return s[..., 1] - s[..., 0]
+
+
+def _logistic(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard logistic draws ``logit(U)``, finite (U < 1; U = 0 clamped to the smallest normal)."""
+    u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+    return u.clamp_min(torch.finfo(like.dtype).tiny).log() - torch.log1p(-u)
+
+
+#: Entries per tile of the binary conditional draws: each tile's passes stay in cache.
+_BINARY_TILE = 2**15
+
+
+def _conditional_ratios(
+    d: Tensor, one: Tensor, n_draws: int, generator: torch.Generator | None
+) -> Iterator[Tensor]:
+    """``r = exp(-m)`` of K draws of the chosen class's lead m given the argmax, tile by tile.
+
+    ``one``: class 1 chosen; ``e = +-d`` the chosen class's score margin, ``a = sigmoid(e)``.
+    With ``m = softplus(e) - log V + log1p(-a V)``: ``r = sigmoid(-e) V / (1 - a V)`` in [0, 1),
+    no logarithm. Yields ``(draws, ...)`` tiles of the ``(K, ...)`` draws, in order; the same
+    generator state gives the same draws whoever iterates (forward and double backward).
+    """
+    e = torch.where(one, d, -d)
+    a, b = torch.sigmoid(e), torch.sigmoid(-e)  # b = 1 - a without cancellation
+    per_tile = max(1, _BINARY_TILE // max(1, d.numel()))
+    for start in range(0, n_draws, per_tile):
+        count = min(per_tile, n_draws - start)
+        v = torch.rand((count, *d.shape), dtype=d.dtype, device=d.device, generator=generator)
+        # A masked other class (e = +inf): b = 0, r = 0, the lead is +inf, as it must be.
+        yield torch.mul(v, b).div_(torch.mul(v, a).neg_().add_(1.0))
+
+
+def _slope_of_ratio_(r: Tensor, tau: float) -> Tensor:
+    """``sigmoid'(m / tau) / tau`` from ``r = exp(-m)``, m >= 0, in place in ``r``."""
+    inverse = 1.0 / tau
+    if inverse == 2.0:
+        r.square_()
+    elif inverse != 1.0:
+        r.pow_(inverse)  # t = exp(-m / tau)
+    return r.div_(torch.add(r, 1.0).square_()).mul_(inverse)
+
+
+def _conditional_noise(
+    d: Tensor, one: Tensor, n_draws: int, generator: torch.Generator | None
+) -> Tensor:
+    """``L_k = z_k - d`` ``(K, ...)`` of the draws of :func:`_conditional_ratios` (no gradient)."""
+    lead = torch.cat(list(_conditional_ratios(d, one, n_draws, generator))).log_().neg_()
+    return torch.where(one, lead, -lead) - d
+
+
+def _binary_gradient(grad: Tensor, slope: Tensor) -> Tensor:
+    """``(-w (g_1 - g_0), w (g_1 - g_0))``: the relaxation's Jacobian at n = 2 applied to g."""
+    g = grad.to(slope.dtype)
+    half = slope * (g[..., 1] - g[..., 0])
+    return torch.stack([-half, half], -1)
+
+
+class _BinaryPerturbArgmax(torch.autograd.Function):
+    """Two classes: forward ``argmax(scores + G)`` as ``[d + L > 0]``, ``L = logit(U)``; backward
+    the Jacobian of ``softmax((scores + G) / tau)`` there (one uniform per slot). Saves the
+    slope ``w`` ``(...)``; double backward redraws ``L`` from the generator state ``rng_state``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, scores: Tensor, tau: float, generator: torch.Generator | None, rng_state: Tensor
+    ) -> Tensor:
+        d = _binary_margin(scores.detach())
+        z = d + _logistic(tuple(d.shape), d, generator)
+        one = z > 0  # ties (z = 0) go to class 0, as argmax's
+        ctx.save_for_backward(scores)
+        ctx.slope = _sigmoid_slope(z, tau)
+        ctx.rng_state, ctx.device, ctx.tau = rng_state, scores.device, tau
+        return torch.stack([~one, one], -1).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        if torch.is_grad_enabled():  # create_graph=True: the same noise, differentiable in scores
+            (scores,) = ctx.saved_tensors
+            d = _binary_margin(scores)
+            z = d + _logistic(tuple(d.shape), d.detach(), _replay(ctx))
+            return (
+                _binary_gradient(grad, _sigmoid_slope(z, ctx.tau)).to(grad.dtype),
+                None,
+                None,
+                None,
+            )
+        return _binary_gradient(grad, ctx.slope).to(grad.dtype), None, None, None
+
+
+class _BinaryConditionalMean(torch.autograd.Function):
+    """Two classes: forward ``x``; backward ``(1/K) sum_k`` of the relaxation's Jacobian at K
+    draws of the noise given ``x`` (truncated logistic leads, one uniform each). Saves the mean
+    slope ``(...)`` only; double backward redraws the leads from the generator state."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        scores: Tensor,
+        x: Tensor,
+        n_draws: int,
+        tau: float,
+        generator: torch.Generator | None,
+        rng_state: Tensor,
+    ) -> Tensor:
+        d = _binary_margin(scores.detach())
+        one = x[..., 1] != 0
+        total = torch.zeros_like(d)
+        for ratios in _conditional_ratios(d, one, n_draws, generator):
+            total += _slope_of_ratio_(ratios, tau).sum(0)
+        ctx.save_for_backward(scores, one)
+        ctx.slope = total.div_(n_draws)
+        ctx.n_draws, ctx.rng_state, ctx.device, ctx.tau = n_draws, rng_state, scores.device, tau
+        return x.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: the same draws, differentiable in scores
+            scores, one = ctx.saved_tensors
+            d = _binary_margin(scores)
+            noise = _conditional_noise(d.detach(), one, ctx.n_draws, _replay(ctx))
+            slope = _sigmoid_slope(d + noise, ctx.tau).mean(0)
+        else:
+            slope = ctx.slope
+        return _binary_gradient(grad, slope).to(grad.dtype), None, None, None, None, None
+
+
 def _shifted_scaled(scores: Tensor, tau: float) -> Tensor:
     """``(scores - max scores) / tau`` along the last dim, in the compute dtype.
 
@@ -335,7 +485,11 @@ class OneHot(Structure):
       ``_perturb_argmax_relax`` (perturb, argmax and softmax gradient in one pass) and
       ``_conditional_mean_relax`` (the mean softmax gradient over conditional draws, redrawn in
       the backward pass): the same noise and gradients as the generic composition, with fewer
-      passes and less memory.
+      passes and less memory. At n = 2 (binary slots) both take the closed form instead: one
+      logistic draw ``L = G_1 - G_0`` per slot (the relaxation is ``sigmoid((d + L) / tau)``,
+      ``d = s_1 - s_0``), and given the argmax one inverse-CDF uniform per draw for the
+      truncated logistic lead: the same law as the generic composition from another stream
+      (4-6x less time for gumbel-rao at 100 x 200 x 2).
 
     Masks: ``mask=`` (True = allowed) on ``argmax``, ``relax`` and ``log_partition``, or ``-inf``
     scores: masked items are never chosen, get probability exactly 0 and zero gradient; a row
@@ -435,6 +589,9 @@ class OneHot(Structure):
         if graph_capture_active():  # traced or transformed: the generic composition (same noise)
             return None
         rng_state = _rng_state(generator, scores.device)  # before the draw, for a replay
+        if scores.shape[-1] == 2:  # the binary closed form: one logistic draw per slot
+            binary: Tensor = _BinaryPerturbArgmax.apply(scores, tau, generator, rng_state)
+            return binary
         result: Tensor = _PerturbArgmaxSoftmax.apply(scores, tau, generator, rng_state)[0]
         return result
 
@@ -452,6 +609,12 @@ class OneHot(Structure):
             return None
         if graph_capture_active():  # traced or transformed: the generic composition (same noise)
             return None
+        if scores.shape[-1] == 2:  # the binary closed form: one truncated logistic draw each
+            rng_state = _rng_state(generator, scores.device)
+            binary: Tensor = _BinaryConditionalMean.apply(
+                scores, x, n_draws, tau, generator, rng_state
+            )
+            return binary
         seed = draw_seed_tensor(generator, scores.device)
         result: Tensor = _ConditionalMeanSoftmax.apply(scores, x, n_draws, tau, seed)
         return result

@@ -1,0 +1,217 @@
+"""OneHot over two classes: the closed-form (logistic) paths of st-gumbel and gumbel-rao.
+
+At n = 2 the fused paths draw ``L = G_1 - G_0`` (logistic) directly, and given the argmax the
+chosen class's lead by one inverse-CDF uniform (a truncated logistic). Another stream than the
+generic composition, the same law: checked here against exact probabilities, replays of the
+draws, the conditional law of the joint draws, and the generic path's mean gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import pickgrad
+from pickgrad import OneHot
+from pickgrad.noise import sample_gumbel
+from pickgrad.structures.base import Structure
+
+f64 = torch.float64
+ONEHOT = OneHot()
+
+
+class GenericOneHot(OneHot):
+    """OneHot without its fused fast paths: the estimators take the generic composition."""
+
+    _perturb_argmax_relax = Structure._perturb_argmax_relax
+    _conditional_mean_relax = Structure._conditional_mean_relax
+
+
+def _scores(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, 2, dtype=f64, generator=torch.Generator().manual_seed(seed))
+
+
+def _logistic_replay(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, dtype=f64, generator=generator)
+    return torch.log(u.clamp_min(torch.finfo(f64).tiny)) - torch.log1p(-u)
+
+
+def _conditional_leads_replay(
+    d: torch.Tensor, one: torch.Tensor, n_draws: int, generator: torch.Generator
+) -> torch.Tensor:
+    """z_k = d + L_k given the argmax, in the log form (independent of the path's ratio form)."""
+    e = torch.where(one, d, -d)
+    v = torch.rand((n_draws, *d.shape), dtype=f64, generator=generator)
+    lead = torch.nn.functional.softplus(e) - v.log() + torch.log1p(-torch.sigmoid(e) * v)
+    return torch.where(one, lead, -lead)
+
+
+def _relax_jacobian(noise: torch.Tensor, scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """d/dscores of mean_k sum(w * relax(scores + noise_k)), for a fixed weight vector w."""
+    weights = torch.tensor([0.3, -1.7], dtype=f64)
+    leaf = scores.clone().requires_grad_()
+    soft = ONEHOT.relax(leaf + noise, tau)
+    soft = soft.mean(0) if noise.dim() > scores.dim() else soft
+    (grad,) = torch.autograd.grad((soft * weights).sum(), leaf)
+    return grad
+
+
+def _estimator_gradient(
+    scores: torch.Tensor, estimator: str, tau: float, seed: int, **options: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    weights = torch.tensor([0.3, -1.7], dtype=f64)
+    leaf = scores.clone().requires_grad_()
+    x = pickgrad.select(
+        leaf, ONEHOT, estimator, tau=tau, generator=torch.Generator().manual_seed(seed), **options
+    )
+    (grad,) = torch.autograd.grad((x * weights).sum(), leaf)
+    return x.detach(), grad
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.5, 1.0])
+def test_binary_st_gumbel_is_the_relax_jacobian_at_its_logistic_draw(tau: float) -> None:
+    scores = _scores(7, 3)
+    x, grad = _estimator_gradient(scores, "st-gumbel", tau, seed=5)
+    logistic = _logistic_replay((7, 3), torch.Generator().manual_seed(5))
+    noise = torch.stack([torch.zeros_like(logistic), logistic], -1)  # only G_1 - G_0 matters
+    assert torch.equal(x, ONEHOT.argmax(scores + noise))
+    torch.testing.assert_close(grad, _relax_jacobian(noise, scores, tau), rtol=1e-12, atol=1e-14)
+
+
+def test_binary_st_gumbel_samples_have_the_softmax_law() -> None:
+    scores = torch.tensor([[-2.0, 1.0], [0.3, 0.0], [4.0, 0.5]], dtype=f64)
+    draws = 20_000
+    x = pickgrad.select(
+        scores.expand(draws, 3, 2), ONEHOT, "st-gumbel", generator=torch.Generator().manual_seed(1)
+    )
+    ones = x[..., 1].sum(0)
+    p = torch.softmax(scores, -1)[:, 1]
+    z = (ones - draws * p) / torch.sqrt(draws * p * (1 - p))
+    assert float(z.abs().max()) < stats.norm.ppf(1 - 1e-3 / 6)
+
+
+@pytest.mark.parametrize(("tau", "n_draws"), [(0.5, 1), (0.5, 10), (0.7, 4), (1.0, 3)])
+def test_binary_gumbel_rao_is_the_mean_relax_jacobian_at_its_conditional_draws(
+    tau: float, n_draws: int
+) -> None:
+    scores = _scores(5, 4, seed=2)
+    x, grad = _estimator_gradient(scores, "gumbel-rao", tau, seed=9, n_draws=n_draws)
+    # Replay: the forward noise (sample_gumbel), then one uniform per draw and slot.
+    generator = torch.Generator().manual_seed(9)
+    forward = sample_gumbel(scores.shape, dtype=f64, device=scores.device, generator=generator)
+    assert torch.equal(x, ONEHOT.argmax(scores + forward))
+    d = scores[..., 1] - scores[..., 0]
+    z = _conditional_leads_replay(d, x[..., 1] != 0, n_draws, generator)
+    noise = torch.stack([torch.zeros_like(z), z - d], -1)
+    assert torch.equal(ONEHOT.argmax(scores + noise), x.expand_as(noise))  # the draws keep x
+    torch.testing.assert_close(grad, _relax_jacobian(noise, scores, tau), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("chosen", [0, 1])
+def test_binary_conditional_leads_have_the_law_of_joint_draws_given_the_argmax(
+    chosen: int,
+) -> None:
+    d = torch.tensor(0.8, dtype=f64)
+    generator = torch.Generator().manual_seed(3 + chosen)
+    joint = d + _logistic_replay((60_000,), generator)
+    given = joint[(joint > 0) == bool(chosen)][:8000]
+    one = torch.tensor(bool(chosen))
+    conditional = _conditional_leads_replay(d, one, 8000, generator)
+    # The path's own ratio form: r = exp(-|z|) of the same uniforms.
+    from pickgrad.structures.onehot import _conditional_ratios
+
+    ratios = torch.cat(list(_conditional_ratios(d, one, 8000, torch.Generator().manual_seed(7))))
+    own = -ratios.log() * (1 if chosen else -1)
+    replay = _conditional_leads_replay(d, one, 8000, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(own, replay, rtol=1e-9, atol=1e-12)
+    assert stats.ks_2samp(given.numpy(), conditional.numpy(), method="asymp").pvalue > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("estimator", "options"), [("st-gumbel", {}), ("gumbel-rao", {"n_draws": 3})]
+)
+def test_binary_paths_have_the_mean_gradient_of_the_generic_composition(
+    estimator: str, options: dict[str, int]
+) -> None:
+    scores = torch.tensor([[-1.0, 0.5], [0.2, 0.0], [2.0, -1.0]], dtype=f64)
+    draws = 20_000
+    weights = torch.tensor([0.3, -1.7], dtype=f64)
+    results = []
+    for structure in (ONEHOT, GenericOneHot()):
+        leaf = scores.expand(draws, 3, 2).clone().requires_grad_()
+        x = pickgrad.select(
+            leaf, structure, estimator, tau=0.5, generator=torch.Generator().manual_seed(11),
+            **options,
+        )  # fmt: skip
+        (x * weights).sum().backward()
+        assert leaf.grad is not None
+        results.append((x.detach()[..., 1], leaf.grad[..., 1]))
+    (x_fast, g_fast), (x_generic, g_generic) = results
+    for fast, generic in ((x_fast, x_generic), (g_fast, g_generic)):
+        error = torch.sqrt((fast.var(0) + generic.var(0)) / draws)
+        z = (fast.mean(0) - generic.mean(0)) / error
+        assert float(z.abs().max()) < stats.norm.ppf(1 - 1e-3 / 12)
+
+
+def test_binary_st_gumbel_double_backward_passes_gradgradcheck() -> None:
+    scores = _scores(3, seed=4).requires_grad_()
+    weights = torch.tensor([0.3, -1.7], dtype=f64)
+
+    def first(s: torch.Tensor) -> torch.Tensor:
+        x = pickgrad.select(
+            s, ONEHOT, "st-gumbel", tau=0.6, generator=torch.Generator().manual_seed(2)
+        )
+        (grad,) = torch.autograd.grad((x * weights).sum(), s, create_graph=True)
+        return grad
+
+    # The logistic draw does not depend on the scores: the first derivative is smooth in them.
+    assert torch.autograd.gradcheck(first, (scores,))
+    _, plain = _estimator_gradient(scores.detach(), "st-gumbel", 0.6, seed=2)
+    torch.testing.assert_close(first(scores).detach(), plain, rtol=1e-12, atol=1e-15)
+
+
+def test_binary_gumbel_rao_double_backward_holds_the_draws_fixed() -> None:
+    scores = _scores(4, seed=6)
+    tau, n_draws = 0.5, 5
+    leaf = scores.clone().requires_grad_()
+    weights = torch.tensor([0.3, -1.7], dtype=f64)
+    x = pickgrad.select(
+        leaf, ONEHOT, "gumbel-rao", tau=tau, n_draws=n_draws,
+        generator=torch.Generator().manual_seed(8),
+    )  # fmt: skip
+    (grad,) = torch.autograd.grad((x * weights).sum(), leaf, create_graph=True)
+    (second,) = torch.autograd.grad(grad.square().sum(), leaf)
+    # The same with the draws replayed and held fixed, by autograd through relax.
+    generator = torch.Generator().manual_seed(8)
+    sample_gumbel(scores.shape, dtype=f64, device=scores.device, generator=generator)
+    d = scores[..., 1] - scores[..., 0]
+    z = _conditional_leads_replay(d, x.detach()[..., 1] != 0, n_draws, generator)
+    noise = torch.stack([torch.zeros_like(z), z - d], -1)
+    replay = scores.clone().requires_grad_()
+    soft = ONEHOT.relax(replay + noise, tau).mean(0)
+    (want,) = torch.autograd.grad((soft * weights).sum(), replay, create_graph=True)
+    (want_second,) = torch.autograd.grad(want.square().sum(), replay)
+    torch.testing.assert_close(grad.detach(), want.detach(), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(second, want_second, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "options"), [("st-gumbel", {}), ("gumbel-rao", {"n_draws": 4})]
+)
+def test_binary_paths_keep_a_masked_class_out_with_zero_gradient(
+    estimator: str, options: dict[str, int]
+) -> None:
+    scores = torch.tensor([[0.5, -math.inf], [-math.inf, -3.0], [0.1, 0.2]], dtype=f64)
+    scores = scores.expand(50, 3, 2).clone().requires_grad_()
+    x = pickgrad.select(
+        scores, ONEHOT, estimator, tau=0.5, generator=torch.Generator().manual_seed(0), **options
+    )
+    assert bool((x[:, 0] == torch.tensor([1.0, 0.0], dtype=f64)).all())
+    assert bool((x[:, 1] == torch.tensor([0.0, 1.0], dtype=f64)).all())
+    (x * torch.tensor([0.3, -1.7], dtype=f64)).sum().backward()
+    assert scores.grad is not None and bool(torch.isfinite(scores.grad).all())
+    assert bool((scores.grad[:, :2] == 0).all())
+    assert bool((scores.grad[:, 2] != 0).any())
