@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from pickgrad._validation import value_checks_enabled
 from pickgrad.structures._matrix_tree import (
     WORK_DTYPE,
     TreeStructure,
@@ -113,7 +114,13 @@ class Arborescence(TreeStructure):
 
     def _check_lengths(self, lengths: Any, scores: Tensor) -> Tensor | None:
         checked = check_lengths(lengths, scores)
-        if checked is not None and checked.numel() > 0 and int(checked.min()) <= self.root:
+        # A value check (it reads the lengths back): only while value checks run.
+        if (
+            checked is not None
+            and value_checks_enabled()
+            and checked.numel() > 0
+            and int(checked.min()) <= self.root
+        ):
             raise ValueError(
                 f"root={self.root} must be a node of every graph, but lengths has a graph of "
                 f"n={int(checked.min())} nodes; every length must be > root"
