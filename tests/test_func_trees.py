@@ -21,7 +21,9 @@ import torch
 
 import pickgrad
 from func_cases import (
+    ALL,
     ESTIMATOR_OPTIONS,
+    NO_RAO,
     FuncCase,
     chooser,
     pair_id,
@@ -30,18 +32,15 @@ from func_cases import (
 from pickgrad import Arborescence, SpanningTree
 from pickgrad.structures._tree_solvers import max_arborescence_parents
 
-ALL = tuple(ESTIMATOR_OPTIONS)
-NO_RAO = tuple(name for name in ALL if name != "gumbel-rao")
 SOLVER_ONLY = ("st", "perturbed", "imle", "blackbox")  # no relaxation: no matrix-tree marginals
 DETERMINISTIC = ("st", "st-relaxed", "relaxed", "blackbox")
 
-# SpanningTree's gumbel-rao: its conditional sampler (_tree_conditional) writes out= into a
-# view and scatter_reduce_ in place; the relaxing estimators under jacrev: the matrix-tree
-# marginals' backward (_matrix_tree). Both are outside the argmax solvers; Arborescence has no
-# gumbel-rao at all.
+# SpanningTree's gumbel-rao under vmap (and so jacrev): its conditional sampler
+# (_tree_conditional) fills work-space buffers in place (scatter_reduce_, copy_), which vmap
+# cannot batch. Arborescence has no gumbel-rao at all.
 TREE_CASES = [
-    FuncCase("spanning-tree", SpanningTree(), (2, 4, 4), NO_RAO, NO_RAO, ALL, SOLVER_ONLY),
-    FuncCase("arborescence", Arborescence(), (3, 5, 5), NO_RAO, NO_RAO, NO_RAO, SOLVER_ONLY),
+    FuncCase("spanning-tree", SpanningTree(), (2, 4, 4), ALL, NO_RAO, ALL, NO_RAO),
+    FuncCase("arborescence", Arborescence(), (3, 5, 5), NO_RAO, NO_RAO, NO_RAO, NO_RAO),
 ]
 
 

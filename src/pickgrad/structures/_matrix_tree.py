@@ -321,6 +321,26 @@ def _inverse_marginals(weights: Tensor, arcs: Tensor) -> tuple[Tensor, Tensor, T
     return marginals, inverse, kernel, error
 
 
+def _marginals_vjp(grad: Tensor, weights: Tensor, inverse: Tensor, kernel: Tensor) -> Tensor:
+    """``w * dL/dw`` of the inverse-formula marginals (see :class:`_InverseMarginals`), out of
+    place, so that autograd and ``torch.func`` can differentiate it in turn."""
+    h = grad * weights
+    column = h.sum(dim=-2)
+    minor = torch.diag_embed(column[..., 1:]) - h[..., 1:, 1:]
+    p_transposed = inverse @ minor @ inverse
+    correction = torch.nn.functional.pad(
+        p_transposed.transpose(-1, -2)
+        - torch.diagonal(p_transposed, dim1=-2, dim2=-1)[..., None, :],
+        (1, 0, 1, 0),
+    )
+    # the root's row (i = 0) gets only the -P[j, j] term
+    root_row = torch.nn.functional.pad(-torch.diagonal(p_transposed, dim1=-2, dim2=-1), (1, 0))[
+        ..., None, :
+    ]
+    first = torch.nn.functional.pad(root_row, (0, 0, 0, weights.shape[-2] - 1))
+    return (grad * kernel + correction + first) * weights
+
+
 class _InverseMarginals(torch.autograd.Function):
     """Marginals of ``scores / tau`` (root 0) by the inverse formula, with a hand-written
     backward.
@@ -372,14 +392,18 @@ class _InverseMarginals(torch.autograd.Function):
             return None, None, None, None
         scores, arcs, weights, inverse, kernel, error = ctx.saved_tensors
         usable = torch.isfinite(error)[..., None, None]
-        if torch.is_grad_enabled():  # double backward: differentiate the autograd formula
-            # Untrusted graphs are replaced by zeros first, so that no NaN of theirs reaches
-            # the graph being differentiated (a mask on the result would still carry them).
+        if torch.is_grad_enabled():
+            # A backward that is itself differentiated (create_graph, or torch.func's jacrev /
+            # nested transforms): the same formula out of place, from weights, inverse and
+            # kernel recomputed from the scores so that they carry the graph. Untrusted graphs
+            # are replaced by zeros first, so that no NaN of theirs reaches the graph being
+            # differentiated (a mask on the result would still carry them).
             safe = torch.where(usable, scores, torch.zeros((), dtype=scores.dtype))
-            weights = shifted_weights(safe, arcs, ctx.tau)
-            marginals = _inverse_marginals(weights, arcs)[0]
-            (grad_scores,) = torch.autograd.grad(marginals, safe, grad, create_graph=True)
-            return grad_scores, None, None, None
+            tracked = shifted_weights(safe, arcs, ctx.tau)
+            tracked_inverse, tracked_kernel = _inverse_marginals(tracked, arcs)[1:3]
+            grad_scores = _marginals_vjp(grad, tracked, tracked_inverse, tracked_kernel)
+            grad_scores = grad_scores / ctx.tau
+            return torch.where(usable, grad_scores, 0.0), None, None, None
         h = grad * weights
         # P^T = A (dL/dM)^T A on the minor, with (dL/dM)^T = h minus its column sums on the
         # diagonal; P is zero on the root's row and column, so it only touches the minor.

@@ -439,7 +439,7 @@ def _floors(utilities: Tensor, segments: Tensor, ancestors: Tensor, maxima: Tens
     flat.scatter_reduce_(-1, segments, utilities.repeat(1, 4), "amax")
     for level in range(levels - 1, 0, -1):
         upper, lower = maxima[:, level], maxima[:, level - 1]
-        torch.maximum(lower, upper, out=lower)
+        lower.copy_(torch.maximum(lower, upper))  # no out= into a view: capture-safe
         lower.scatter_reduce_(-1, ancestors[:, level - 1], upper, "amax")
     return maxima[:, 0, : slots - 1]
 
@@ -458,7 +458,7 @@ def _ceilings(tree: Tensor, ancestors: Tensor, segments: Tensor, minima: Tensor)
     minima[:, 0, :n] = tree
     for level in range(1, levels):
         previous = minima[:, level - 1]
-        torch.minimum(previous, previous.gather(-1, ancestors[:, level - 1]), out=minima[:, level])
+        minima[:, level] = torch.minimum(previous, previous.gather(-1, ancestors[:, level - 1]))
     runs = minima.view(tree.shape[0], -1).gather(-1, segments).view(tree.shape[0], 4, -1)
     ceiling = torch.minimum(runs[:, 0], runs[:, 1])
     ceiling = torch.minimum(ceiling, runs[:, 2], out=ceiling)
