@@ -1,11 +1,12 @@
-"""Every estimator on SpanningTree and Arborescence under ``torch.func`` (vmap, grad, jacrev),
-compared with eager autograd; and the values the trees read back to Python with validation off.
+"""The trees under ``torch.func`` beyond the estimator table: vmap of their argmax solvers with
+lengths and nested dimensions, and the values the trees read back to Python with validation off.
 
 The trees' argmax solvers are capture-safe: Prim is out of place with a fixed n - 1 steps, and
 Chu-Liu/Edmonds is the custom operator ``pickgrad::max_arborescence_parents`` (a fake kernel for
-torch.compile, a vmap rule that folds the vmapped dimensions into its batch). ``TREE_CASES``
-lists the pairs claimed under each transform (``test_compile_trees.py`` uses its ``compile``
-lists); a pair missing from a list is not claimed, and docs/compile.md says why.
+torch.compile, a vmap rule that folds the vmapped dimensions into its batch). Every estimator on
+both trees under vmap, grad and jacrev is in ``test_func_estimators.py``, from the table of
+``func_cases.FUNC_CASES``; ``TREE_CASES`` are its tree rows (``test_compile_trees.py`` uses their
+``compile`` lists); a pair missing from a list is not claimed, and docs/compile.md says why.
 """
 
 from __future__ import annotations
@@ -20,28 +21,13 @@ import pytest
 import torch
 
 import pickgrad
-from func_cases import (
-    ALL,
-    ESTIMATOR_OPTIONS,
-    NO_RAO,
-    FuncCase,
-    chooser,
-    pair_id,
-    scores_and_weights,
-)
+from func_cases import FUNC_CASES, FuncCase
 from pickgrad import Arborescence, SpanningTree
 from pickgrad.structures._tree_solvers import max_arborescence_parents
 
 SOLVER_ONLY = ("st", "perturbed", "imle", "blackbox")  # no relaxation: no matrix-tree marginals
-DETERMINISTIC = ("st", "st-relaxed", "relaxed", "blackbox")
 
-# SpanningTree's gumbel-rao under vmap (and so jacrev): its conditional sampler
-# (_tree_conditional) fills work-space buffers in place (scatter_reduce_, copy_), which vmap
-# cannot batch. Arborescence has no gumbel-rao at all.
-TREE_CASES = [
-    FuncCase("spanning-tree", SpanningTree(), (2, 4, 4), ALL, NO_RAO, ALL, NO_RAO),
-    FuncCase("arborescence", Arborescence(), (3, 5, 5), NO_RAO, NO_RAO, NO_RAO, NO_RAO),
-]
+TREE_CASES = [case for case in FUNC_CASES if case.id in ("spanning-tree", "arborescence")]
 
 
 def tree_pairs(transform: str) -> list[tuple[FuncCase, str]]:
@@ -54,80 +40,10 @@ def _no_validation() -> Iterator[None]:
         yield
 
 
-def _eager_gradient(case: FuncCase, estimator: str, seed: int) -> torch.Tensor:
-    scores, weights = scores_and_weights(case, seed)
-    leaf = scores.clone().requires_grad_()
-    torch.manual_seed(seed)
-    x = chooser(case, estimator)(leaf)
-    (gradient,) = torch.autograd.grad((x * weights).sum(), leaf)
-    return gradient
-
-
 def test_the_table_covers_every_available_estimator() -> None:
     for case in TREE_CASES:
         available = set(pickgrad.available_estimators(case.structure)) - {"reinforce"}
         assert set(case.grad) == available  # reinforce has no select
-
-
-@pytest.mark.parametrize("pair", tree_pairs("grad"), ids=pair_id)
-def test_grad_equals_eager_autograd(pair: tuple[FuncCase, str]) -> None:
-    case, estimator = pair
-    scores, weights = scores_and_weights(case, 1)
-    choose = chooser(case, estimator)
-    torch.manual_seed(1)
-    gradient = torch.func.grad(lambda s: (choose(s) * weights).sum())(scores)
-    torch.testing.assert_close(
-        gradient, _eager_gradient(case, estimator, 1), atol=1e-12, rtol=1e-10
-    )
-
-
-@pytest.mark.parametrize("pair", tree_pairs("jacrev"), ids=pair_id)
-def test_jacrev_equals_the_eager_jacobian(pair: tuple[FuncCase, str]) -> None:
-    case, estimator = pair
-    scores, _ = scores_and_weights(case, 2)
-    choose = chooser(case, estimator)
-    torch.manual_seed(2)
-    jacobian = torch.func.jacrev(choose)(scores)  # imle / blackbox: the solver under vmap
-    torch.manual_seed(2)
-    expected = torch.autograd.functional.jacobian(choose, scores)
-    assert jacobian.shape == (*case.shape, *case.shape)
-    torch.testing.assert_close(jacobian, expected, atol=1e-12, rtol=1e-10)
-
-
-@pytest.mark.parametrize(
-    "pair", [p for p in tree_pairs("vmap") if p[1] in DETERMINISTIC], ids=pair_id
-)
-def test_vmap_of_a_deterministic_estimator_equals_the_batched_call(
-    pair: tuple[FuncCase, str],
-) -> None:
-    case, estimator = pair
-    scores, weights = scores_and_weights(case, 3)
-    choose = chooser(case, estimator)
-    torch.testing.assert_close(torch.func.vmap(choose)(scores), choose(scores))
-    gradients = torch.func.vmap(torch.func.grad(lambda s, w: (choose(s) * w).sum()))(
-        scores, weights
-    )
-    torch.testing.assert_close(gradients, _eager_gradient(case, estimator, 3))
-
-
-@pytest.mark.parametrize("pair", tree_pairs("vmap"), ids=pair_id)
-def test_vmap_and_vmap_of_grad_run_with_every_randomness_mode(pair: tuple[FuncCase, str]) -> None:
-    case, estimator = pair
-    scores, weights = scores_and_weights(case, 4)
-    choose = chooser(case, estimator)
-    eager = choose(scores)
-    hard = pickgrad.get_estimator(estimator, **ESTIMATOR_OPTIONS[estimator]).hard
-    for randomness in ("different", "same"):
-        x = torch.func.vmap(choose, randomness=randomness)(scores)
-        assert x.shape == eager.shape and x.dtype == eager.dtype
-        if hard:  # a solution is its own argmax
-            assert torch.equal(case.structure.argmax(x), x)
-        if estimator in DETERMINISTIC:
-            torch.testing.assert_close(x, eager)
-    gradients = torch.func.vmap(
-        torch.func.grad(lambda s, w: (choose(s) * w).sum()), randomness="different"
-    )(scores, weights)
-    assert gradients.shape == scores.shape and bool(torch.isfinite(gradients).all())
 
 
 @pytest.mark.parametrize("structure", [SpanningTree(), Arborescence(root=1)], ids=repr)

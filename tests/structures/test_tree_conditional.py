@@ -256,14 +256,12 @@ def test_sparse_table_bounds_match_the_paths(n: int, generator: torch.Generator)
     parents, ancestors, segments = _lifting_layout(x, nodes, index)
     tree = torch.randn(batch, n, dtype=torch.float64, generator=generator)
     tree = tree.masked_fill(parents < 0, math.inf)
-    minima = torch.full((batch, ancestors.shape[1], n + 1), math.inf, dtype=torch.float64)
-    ceilings = _ceilings(tree, ancestors, segments, minima)
+    ceilings = _ceilings(tree, ancestors, segments)
     in_tree = x[:, index[0], index[1]] > 0.5
     utilities = torch.randn(batch, m, dtype=torch.float64, generator=generator)
     bounding = ~in_tree & (index[1] < lengths[:, None])  # the non-tree edges of present nodes
-    maxima = torch.empty((batch, ancestors.shape[1], n + 1), dtype=torch.float64)
     floor_segments = torch.where(bounding.repeat(1, 4), segments, n)
-    floors = _floors(utilities, floor_segments, ancestors, maxima)
+    floors = _floors(utilities, floor_segments, ancestors)
     for b in range(batch):
         present = int(lengths[b])
         paths = tree_paths(parents[b].tolist(), present)
@@ -370,3 +368,57 @@ def test_empty_batches(generator: torch.Generator) -> None:
     leaf = torch.zeros(0, 6, dtype=torch.float16, requires_grad=True)
     pickgrad.select(leaf, edges, "gumbel-rao").sum().backward()
     assert leaf.grad is not None and leaf.grad.shape == (0, 6)
+
+
+@pytest.mark.parametrize("use_start", [False, True], ids=["burn-in", "start"])
+def test_vmap_draws_the_eager_noise_of_each_graph(use_start: bool) -> None:
+    """The sampler is out of place, so vmap batches it: with ``randomness="same"`` every vmapped
+    graph sees the uniforms an eager call on that graph alone draws from the same seed, so each
+    entry must equal that eager call to rounding (lengths and a masked edge included); with
+    ``"different"`` every draw keeps its graph's tree."""
+    generator = torch.Generator().manual_seed(8)
+    scores = torch.randn(3, 6, 6, dtype=torch.float64, generator=generator)
+    scores[1, 0, 2] = -math.inf
+    lengths = torch.tensor([6, 4, 5])
+    start = gumbel((3, 6, 6), generator) if use_start else None
+    x = TREE.argmax(scores + (start if use_start else 0), lengths=lengths)
+
+    def sample(
+        s: torch.Tensor, tree: torch.Tensor, n: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
+        return conditional_tree_gumbel(
+            s[None], tree[None], 4, None, lengths=n[None], start=g[None] if use_start else None
+        )[:, 0]
+
+    noise_start = start if use_start else torch.zeros_like(scores)
+    torch.manual_seed(3)
+    vmapped = torch.func.vmap(sample, randomness="same")(scores, x, lengths, noise_start)
+    for b in range(3):
+        torch.manual_seed(3)
+        eager = sample(scores[b], x[b], lengths[b], noise_start[b])
+        torch.testing.assert_close(vmapped[b], eager, rtol=1e-12, atol=1e-12)
+    different = torch.func.vmap(sample, randomness="different")(scores, x, lengths, noise_start)
+    assert different.shape == (3, 4, 6, 6)
+    for b in range(3):
+        kept = TREE.argmax(scores[b] + different[b], lengths=lengths[b].expand(4))
+        assert torch.equal(kept, x[b].expand(4, 6, 6))
+
+
+def test_vmapped_gumbel_rao_gradients_have_the_eager_law(generator: torch.Generator) -> None:
+    """Per-example gumbel-rao gradients on SpanningTree from ``vmap(grad)`` (a fresh draw per
+    example) against the rows of one eager batched call: the same law, coordinate by coordinate
+    and jointly (their means are the estimator's expectation)."""
+    scores = torch.randn(4, 4, dtype=torch.float64, generator=generator)
+    weights = torch.randn(4, 4, dtype=torch.float64, generator=generator)
+    count = 4000
+    batch = scores.expand(count, 4, 4).clone()
+
+    def loss(s: torch.Tensor) -> torch.Tensor:
+        return (pickgrad.select(s, TREE, "gumbel-rao", tau=0.5, n_draws=3) * weights).sum()
+
+    with pickgrad.validation(False):
+        vmapped = torch.func.vmap(torch.func.grad(loss), randomness="different")(batch)
+    leaf = batch.clone().requires_grad_()
+    (eager,) = torch.autograd.grad(loss(leaf), leaf)
+    index = edge_index(4)
+    assert_same_law(vmapped[:, index[0], index[1]], eager[:, index[0], index[1]])

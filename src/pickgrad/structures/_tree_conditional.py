@@ -139,9 +139,12 @@ def _exponential(shape: tuple[int, ...], like: Tensor, generator: torch.Generato
     return uniform.clamp_min_(torch.finfo(like.dtype).tiny).log_().neg_()
 
 
-def upper_truncated_gumbel(mu: Tensor, bound: Tensor, exponential: Tensor) -> Tensor:
-    """Gumbel(mu) conditioned on ``u < bound``, from ``exponential`` ~ Exp(1) (broadcast)."""
-    u = -torch.logaddexp(-bound, exponential.log() - mu)
+def upper_truncated_gumbel(
+    mu: Tensor, bound: Tensor, exponential: Tensor, *, log: bool = False
+) -> Tensor:
+    """Gumbel(mu) conditioned on ``u < bound``, from ``exponential`` ~ Exp(1) (broadcast), or
+    from its logarithm with ``log=True``."""
+    u = -torch.logaddexp(-bound, (exponential if log else exponential.log()) - mu)
     # Rounding may land on the bound itself, a tie that could change the argmax: stay below.
     return torch.minimum(u, torch.nextafter(bound, bound.new_tensor(-math.inf)))
 
@@ -193,9 +196,8 @@ def _lca_depths(adjacency: Tensor, nodes: Tensor) -> Tensor:
     inverse = torch.linalg.inv(laplacian[:, 1:, 1:])
     common = torch.nn.functional.pad(inverse.round_().long(), (1, 0, 1, 0))
     both = nodes[:, :, None] & nodes[:, None, :]
-    common = torch.where(both, common, -1)
-    common.diagonal(dim1=-2, dim2=-1).clamp_min_(0)
-    return common
+    eye = torch.eye(adjacency.shape[-1], dtype=torch.bool, device=adjacency.device)
+    return torch.where(both, common, torch.where(eye, 0, -1))
 
 
 def _lifting_layout(
@@ -235,8 +237,9 @@ def _lifting_layout(
     is_ancestor = common == depth[:, None, :]
     # at_depth[b, i, d]: the ancestor of i at depth d (-1 below i's own depth).
     candidates = torch.where(is_ancestor, labels, -1)
-    at_depth = torch.full((graphs, n, n), -1, dtype=torch.long, device=device)
-    at_depth.scatter_reduce_(-1, depth[:, None, :].expand(graphs, n, n), candidates, "amax")
+    at_depth = torch.full((graphs, n, n), -1, dtype=torch.long, device=device).scatter_reduce(
+        -1, depth[:, None, :].expand(graphs, n, n), candidates, "amax"
+    )
     flat_depth = at_depth.view(graphs, n * n)
     levels = max(1, (n - 1).bit_length())
     powers = 2 ** torch.arange(levels, device=device)
@@ -344,7 +347,6 @@ def conditional_tree_gumbel(
         0
     )
     tree_mu = edge_scores.gather(1, parent_edge).masked_fill(~has_parent, 0.0)  # by child node
-    levels, slots = ancestors.shape[1], n + 1
 
     def per_chain(t: Tensor) -> Tensor:  # (B, ...) -> (B * R, ...), graph-major
         return t.repeat_interleave(k, dim=0)
@@ -364,34 +366,28 @@ def conditional_tree_gumbel(
     else:  # an exact draw: every later state is one too (stationarity), no burn-in
         start_edges = start.reshape(-1, n, n)[:, index[0], index[1]].to(dtype)
         initial = per_chain(edge_scores + start_edges)
-    utilities = initial.clone()
+    utilities = initial
     tree = mu_tree
-    minima = torch.full((chains, levels, slots), math.inf, dtype=dtype, device=device)
-    maxima = torch.empty((chains, levels, slots), dtype=dtype, device=device)
-    tiny = torch.finfo(dtype).tiny
     states: list[tuple[Tensor, Tensor]] = []
     sweep = 0
+    # Out of place throughout: under vmap any of these tensors may be batched or not (with
+    # randomness="same" the draws are not), and an in-place op into an unbatched one fails.
     while len(states) < draws_per_chain:
         sweep += 1
         keep = sweep >= n_sweeps and (sweep - n_sweeps) % thin == 0
-        floor = _floors(utilities, chain_floor_segments, chain_ancestors, maxima)
+        floor = _floors(utilities, chain_floor_segments, chain_ancestors)
         tree = lower_truncated_gumbel(mu_tree, floor, _exponential((chains, n), scores, generator))
-        tree = tree.masked_fill_(rootless, math.inf)  # no edge: no bound (and never read)
+        tree = tree.masked_fill(rootless, math.inf)  # no edge: no bound (and never read)
         if keep and half_sweeps:
-            states.append((utilities.clone(), tree))
+            states.append((utilities, tree))
             if len(states) == draws_per_chain:
                 break
-        ceiling = _ceilings(tree, chain_ancestors, chain_segments, minima)
-        # Non-tree utilities: Gumbel(mu) below the ceiling, written in place (see
-        # upper_truncated_gumbel; the uniforms become log Exp(1) in place).
-        draw = torch.rand((chains, m), dtype=dtype, device=device, generator=generator)
-        draw = draw.clamp_min_(tiny).log_().neg_().log_().sub_(mu_edges)
-        ceiling = ceiling.neg_()
-        draw = torch.logaddexp(draw, ceiling, out=draw).neg_()
-        below = torch.nextafter(ceiling, ceiling.new_tensor(math.inf), out=ceiling).neg_()
-        torch.minimum(draw, below, out=utilities)
+        ceiling = _ceilings(tree, chain_ancestors, chain_segments)
+        # Non-tree utilities: Gumbel(mu) below the ceiling (see upper_truncated_gumbel).
+        log_exponential = _exponential((chains, m), scores, generator).log()
+        utilities = upper_truncated_gumbel(mu_edges, ceiling, log_exponential, log=True)
         if keep:
-            states.append((utilities.clone(), tree))
+            states.append((utilities, tree))
     # Tree utilities into their edges' slots (nodes without a parent write into a spare one).
     slot = torch.where(per_chain(has_parent), per_chain(parent_edge), m)
     stacked = torch.stack([state for state, _ in states])  # (d, C, m)
@@ -404,65 +400,66 @@ def conditional_tree_gumbel(
     conditional = torch.where(allowed, conditional, -math.inf)
     # The entries the tree never reads (diagonal, lower triangle, edges of padded nodes) get
     # unconditional Gumbel noise, their exact conditional law: drawn only where needed.
-    out = scores.new_empty((n_draws, graphs, n * n))
     unread = flat_unread(n, device)
-    free = _exponential((n_draws, graphs, unread.numel()), scores, generator).log_().neg_()
-    out.index_copy_(-1, unread, free)
+    free = _exponential((n_draws, graphs, unread.numel()), scores, generator).log().neg()
     if lengths is not None:
-        padded_free = _exponential((n_draws, graphs, m), scores, generator).log_().neg_()
+        padded_free = _exponential((n_draws, graphs, m), scores, generator).log().neg()
         conditional = torch.where(present | ~allowed, conditional, padded_free)
-    out.index_copy_(-1, flat_upper(n, device), conditional)
+    out = torch.empty((n_draws, graphs, n * n), dtype=dtype, device=device)
+    out = out.index_copy(-1, unread, free).index_copy(-1, flat_upper(n, device), conditional)
     return out.reshape(n_draws, *batch, n, n)
 
 
-def _floors(utilities: Tensor, segments: Tensor, ancestors: Tensor, maxima: Tensor) -> Tensor:
+def _floors(utilities: Tensor, segments: Tensor, ancestors: Tensor) -> Tensor:
     """Floor of each tree edge (by child node): the largest utility of the non-tree edges whose
     path runs over it, from a sparse table of segment maxima filled top-down.
 
     Each non-tree utility goes into the maxima of its path's four segments (a scatter); then,
     level by level from the top, the maximum of every segment ``(k, v)`` passes down into its
     two halves, ``(k - 1, v)`` and ``(k - 1, a)``, a the ``2^(k-1)``-th ancestor of v; level 0
-    then holds, for each edge, the maximum over the paths covering it.
+    then holds, for each edge, the maximum over the paths covering it. Out of place (each level
+    a new tensor), so that vmap can batch it whichever of its inputs are batched.
 
     Args:
         utilities: ``(C, m)`` edge utilities.
         segments: ``(C, 4 m)`` from :func:`_lifting_layout`, pointing at the sentinel ``n`` of
             level 0 for every edge that bounds nothing (tree edges, masked and absent ones).
         ancestors: ``(C, L, n + 1)`` from :func:`_lifting_layout`.
-        maxima: ``(C, L, n + 1)`` work space.
 
     Returns ``(C, n)``; ``-inf`` where no non-tree edge covers the edge (and for the root).
     """
-    chains, levels, slots = maxima.shape
-    maxima.fill_(-math.inf)
-    flat = maxima.view(chains, -1)
-    flat.scatter_reduce_(-1, segments, utilities.repeat(1, 4), "amax")
+    chains, levels, slots = ancestors.shape
+    empty = utilities.new_full((chains, levels * slots), -math.inf)
+    table = empty.scatter_reduce(-1, segments, utilities.repeat(1, 4), "amax")
+    table = table.view(chains, levels, slots)
+    upper = table[:, levels - 1]
     for level in range(levels - 1, 0, -1):
-        upper, lower = maxima[:, level], maxima[:, level - 1]
-        lower.copy_(torch.maximum(lower, upper))  # no out= into a view: capture-safe
-        lower.scatter_reduce_(-1, ancestors[:, level - 1], upper, "amax")
-    return maxima[:, 0, : slots - 1]
+        lower = torch.maximum(table[:, level - 1], upper)
+        upper = lower.scatter_reduce(-1, ancestors[:, level - 1], upper, "amax")
+    return upper[:, : slots - 1]
 
 
-def _ceilings(tree: Tensor, ancestors: Tensor, segments: Tensor, minima: Tensor) -> Tensor:
+def _ceilings(tree: Tensor, ancestors: Tensor, segments: Tensor) -> Tensor:
     """Ceiling of each pair: the smallest tree utility on its path, from a sparse table.
+
+    Out of place (the levels are stacked at the end), so that vmap can batch it.
 
     Args:
         tree: ``(C, n)`` tree utilities by child node (``+inf`` for nodes without an edge).
         ancestors, segments: ``(C, L, n + 1)`` and ``(C, 4 m)`` from :func:`_lifting_layout`.
-        minima: ``(C, L, n + 1)`` work space whose column n holds ``+inf``.
 
     Returns ``(C, m)``; ``+inf`` for a pair with an absent end.
     """
-    n, levels = tree.shape[-1], minima.shape[1]
-    minima[:, 0, :n] = tree
+    chains, levels = tree.shape[0], ancestors.shape[1]
+    previous = torch.cat([tree, tree.new_full((chains, 1), math.inf)], dim=-1)  # sentinel: +inf
+    table = [previous]
     for level in range(1, levels):
-        previous = minima[:, level - 1]
-        minima[:, level] = torch.minimum(previous, previous.gather(-1, ancestors[:, level - 1]))
-    runs = minima.view(tree.shape[0], -1).gather(-1, segments).view(tree.shape[0], 4, -1)
-    ceiling = torch.minimum(runs[:, 0], runs[:, 1])
-    ceiling = torch.minimum(ceiling, runs[:, 2], out=ceiling)
-    return torch.minimum(ceiling, runs[:, 3], out=ceiling)
+        previous = torch.minimum(previous, previous.gather(-1, ancestors[:, level - 1]))
+        table.append(previous)
+    runs = torch.stack(table, dim=1).view(chains, -1).gather(-1, segments).view(chains, 4, -1)
+    return torch.minimum(
+        torch.minimum(runs[:, 0], runs[:, 1]), torch.minimum(runs[:, 2], runs[:, 3])
+    )
 
 
 @functools.lru_cache(maxsize=64)
