@@ -21,7 +21,7 @@ from pickgrad.structures._matrix_tree import (
     arc_marginals,
     arc_mask,
 )
-from pickgrad.structures._tree_solvers import max_spanning_tree_parents
+from pickgrad.structures._tree_solvers import _prim_torch, max_spanning_tree_parents
 
 STRUCTURES = [Arborescence(), Arborescence(root=2), SpanningTree()]
 
@@ -95,15 +95,16 @@ def test_vmap_and_grad_match_eager(structure: SpanningTree | Arborescence) -> No
 
 
 def test_prim_reads_no_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The spanning-tree argmax is sync-free (a fixed n - 1 steps), captured or not.
+    # The torch steps of the spanning-tree argmax (every device but eager CPU, where the NumPy
+    # steps take host views) are sync-free: a fixed n - 1 steps.
     weights = torch.randn(3, 6, 6, generator=torch.Generator().manual_seed(3))
     weights = weights + weights.transpose(-1, -2)
     nodes = torch.arange(6) < torch.tensor([6, 4, 2])[:, None]
     expected = max_spanning_tree_parents(weights, nodes)
     with monkeypatch.context() as patch:
-        for name in ("__bool__", "item", "tolist", "nonzero"):
+        for name in ("__bool__", "item", "tolist", "nonzero", "numpy"):
             patch.setattr(torch.Tensor, name, _refuse)
-        parents = max_spanning_tree_parents(weights, nodes)
+        parents = _prim_torch(weights, nodes)
     assert torch.equal(parents, expected)
 
 
