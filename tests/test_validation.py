@@ -512,3 +512,69 @@ def test_argmax_near_the_largest_allowed_magnitude_is_a_valid_structure(dtype: t
     scores = torch.tensor([[-big, big, 0.0, big / 2]], dtype=dtype)
     x = pickgrad.OneHot().argmax(scores)
     assert torch.equal(x, torch.tensor([[0.0, 1.0, 0.0, 0.0]], dtype=dtype))
+
+
+# On CUDA, the same hot paths must not synchronise with the host at all: torch's sync debug mode
+# raises at the first synchronising call (.item(), nonzero, a host copy); on CPU no value may be
+# read back. The trees' relaxations and Chu-Liu/Edmonds synchronise by design (their accuracy
+# fallback, their data-dependent rounds; docs/compile.md), so from the trees only SpanningTree's
+# solver-only estimators are here, on CUDA only (on CPU its Prim takes NumPy views, no sync).
+SUBSET_WITHOUT_RAO = [
+    name for name in pickgrad.available_estimators(pickgrad.Subset(2)) if name != "gumbel-rao"
+]
+SYNC_FREE_CASES = [
+    (pickgrad.OneHot(), (3, 5), ONEHOT_ESTIMATORS, ("cpu", "cuda")),
+    # Subset's gumbel-rao: its rejection sampler's eager loop stops when every draw is accepted
+    # (one read per round; under capture a fixed number of rounds, no read).
+    (pickgrad.Subset(2), (3, 5), SUBSET_WITHOUT_RAO, ("cpu", "cuda")),
+    (
+        pickgrad.SpanningTree(),
+        (3, 5, 5),
+        ("st", "perturbed", "imle", "blackbox", "reinforce"),
+        ("cuda",),
+    ),
+]
+# CUDA is checked only where it exists (no GPU machine is lent to CI).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@contextmanager
+def _no_host_sync(device: str) -> Iterator[None]:
+    if device == "cpu":
+        with _no_tensor_reads():
+            yield
+        return
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_host_sync_with_validation_off(device: str) -> None:
+    generator = torch.Generator(device=device).manual_seed(0)
+    for structure, shape, names, devices in SYNC_FREE_CASES:
+        if device not in devices:
+            continue
+        for estimator in names:
+            scores = torch.randn(*shape, device=device, requires_grad=True)
+            needs_loss = type(pickgrad.get_estimator(estimator)).needs_loss
+            with validation(False), _no_host_sync(device):
+                if needs_loss:
+                    out = pickgrad.estimate(
+                        lambda x: x.flatten(1).sum(-1),
+                        scores,
+                        structure,
+                        estimator,
+                        n_samples=2,
+                        generator=generator,
+                    )
+                else:
+                    out = pickgrad.select(
+                        scores, structure, estimator, tau=0.5, generator=generator
+                    )
+                out.sum().backward()
+            assert scores.grad is not None, (structure, estimator)
