@@ -11,9 +11,17 @@ import math
 import torch
 from torch import Tensor
 
-from pickgrad._validation import _vmap_active, compute_dtype
+from pickgrad._validation import compute_dtype
 
-__all__ = ["CounterRandom", "draw_seed", "draw_seed_tensor", "sample_gumbel", "sampling_dtype"]
+__all__ = [
+    "CounterRandom",
+    "draw_seed",
+    "draw_seed_tensor",
+    "gumbel_from_uniform_",
+    "sample_exponential",
+    "sample_gumbel",
+    "sampling_dtype",
+]
 
 
 def sampling_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -34,21 +42,54 @@ def sample_gumbel(
     """Standard Gumbel noise ``G = -log(E)``, ``E ~ Exponential(1)``, of the given shape.
 
     Drawn in float32 for half dtypes and returned in ``dtype``. ``E`` is clamped away from zero
-    so that ``G`` is always finite. Inside ``torch.func.vmap`` ``E`` is drawn as ``-log U``
-    from uniforms, so that ``vmap(..., randomness="different")`` works (the same law, another
-    stream); ``torch.func.grad`` / ``jacrev`` alone draw exactly the eager noise.
+    so that ``G`` is always finite. ``E = -log U`` from uniforms (:func:`gumbel_from_uniform_`),
+    drawn out of place, so the same call works eagerly, under ``torch.compile`` and under
+    ``torch.func.vmap`` (any ``randomness``); ``torch.func.grad`` / ``jacrev`` draw exactly the
+    eager noise.
     """
     work = sampling_dtype(dtype)
-    tiny = torch.finfo(work).tiny
-    if _vmap_active():
-        # vmap(randomness="different") cannot fill an unbatched tensor in place; E = -log U
-        # from an out-of-place uniform is batched (a different stream from the eager one).
-        uniform = torch.rand(shape, dtype=work, device=device, generator=generator)
-        gumbel = uniform.clamp_min(tiny).log().neg().clamp_min(tiny).log().neg()
-    else:
-        exponential = torch.empty(shape, dtype=work, device=device)
-        gumbel = exponential.exponential_(generator=generator).clamp_min_(tiny).log_().neg_()
+    uniform = torch.rand(shape, dtype=work, device=device, generator=generator)
+    gumbel = gumbel_from_uniform_(uniform)
     return gumbel if work == dtype else gumbel.to(dtype)
+
+
+def gumbel_from_uniform_(uniform: Tensor) -> Tensor:
+    """``-log(-log U)`` in place in ``uniform`` (U ~ U[0, 1)), both logs' arguments clamped to
+    ``tiny``: standard Gumbel noise, finite everywhere.
+
+    From uniforms rather than ``Tensor.exponential_``: on CPU torch's exponential sampler runs a
+    parallel region for any tensor above 800 entries, whose waiting worker threads slow every
+    small op after it several-fold when another process is busy on the machine
+    (``benchmarks/bench_threads.py --busy``), and it is about 4x slower than ``rand`` and a log
+    at training-step sizes. ``torch.rand`` draws serially, the same stream under ``vmap`` and
+    eagerly. The tails are cut where the uniform's resolution ends: above 16.6 in float32
+    (probability 6e-8, U's spacing 2^-24 near 1) and 36.7 in float64.
+    """
+    return _neg_log_(_neg_log_(uniform))
+
+
+def sample_exponential(
+    shape: torch.Size | tuple[int, ...],
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Exponential(1) draws ``-log U`` from uniforms clamped to ``[tiny, 1)`` (every draw finite
+    and positive; see :func:`gumbel_from_uniform_` for why not ``Tensor.exponential_``), in
+    ``dtype`` (a float dtype the caller computes in).
+
+    Example:
+        >>> e = sample_exponential((1000,), dtype=torch.float64, device=torch.device("cpu"))
+        >>> bool((e > 0).all()), round(float(e.mean()), 0)
+        (True, 1.0)
+    """
+    return _neg_log_(torch.rand(shape, dtype=dtype, device=device, generator=generator))
+
+
+def _neg_log_(t: Tensor) -> Tensor:
+    """``-log(max(t, tiny))`` in place."""
+    return t.clamp_min_(torch.finfo(t.dtype).tiny).log_().neg_()
 
 
 def draw_seed(generator: torch.Generator | None, device: torch.device | str) -> int:

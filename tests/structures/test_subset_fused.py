@@ -18,6 +18,7 @@ import torch
 
 import pickgrad
 from pickgrad import Subset
+from pickgrad.noise import sample_gumbel
 from pickgrad.structures import _subset_marginals as sm
 
 
@@ -123,10 +124,11 @@ def test_fused_functions_pass_gradcheck_and_gradgradcheck():
     torch.testing.assert_close(fused_mean, plain, rtol=0, atol=1e-13)
     assert torch.equal(conditional(scores), hard)
     # perturb-argmax: its gradient is that of the marginals at scores + G (G from seed 1)
-    g = -torch.log(
-        torch.empty(3, 7, dtype=torch.float64)
-        .exponential_(generator=torch.Generator().manual_seed(1))
-        .clamp_min(torch.finfo(torch.float64).tiny)
+    g = sample_gumbel(
+        (3, 7),
+        dtype=torch.float64,
+        device=scores.device,
+        generator=torch.Generator().manual_seed(1),
     )
     weights = torch.randn(3, 7, generator=generator, dtype=torch.float64)
     (fused,) = torch.autograd.grad((perturbed(scores) * weights).sum(), scores)

@@ -32,7 +32,7 @@ from pickgrad.estimators.base import (
     option_positive_real,
     register_estimator,
 )
-from pickgrad.noise import sample_gumbel, sampling_dtype
+from pickgrad.noise import sample_exponential, sample_gumbel, sampling_dtype
 from pickgrad.structures.base import Structure
 
 __all__ = [
@@ -84,7 +84,7 @@ def sample_standard_gamma(
     work = sampling_dtype(dtype)
     numel = math.prod(shape)
     if concentration == 1:
-        out = torch.empty(numel, dtype=work, device=device).exponential_(generator=generator)
+        out = sample_exponential((numel,), dtype=work, device=device, generator=generator)
         return out.reshape(shape).to(dtype)
     boosted = concentration < 1
     a = concentration + 1.0 if boosted else float(concentration)

@@ -85,6 +85,7 @@ import math
 import torch
 from torch import Tensor
 
+from pickgrad.noise import sample_exponential
 from pickgrad.structures._matrix_tree import node_mask
 from pickgrad.structures.edges import _cached_index
 
@@ -131,12 +132,8 @@ DRAWS_PER_CHAIN = 5
 
 
 def _exponential(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Exp(1) draws ``-log U`` from uniforms ``U`` clamped to ``[tiny, 1)``: every draw is finite
-    and positive (tails cut at about ``eps`` and ``tiny``, as in
-    :func:`pickgrad.noise.sample_gumbel`); ``torch.rand`` and a log measured faster than
-    ``exponential_``."""
-    uniform = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
-    return uniform.clamp_min_(torch.finfo(like.dtype).tiny).log_().neg_()
+    """Exponential(1) draws in ``like``'s dtype and device (:func:`~pickgrad.noise.sample_exponential`)."""
+    return sample_exponential(shape, dtype=like.dtype, device=like.device, generator=generator)
 
 
 def upper_truncated_gumbel(

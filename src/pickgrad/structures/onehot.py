@@ -15,7 +15,13 @@ from pickgrad._validation import (
     compute_dtype,
     graph_capture_active,
 )
-from pickgrad.noise import CounterRandom, draw_seed_tensor, sample_gumbel, sampling_dtype
+from pickgrad.noise import (
+    CounterRandom,
+    draw_seed_tensor,
+    gumbel_from_uniform_,
+    sample_gumbel,
+    sampling_dtype,
+)
 from pickgrad.structures.base import Structure
 
 __all__ = ["OneHot", "sparsemax"]
@@ -85,9 +91,9 @@ def _perturbed_softmax_(
     in the noise buffer (float32 for half types), which is the only full-size allocation.
     """
     work = sampling_dtype(scores.dtype)
-    buffer = torch.empty(scores.shape, dtype=work, device=scores.device)
-    buffer.exponential_(generator=generator).clamp_min_(torch.finfo(work).tiny).log_()
-    torch.sub(scores, buffer, out=buffer)  # scores + G with G = -log E, bit for bit
+    buffer = torch.rand(scores.shape, dtype=work, device=scores.device, generator=generator)
+    gumbel_from_uniform_(buffer)
+    torch.add(scores, buffer, out=buffer)  # scores + G, bit for bit
     index = buffer.argmax(-1, keepdim=True)
     buffer.sub_(buffer.gather(-1, index))  # the row maximum sits at the argmax
     if tau != 1.0:
@@ -121,13 +127,20 @@ class _PerturbArgmaxSoftmax(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
         scores, tau, _, rng_state = inputs
         ctx.mark_non_differentiable(output[1])
+        # The softmax output gets no gradient: without this, autograd would hand the backward a
+        # scores-sized tensor of zeros for it (+1x the scores' memory at the peak).
+        ctx.set_materialize_grads(False)
         # Not save_for_backward: the first backward overwrites the softmax in place.
         ctx.softmax = output[1]
         ctx.rng_state, ctx.device, ctx.tau = rng_state, scores.device, tau
         ctx.save_for_backward(scores)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor, None, None, None]:
+    def backward(
+        ctx: Any, grad: Tensor | None, _: Tensor | None
+    ) -> tuple[Tensor | None, None, None, None]:
+        if grad is None:
+            return None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             (scores,) = ctx.saved_tensors
             work = sampling_dtype(scores.dtype)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from pickgrad._validation import compute_dtype, graph_capture_active
-from pickgrad.noise import sample_gumbel
+from pickgrad.noise import sample_exponential, sample_gumbel
 from pickgrad.structures._masks import fill_masked
 from pickgrad.structures._subset_marginals import (
     conditional_mean_marginals,
@@ -165,10 +165,8 @@ def _threshold_log_density(
 
 
 def _exponential(size: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Exponential(1) draws as ``-log U``: out of place (an in-place fill of a fresh tensor does
-    not batch under vmap) and the same numbers eagerly and under graph capture."""
-    uniform = torch.rand(size, dtype=like.dtype, device=like.device, generator=generator)
-    return -torch.log(uniform.clamp_min(torch.finfo(like.dtype).tiny))
+    """Exponential(1) draws in ``like``'s dtype and device (:func:`~pickgrad.noise.sample_exponential`)."""
+    return sample_exponential(size, dtype=like.dtype, device=like.device, generator=generator)
 
 
 def _sample_threshold(
