@@ -261,10 +261,14 @@ class _Sinkhorn(torch.autograd.Function):
         ctx.save_for_backward(plan)
         ctx.tau = tau
         ctx.mark_non_differentiable(plan)
+        # No zeros of the plan's size for the plan's (absent) gradient.
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: Tensor, _grad_plan: Tensor | None) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad_out: Tensor | None, _grad_plan: Tensor | None) -> tuple[Any, ...]:
+        if grad_out is None:
+            return None, None, None, None
         (plan,) = ctx.saved_tensors
         return _implicit_grad(plan, grad_out, ctx.tau), None, None, None
 
