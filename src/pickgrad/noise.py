@@ -60,8 +60,9 @@ def gumbel_from_uniform_(uniform: Tensor) -> Tensor:
     From uniforms rather than ``Tensor.exponential_``, which measured 3x-4x slower than
     ``torch.rand`` and two logs on CPU at training-step sizes (4096 x 16 x 64: 95 ms against
     29 ms, one thread). ``torch.rand`` out of place draws the same stream eagerly, under
-    ``torch.compile`` and under ``vmap``. The tails are cut where the uniform's resolution ends: above 16.6 in float32
-    (probability 6e-8, U's spacing 2^-24 near 1) and 36.7 in float64.
+    ``torch.compile`` and under ``vmap``. The tails are cut where the uniform's resolution
+    ends: above 16.6 in float32 (probability 6e-8, U's spacing 2^-24 near 1) and 36.7 in
+    float64.
     """
     return _neg_log_(_neg_log_(uniform))
 

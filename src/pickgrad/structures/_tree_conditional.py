@@ -85,7 +85,7 @@ import math
 import torch
 from torch import Tensor
 
-from pickgrad.noise import sample_exponential
+from pickgrad.noise import sample_exponential, sample_gumbel
 from pickgrad.structures._matrix_tree import node_mask
 from pickgrad.structures.edges import _cached_index
 
@@ -131,17 +131,9 @@ def default_sweeps(n: int) -> int:
 DRAWS_PER_CHAIN = 5
 
 
-def _exponential(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Exponential(1) draws in ``like``'s dtype and device (:func:`~pickgrad.noise.sample_exponential`)."""
-    return sample_exponential(shape, dtype=like.dtype, device=like.device, generator=generator)
-
-
-def upper_truncated_gumbel(
-    mu: Tensor, bound: Tensor, exponential: Tensor, *, log: bool = False
-) -> Tensor:
-    """Gumbel(mu) conditioned on ``u < bound``, from ``exponential`` ~ Exp(1) (broadcast), or
-    from its logarithm with ``log=True``."""
-    u = -torch.logaddexp(-bound, (exponential if log else exponential.log()) - mu)
+def upper_truncated_gumbel(mu: Tensor, bound: Tensor, exponential: Tensor) -> Tensor:
+    """Gumbel(mu) conditioned on ``u < bound``, from ``exponential`` ~ Exp(1) (broadcast)."""
+    u = -torch.logaddexp(-bound, exponential.log() - mu)
     # Rounding may land on the bound itself, a tie that could change the argmax: stay below.
     return torch.minimum(u, torch.nextafter(bound, bound.new_tensor(-math.inf)))
 
@@ -373,7 +365,10 @@ def conditional_tree_gumbel(
         sweep += 1
         keep = sweep >= n_sweeps and (sweep - n_sweeps) % thin == 0
         floor = _floors(utilities, chain_floor_segments, chain_ancestors)
-        tree = lower_truncated_gumbel(mu_tree, floor, _exponential((chains, n), scores, generator))
+        exponential = sample_exponential(
+            (chains, n), dtype=dtype, device=device, generator=generator
+        )
+        tree = lower_truncated_gumbel(mu_tree, floor, exponential)
         tree = tree.masked_fill(rootless, math.inf)  # no edge: no bound (and never read)
         if keep and half_sweeps:
             states.append((utilities, tree))
@@ -381,8 +376,10 @@ def conditional_tree_gumbel(
                 break
         ceiling = _ceilings(tree, chain_ancestors, chain_segments)
         # Non-tree utilities: Gumbel(mu) below the ceiling (see upper_truncated_gumbel).
-        log_exponential = _exponential((chains, m), scores, generator).log()
-        utilities = upper_truncated_gumbel(mu_edges, ceiling, log_exponential, log=True)
+        exponential = sample_exponential(
+            (chains, m), dtype=dtype, device=device, generator=generator
+        )
+        utilities = upper_truncated_gumbel(mu_edges, ceiling, exponential)
         if keep:
             states.append((utilities, tree))
     # Tree utilities into their edges' slots (nodes without a parent write into a spare one).
@@ -398,9 +395,13 @@ def conditional_tree_gumbel(
     # The entries the tree never reads (diagonal, lower triangle, edges of padded nodes) get
     # unconditional Gumbel noise, their exact conditional law: drawn only where needed.
     unread = flat_unread(n, device)
-    free = _exponential((n_draws, graphs, unread.numel()), scores, generator).log().neg()
+    free = sample_gumbel(
+        (n_draws, graphs, unread.numel()), dtype=dtype, device=device, generator=generator
+    )
     if lengths is not None:
-        padded_free = _exponential((n_draws, graphs, m), scores, generator).log().neg()
+        padded_free = sample_gumbel(
+            (n_draws, graphs, m), dtype=dtype, device=device, generator=generator
+        )
         conditional = torch.where(present | ~allowed, conditional, padded_free)
     out = torch.empty((n_draws, graphs, n * n), dtype=dtype, device=device)
     out = out.index_copy(-1, unread, free).index_copy(-1, flat_upper(n, device), conditional)

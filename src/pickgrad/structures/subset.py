@@ -164,11 +164,6 @@ def _threshold_log_density(
     return density, slope
 
 
-def _exponential(size: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Exponential(1) draws in ``like``'s dtype and device (:func:`~pickgrad.noise.sample_exponential`)."""
-    return sample_exponential(size, dtype=like.dtype, device=like.device, generator=generator)
-
-
 def _sample_threshold(
     s: Tensor,
     chosen: Tensor,
@@ -283,7 +278,9 @@ def _propose(
     pick = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
     pick = pick * bounds[:, 2]
     piece = (pick > bounds[:, 0]).to(torch.int64) + (pick > bounds[:, 1]).to(torch.int64)
-    exponential = _exponential(shape, like, generator)
+    exponential = sample_exponential(
+        shape, dtype=like.dtype, device=like.device, generator=generator
+    )
     uniform = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
     accept_uniform = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
     proposal = torch.where(
@@ -359,10 +356,8 @@ def subset_conditional_gumbel(
     # Every draw but the threshold's first: the threshold's rejection loop is the one draw
     # whose length (eager) depends on the data.
     uniform = torch.rand(shape, dtype=work, device=s.device, generator=generator).clamp_min(tiny)
-    # Gumbel draws as -log(-log U): torch's exponential_ (behind sample_gumbel) is about 7x
-    # slower than rand on the CPU.
-    gumbel = -torch.log(_exponential(shape, uniform, generator).clamp_min(tiny))
-    winner_gumbel = -torch.log(_exponential(shape, uniform, generator).clamp_min(tiny))
+    gumbel = sample_gumbel(shape, dtype=work, device=s.device, generator=generator)
+    winner_gumbel = sample_gumbel(shape, dtype=work, device=s.device, generator=generator)
     # The threshold's density is solved in float64 whatever the input: its tails are steep.
     v = _sample_threshold(s.double(), chosen, n_draws, generator, k).to(work).unsqueeze(-1)
     gap = (v - s).expand(shape)
