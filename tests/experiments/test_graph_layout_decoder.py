@@ -86,3 +86,30 @@ def test_radial_edge_decoder_without_edges_is_the_update_alone() -> None:
 def test_bad_weight_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="weights must be one of"):
         ForceDecoder(n=4, hidden=8, channels=3, messages="edge", weights="table")
+
+
+@pytest.mark.parametrize("messages", ["edge", "base+edge"])
+def test_learned_weight_forces_match_the_per_pair_sum(messages: str) -> None:
+    """The pair-major ``_mlp_forces``: ``F_i = sum_{j != i} d_ij w_ij`` channel by channel,
+    ``w = g(r) + A h(r)`` or ``A h(r)``, entry ``2 c + k`` for channel c, axis k."""
+    torch.manual_seed(4)
+    decoder = ForceDecoder(n=5, hidden=8, channels=3, messages=messages).double()
+    positions = torch.randn(3, 2, 5, 2, dtype=torch.float64)  # (B, S, n, 2)
+    edges = torch.rand(3, 10, dtype=torch.float64, requires_grad=True)
+    forces = decoder._mlp_forces(positions, edges)
+    rows, cols = pair_index(5)
+    expected = torch.zeros(3, 2, 5, 3, 2, dtype=torch.float64)
+    for e, (i, j) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+        delta = positions[:, :, i] - positions[:, :, j]  # (B, S, 2)
+        sq = (delta * delta).sum(-1, keepdim=True)
+        w = decoder.weights(torch.cat([sq.add(1e-8).sqrt(), 1.0 / (sq + 1e-2)], -1))
+        a = edges[:, e, None, None]
+        w = w[..., :3] + a * w[..., 3:] if messages == "base+edge" else a * w
+        expected[:, :, i] += w[..., :, None] * delta[..., None, :]
+        expected[:, :, j] -= w[..., :, None] * delta[..., None, :]
+    torch.testing.assert_close(forces, expected.flatten(-2))
+    inputs = (edges, *decoder.weights.parameters())
+    grads = torch.autograd.grad(forces.square().sum(), inputs)
+    expected_grads = torch.autograd.grad(expected.square().sum(), inputs)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad)

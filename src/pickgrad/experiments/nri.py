@@ -69,6 +69,24 @@ def _signed_incidence(n: int) -> Tensor:
     return signed
 
 
+def _displacement_products(values: Tensor, delta: Tensor) -> Tensor:
+    """``values * delta_x`` and ``values * delta_y`` side by side: ``values (..., C)``,
+    ``delta (..., 2)`` -> ``(..., 2C)``, entry ``k C + c`` is ``values_c delta_k``.
+
+    The outer product ``values[..., :, None] * delta[..., None, :]`` in axis-major order: the same
+    numbers, and forward plus backward about 2.5x faster on the CPU (the broadcast's backward
+    reduces over a size-1 axis). Reduce over pairs first, then :func:`_channel_major` the
+    (smaller) result.
+    """
+    return torch.cat([values * delta[..., :1], values * delta[..., 1:]], -1)
+
+
+def _channel_major(axis_major: Tensor) -> Tensor:
+    """Reorder the last dim from ``k C + c`` (:func:`_displacement_products`) to ``2 c + k``."""
+    channel_major: Tensor = axis_major.unflatten(-1, (2, -1)).transpose(-1, -2).flatten(-2)
+    return channel_major
+
+
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -202,7 +220,7 @@ class ForceDecoder(nn.Module):
         self.radial = weights == "radial"
         per_kind = 2 if messages == "base+edge" else 1
         weight_hidden = hidden if weight_hidden is None else weight_hidden
-        self.weights: nn.Module | None = None
+        self.weights: nn.Sequential | None = None
         if self.radial:
             force_dim = 2 * per_kind * RADIAL_FEATURES
         else:
@@ -226,34 +244,60 @@ class ForceDecoder(nn.Module):
         """
         batch, frames, pairs = delta.shape[:3]
         basis = radial_basis(sq)  # (B, S, m, K)
-        features = (basis[..., :, None] * delta[..., None, :]).flatten(-2)  # (B, S, m, 2K)
+        features = _displacement_products(basis, delta)  # (B, S, m, 2K), axis-major
         width = features.shape[-1]
         by_pair = features.transpose(1, 2).reshape(batch, pairs, frames * width)
         weighted = self.incidence * edges[:, None, :]  # (B, n, m)
-        summed: Tensor = (
-            torch.matmul(weighted, by_pair).unflatten(-1, (frames, width)).transpose(1, 2)
-        )
+        summed = torch.matmul(weighted, by_pair).unflatten(-1, (frames, width)).transpose(1, 2)
         if self.messages == "edge":
-            return summed
-        return torch.cat([torch.matmul(self.incidence, features), summed], -1)
+            return _channel_major(summed)
+        base = torch.matmul(self.incidence, features)
+        return torch.cat([_channel_major(base), _channel_major(summed)], -1)
+
+    def _mlp_forces(self, positions: Tensor, edges: Tensor) -> Tensor:
+        """``F_i = sum_j d_ij w_ij`` with learned weights: ``positions (B, S, n, 2)``, ``edges
+        (B, m)`` -> ``(B, S, n, 2C)``, channel-major (entry ``2 c + k``).
+
+        Feature-major inside: every per-pair tensor is ``(features, m, B S)``, so the weight
+        MLP's layers are ``W @ h`` with the ``m B S`` pair-frames as the long, contiguous axis,
+        the products with the displacements broadcast over leading axes only, and the incidence
+        products are one batched product. On the CPU at batch 64 that is about 2x faster
+        forward and backward than rows of features (a ``(m B S, 16) @ (16, 8)`` product, a
+        narrow output, is 4x slower than its transpose; a broadcast ``(m, n) @ (B, S, n, .)``
+        runs as ``B S`` tiny products).
+        """
+        batch, frames, n, _ = positions.shape
+        by_vertex = positions.permute(3, 2, 0, 1).reshape(2, n, -1)  # (2, n, B S)
+        delta = torch.matmul(self.signed, by_vertex)  # (2, m, B S): p_i - p_j
+        sq = (delta * delta).sum(0)  # (m, B S)
+        features = torch.stack([sq.add(1e-8).sqrt(), 1.0 / (sq + 1e-2)]).flatten(1)
+        assert self.weights is not None
+        first, second = self.weights[0], self.weights[2]
+        assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear)
+        hidden = torch.addmm(first.bias[:, None], first.weight, features).relu_()
+        weights = torch.addmm(second.bias[:, None], second.weight, hidden)
+        weights = weights.view(-1, delta.shape[1], batch, frames)  # (C', m, B, S)
+        graph = edges.T[None, :, :, None]  # (1, m, B, 1)
+        if self.messages == "base+edge":
+            base, edge = weights.split(self.channels, 0)
+            weights = base + graph * edge
+        else:
+            weights = graph * weights
+        messages = delta[:, None] * weights.flatten(-2)[None]  # (2, C, m, B S)
+        forces = torch.matmul(self.incidence, messages)  # (2, C, n, B S)
+        # -> (B, S, n, C, 2) -> (B, S, n, 2C): entry 2 c + k.
+        forces = forces.view(2, self.channels, n, batch, frames).permute(3, 4, 2, 1, 0)
+        return forces.reshape(batch, frames, n, 2 * self.channels)
 
     def _step(self, positions: Tensor, edges: Tensor) -> Tensor:
         """``step`` on ``positions (B, S, n, 2)``, ``S`` frames under one graph ``edges (B, m)``."""
         n = positions.shape[-2]
-        delta = torch.matmul(self.signed, positions)  # (B, S, m, 2): p_i - p_j
-        sq = (delta * delta).sum(-1, keepdim=True)
         if self.weights is None:
+            delta = torch.matmul(self.signed, positions)  # (B, S, m, 2): p_i - p_j
+            sq = (delta * delta).sum(-1, keepdim=True)
             forces = self._radial_forces(delta, sq, edges)
         else:
-            weights = self.weights(torch.cat([sq.add(1e-8).sqrt(), 1.0 / (sq + 1e-2)], -1))
-            graph = edges[:, None, :, None]
-            if self.messages == "base+edge":
-                base, edge = weights.split(self.channels, -1)
-                weights = base + graph * edge
-            else:
-                weights = graph * weights
-            messages = weights[..., :, None] * delta[..., None, :]  # (B, S, m, C, 2)
-            forces = torch.matmul(self.incidence, messages.flatten(-2))  # (B, S, n, 2C)
+            forces = self._mlp_forces(positions, edges)
         local = torch.cat([positions, forces], -1)
         context = local.mean(-2, keepdim=True).expand(*local.shape[:-2], n, -1)
         moved: Tensor = positions + self.update(torch.cat([local, context], -1))
