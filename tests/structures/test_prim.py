@@ -3,6 +3,8 @@ torch steps used under capture and on other devices give the same parents, ties 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -12,6 +14,8 @@ from pickgrad.structures._tree_solvers import (
     _prim_numpy,
     _prim_torch,
     max_spanning_tree_parents,
+    parents_to_adjacency,
+    spanning_tree_numpy,
 )
 
 
@@ -54,7 +58,7 @@ def test_eager_cpu_takes_the_numpy_steps_and_capture_the_torch_steps(
     from pickgrad.structures import _tree_solvers
 
     calls: list[str] = []
-    for name in ("_prim_numpy", "_prim_torch"):
+    for name in ("_prim_arrays", "_prim_torch"):
         original = getattr(_tree_solvers, name)
 
         def spy(*args: object, _name: str = name, _original: object = original) -> object:
@@ -64,10 +68,49 @@ def test_eager_cpu_takes_the_numpy_steps_and_capture_the_torch_steps(
         monkeypatch.setattr(_tree_solvers, name, spy)
     scores = _graphs(2, 5, torch.float32, seed=3, ties=False)
     eager = SpanningTree().argmax(scores)
-    assert calls == ["_prim_numpy"]
+    assert calls == ["_prim_arrays"]
     with pickgrad.validation(False):
         vmapped = torch.func.vmap(SpanningTree().argmax)(scores)
-    assert calls == ["_prim_numpy", "_prim_torch"] and torch.equal(vmapped, eager)
+    assert calls == ["_prim_arrays", "_prim_torch"] and torch.equal(vmapped, eager)
     # half types are computed by the torch steps too (NumPy has no bfloat16)
     max_spanning_tree_parents(scores.to(torch.bfloat16), torch.ones(2, 5, dtype=torch.bool))
     assert calls[-1] == "_prim_torch"
+
+
+def _torch_route(scores: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    """The argmax's general route: mirror the upper triangle in float64, torch Prim, adjacency."""
+    upper = torch.triu(scores.to(torch.float64), diagonal=1)
+    arcs = parents_to_adjacency(_prim_torch(upper + upper.transpose(-1, -2), nodes), scores.dtype)
+    return arcs + arcs.transpose(-1, -2)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str
+)
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize(("batch", "n"), [(0, 5), (3, 1), (4, 2), (16, 7), (8, 30)])
+def test_the_numpy_tree_is_the_torch_route_tree(
+    batch: int, n: int, dtype: torch.dtype, ties: bool
+) -> None:
+    generator = torch.Generator().manual_seed(batch * 10 + n)
+    scores = torch.randn(batch, n, n, generator=generator)  # not symmetric: the upper is read
+    if ties:
+        scores = scores.mul(1.5).round()
+    lower = torch.ones(n, n, dtype=torch.bool).tril(-1)
+    scores = scores.to(dtype).masked_fill(lower, -math.inf)  # ignored: no torch-route fallback
+    scores.diagonal(dim1=-2, dim2=-1).fill_(math.nan)  # never read
+    lengths = torch.randint(1, n + 1, (batch,), generator=generator)
+    for nodes in (torch.ones(batch, n, dtype=torch.bool), torch.arange(n) < lengths[:, None]):
+        tree = spanning_tree_numpy(scores, nodes)
+        assert tree is not None and tree.dtype == dtype
+        assert torch.equal(tree, _torch_route(scores, nodes))
+
+
+def test_a_masked_upper_edge_sends_the_tree_to_the_torch_route() -> None:
+    scores = torch.randn(3, 5, 5)
+    scores[1, 0, 3] = -math.inf
+    assert spanning_tree_numpy(scores, torch.ones(3, 5, dtype=torch.bool)) is None
+    tree = SpanningTree().argmax(scores)  # still solved (filled), without edge {0, 3} in graph 1
+    assert tree[1, 0, 3] == 0 and torch.equal(tree.triu(1).sum((-2, -1)), torch.full((3,), 4.0))
+    filled = scores.masked_fill(scores == -math.inf, -1e6)
+    assert torch.equal(tree, _torch_route(filled, torch.ones(3, 5, dtype=torch.bool)))

@@ -20,7 +20,12 @@ from torch import Tensor
 from pickgrad._validation import graph_capture_active
 from pickgrad.structures._matrix_tree import arc_mask
 
-__all__ = ["max_arborescence_parents", "max_spanning_tree_parents", "parents_to_adjacency"]
+__all__ = [
+    "max_arborescence_parents",
+    "max_spanning_tree_parents",
+    "parents_to_adjacency",
+    "spanning_tree_numpy",
+]
 
 
 def parents_to_adjacency(parents: Tensor, dtype: torch.dtype) -> Tensor:
@@ -95,9 +100,14 @@ def _prim_torch(weights: Tensor, nodes: Tensor) -> Tensor:
 def _prim_numpy(weights: Tensor, nodes: Tensor) -> Tensor:
     """:func:`max_spanning_tree_parents` on CPU tensors, step for step in NumPy (in place on
     its own work arrays; the inputs are only read, through zero-copy views)."""
-    batch_size, n, _ = weights.shape
-    work = weights.contiguous().numpy()
-    outside = nodes.numpy().copy()
+    return torch.from_numpy(_prim_arrays(weights.contiguous().numpy(), nodes.numpy()))
+
+
+def _prim_arrays(work: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """:func:`_prim_numpy` on arrays: ``work (B, n, n)`` symmetric weights (only read),
+    ``nodes (B, n)`` bool -> ``(B, n)`` int64 parents."""
+    batch_size, n, _ = work.shape
+    outside = nodes.copy()
     outside[:, 0] = False
     penalty = np.where(outside, 0.0, -np.inf).astype(work.dtype)
     flat_penalty = penalty.reshape(-1)
@@ -111,13 +121,35 @@ def _prim_numpy(weights: Tensor, nodes: Tensor) -> Tensor:
         picked = best.argmax(axis=1)  # the first maximum, as torch.argmax
         flat = picked + offsets
         flat_penalty[flat] = -np.inf
-        np.take(rows, flat, axis=0, out=candidate)
+        rows.take(flat, axis=0, out=candidate)
         candidate += penalty
         np.greater(candidate, best, out=better)  # strictly: ties keep the earlier parent
         np.copyto(best_from, picked[:, None], where=better)
         np.maximum(best, candidate, out=best)
         best += penalty
-    return torch.from_numpy(np.where(outside, best_from, -1))
+    return np.where(outside, best_from, -1)
+
+
+def spanning_tree_numpy(scores: Tensor, nodes: Tensor) -> Tensor | None:
+    """The maximum spanning tree ``(B, n, n)`` of CPU ``scores`` ``(B, n, n)`` (upper triangle
+    read) as a symmetric adjacency in ``scores.dtype``, all in NumPy; ``None`` when an edge of
+    the upper triangle is ``-inf`` (masked: the caller's torch route fills it first).
+
+    The same tree as mirroring the scores in float64 and running :func:`max_spanning_tree_parents`
+    (the same Prim on the same numbers), without that route's dozen small torch ops around the
+    solver: at 8 graphs of 50 nodes they cost about as much as Prim itself.
+    """
+    batch_size, n, _ = scores.shape
+    upper = np.triu(scores.detach().to(torch.float64).numpy(), 1)  # any dtype, bfloat16 too
+    if np.isneginf(upper).any():
+        return None
+    parents = _prim_arrays(upper + upper.transpose(0, 2, 1), nodes.numpy())
+    graph, child = np.nonzero(parents >= 0)
+    parent = parents[graph, child]
+    base = graph * (n * n)
+    index = torch.from_numpy(np.concatenate([base + parent * n + child, base + child * n + parent]))
+    out = torch.zeros(batch_size * n * n, dtype=scores.dtype)
+    return out.index_fill_(0, index, 1.0).view(batch_size, n, n)
 
 
 def _chu_liu_edmonds(scores: Tensor, root: int, nodes: Tensor) -> Tensor:
