@@ -75,14 +75,14 @@ _READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nu
 #: Where the trees may read a value with validation off, and why: Chu-Liu/Edmonds' stopping test
 #: and its graphs leaving the batch (one ``nonzero`` per round), the matrix-tree marginals'
 #: accuracy fallback (which graphs to redo in float64 or by exact elimination), and Prim's NumPy
-#: steps (``_prim_numpy``, and the argmax's whole NumPy route ``spanning_tree_numpy``), taken on
-#: CPU tensors only, where a host view is no device sync (its torch steps, used on other devices
+#: steps (``_prim_numpy``, and the argmax's NumPy route ``spanning_tree_parents_numpy``), taken
+#: on CPU tensors only, where a host view is no device sync (its torch steps, used on other devices
 #: and under capture, read nothing: test_tree_kernels_capture.py).
 ALLOWED_READS = {
     ("_tree_solvers.py", "_chu_liu_edmonds"),
     ("_matrix_tree.py", "arc_marginals"),
     ("_tree_solvers.py", "_prim_numpy"),
-    ("_tree_solvers.py", "spanning_tree_numpy"),
+    ("_tree_solvers.py", "spanning_tree_parents_numpy"),
 }
 
 
@@ -150,7 +150,7 @@ def test_tree_hot_paths_read_values_only_where_the_algorithm_needs_them(
         assert solver_reads >= 1  # one per Chu-Liu/Edmonds round
     if isinstance(structure, Arborescence) or estimator in ("relaxed", "gumbel-relaxed"):
         assert reads[("_tree_solvers.py", "_prim_numpy")] == 0
-        assert reads[("_tree_solvers.py", "spanning_tree_numpy")] == 0
+        assert reads[("_tree_solvers.py", "spanning_tree_parents_numpy")] == 0
     if estimator in SOLVER_ONLY or estimator == "reinforce":
         assert reads[("_matrix_tree.py", "arc_marginals")] == 0
     assert scores.grad is not None

@@ -15,7 +15,7 @@ from pickgrad.structures._tree_solvers import (
     _prim_torch,
     max_spanning_tree_parents,
     parents_to_adjacency,
-    spanning_tree_numpy,
+    spanning_tree_parents_numpy,
 )
 
 
@@ -77,10 +77,16 @@ def test_eager_cpu_takes_the_numpy_steps_and_capture_the_torch_steps(
     assert calls[-1] == "_prim_torch"
 
 
-def _torch_route(scores: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-    """The argmax's general route: mirror the upper triangle in float64, torch Prim, adjacency."""
+def _torch_parents(scores: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    """The argmax's general route to the parents: mirror the upper triangle in float64, torch
+    Prim."""
     upper = torch.triu(scores.to(torch.float64), diagonal=1)
-    arcs = parents_to_adjacency(_prim_torch(upper + upper.transpose(-1, -2), nodes), scores.dtype)
+    return _prim_torch(upper + upper.transpose(-1, -2), nodes)
+
+
+def _torch_route(scores: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    """The argmax's general route: :func:`_torch_parents`, then the mirrored adjacency."""
+    arcs = parents_to_adjacency(_torch_parents(scores, nodes), scores.dtype)
     return arcs + arcs.transpose(-1, -2)
 
 
@@ -100,16 +106,19 @@ def test_the_numpy_tree_is_the_torch_route_tree(
     scores = scores.to(dtype).masked_fill(lower, -math.inf)  # ignored: no torch-route fallback
     scores.diagonal(dim1=-2, dim2=-1).fill_(math.nan)  # never read
     lengths = torch.randint(1, n + 1, (batch,), generator=generator)
-    for nodes in (torch.ones(batch, n, dtype=torch.bool), torch.arange(n) < lengths[:, None]):
-        tree = spanning_tree_numpy(scores, nodes)
-        assert tree is not None and tree.dtype == dtype
-        assert torch.equal(tree, _torch_route(scores, nodes))
+    for given in (None, lengths):
+        nodes = torch.arange(n) < (torch.full((batch,), n) if given is None else given)[:, None]
+        parents = spanning_tree_parents_numpy(scores, nodes)
+        assert parents is not None and parents.dtype == torch.long
+        assert torch.equal(parents, _torch_parents(scores, nodes))
+        tree = SpanningTree()._matrix_argmax(scores, given)
+        assert tree.dtype == dtype and torch.equal(tree, _torch_route(scores, nodes))
 
 
 def test_a_masked_upper_edge_sends_the_tree_to_the_torch_route() -> None:
     scores = torch.randn(3, 5, 5)
     scores[1, 0, 3] = -math.inf
-    assert spanning_tree_numpy(scores, torch.ones(3, 5, dtype=torch.bool)) is None
+    assert spanning_tree_parents_numpy(scores, torch.ones(3, 5, dtype=torch.bool)) is None
     tree = SpanningTree().argmax(scores)  # still solved (filled), without edge {0, 3} in graph 1
     assert tree[1, 0, 3] == 0 and torch.equal(tree.triu(1).sum((-2, -1)), torch.full((3,), 4.0))
     filled = scores.masked_fill(scores == -math.inf, -1e6)

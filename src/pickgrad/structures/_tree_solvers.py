@@ -24,7 +24,7 @@ __all__ = [
     "max_arborescence_parents",
     "max_spanning_tree_parents",
     "parents_to_adjacency",
-    "spanning_tree_numpy",
+    "spanning_tree_parents_numpy",
 ]
 
 
@@ -130,26 +130,22 @@ def _prim_arrays(work: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     return np.where(outside, best_from, -1)
 
 
-def spanning_tree_numpy(scores: Tensor, nodes: Tensor) -> Tensor | None:
-    """The maximum spanning tree ``(B, n, n)`` of CPU ``scores`` ``(B, n, n)`` (upper triangle
-    read) as a symmetric adjacency in ``scores.dtype``, all in NumPy; ``None`` when an edge of
-    the upper triangle is ``-inf`` (masked: the caller's torch route fills it first).
+def spanning_tree_parents_numpy(scores: Tensor, nodes: Tensor) -> Tensor | None:
+    """The parents ``(B, n)`` of the maximum spanning tree of ``scores`` ``(B, n, n)`` (upper
+    triangle read), mirrored in float64 and solved by Prim, all in NumPy; ``None`` where that
+    route does not apply: off the CPU, under graph capture (see :func:`max_spanning_tree_parents`)
+    or when an edge of the upper triangle is ``-inf`` (masked: the caller fills it first).
 
-    The same tree as mirroring the scores in float64 and running :func:`max_spanning_tree_parents`
-    (the same Prim on the same numbers), without that route's dozen small torch ops around the
+    The same parents as :func:`max_spanning_tree_parents` on the mirrored float64 scores (the
+    same Prim on the same numbers), without the torch ops of mirroring and filling around the
     solver: at 8 graphs of 50 nodes they cost about as much as Prim itself.
     """
-    batch_size, n, _ = scores.shape
+    if scores.device.type != "cpu" or graph_capture_active():
+        return None
     upper = np.triu(scores.detach().to(torch.float64).numpy(), 1)  # any dtype, bfloat16 too
     if np.isneginf(upper).any():
         return None
-    parents = _prim_arrays(upper + upper.transpose(0, 2, 1), nodes.numpy())
-    graph, child = np.nonzero(parents >= 0)
-    parent = parents[graph, child]
-    base = graph * (n * n)
-    index = torch.from_numpy(np.concatenate([base + parent * n + child, base + child * n + parent]))
-    out = torch.zeros(batch_size * n * n, dtype=scores.dtype)
-    return out.index_fill_(0, index, 1.0).view(batch_size, n, n)
+    return torch.from_numpy(_prim_arrays(upper + upper.transpose(0, 2, 1), nodes.numpy()))
 
 
 def _chu_liu_edmonds(scores: Tensor, root: int, nodes: Tensor) -> Tensor:

@@ -12,7 +12,6 @@ from pickgrad._validation import (
     check_generator,
     check_like_scores,
     check_positive_int,
-    graph_capture_active,
     value_checks_enabled,
 )
 from pickgrad.noise import sampling_dtype
@@ -31,7 +30,7 @@ from pickgrad.structures._tree_conditional import conditional_tree_gumbel
 from pickgrad.structures._tree_solvers import (
     max_spanning_tree_parents,
     parents_to_adjacency,
-    spanning_tree_numpy,
+    spanning_tree_parents_numpy,
 )
 from pickgrad.structures.edges import edges_to_matrix, matrix_to_edges, nodes_from_edges
 
@@ -180,12 +179,10 @@ class SpanningTree(TreeStructure):
         n = scores.shape[-1]
         batch = scores.shape[:-2]
         nodes = node_mask(lengths, tuple(batch), n, scores.device).reshape(-1, n)
-        if scores.device.type == "cpu" and not graph_capture_active():
-            tree = spanning_tree_numpy(scores.reshape(-1, n, n), nodes)
-            if tree is not None:
-                return tree.reshape(scores.shape)
-        flat = _symmetric(self._solver_scores(scores.reshape(-1, n, n)))
-        parents = max_spanning_tree_parents(flat, nodes)
+        parents = spanning_tree_parents_numpy(scores.reshape(-1, n, n), nodes)
+        if parents is None:
+            flat = _symmetric(self._solver_scores(scores.reshape(-1, n, n)))
+            parents = max_spanning_tree_parents(flat, nodes)
         arcs = parents_to_adjacency(parents, scores.dtype)
         return (arcs + arcs.transpose(-1, -2)).reshape(scores.shape)
 
