@@ -238,3 +238,32 @@ def test_relax_options_are_checked(structure: SpanningTree | Arborescence) -> No
         structure.relax(torch.zeros(3, 3), regularizer="sparsemax")
     with pytest.raises(TypeError, match="regularizer must be a str"):
         structure.relax(torch.zeros(3, 3), regularizer=1)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=["arborescence", "root-2", "spanning"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 300.0])  # 300: the float64 redo and the elimination
+def test_masked_arcs_on_every_path_match_enumeration(
+    structure: SpanningTree | Arborescence, dtype: torch.dtype, scale: float
+) -> None:
+    # -inf scores reach the inverse formula as weight 0 and leave the mask only on the graphs
+    # the elimination redoes (in log space); either way they get zero mass and zero gradient.
+    generator = torch.Generator().manual_seed(11)
+    n = 5
+    scores = torch.randn(4, n, n, dtype=torch.float64, generator=generator) * scale
+    scores[:, 3, 4] = scores[:, 4, 3] = -torch.inf
+    scores[1, 1, 2] = scores[1, 2, 1] = -torch.inf
+    trees = structure.enumerate((n, n), dtype=torch.float64)
+    # A spanning tree reads its upper triangle only.
+    used = (trees.triu(1) if isinstance(structure, SpanningTree) else trees).bool()
+    feasible = ~(used & (scores[:, None] == -torch.inf)).flatten(2).any(-1)
+    z = torch.where(used, scores[:, None], 0.0).flatten(2).sum(-1) / 0.5
+    law = torch.softmax(z.masked_fill(~feasible, -torch.inf), -1)
+    expected = (law[..., None, None] * trees).sum(1)
+    leaf = scores.to(dtype).requires_grad_()
+    x = structure.relax(leaf, 0.5)
+    tolerance = MARGINAL_TOLERANCE[dtype] * 10
+    torch.testing.assert_close(x.double(), expected, rtol=0, atol=tolerance)
+    x.square().sum().backward()
+    assert bool(torch.isfinite(leaf.grad).all())
+    assert float(leaf.grad[scores == -torch.inf].abs().max()) == 0.0

@@ -286,17 +286,15 @@ def _inverse_marginals(weights: Tensor, arcs: Tensor) -> tuple[Tensor, Tensor, T
 
     Returns ``(marginals, inverse, kernel, error)``: ``inverse`` of the root-deleted minor,
     ``kernel[i, j] = A[j, j] - A[j, i]`` with ``A`` the inverse padded with a zero root row and
-    column, so that ``marginals = weights * kernel``, and ``error`` ``(...)``.
+    column, so that ``marginals = weights * kernel`` (rounded into [0, 1] after the error
+    estimate), and ``error`` ``(...)``.
     """
     n, dtype = weights.shape[-1], weights.dtype
     has_parent = arcs.any(dim=-2)  # False for the root and absent nodes
     laplacian = _laplacian(weights, has_parent)
     inverse, info = torch.linalg.inv_ex(laplacian[..., 1:, 1:])
-    # LAPACK returns the inverse column-major: its transpose is the contiguous one. Padded with
-    # a zero root row and column, kernel = diag(A)[j] - A^T[i, j] is A[j, j] on the root's row
-    # (A[j, root] = 0) and 0 on its column (nothing enters the root).
-    transposed = torch.nn.functional.pad(inverse.transpose(-1, -2), (1, 0, 1, 0))
-    kernel = torch.diagonal(transposed, dim1=-2, dim2=-1)[..., None, :] - transposed
+    # LAPACK returns the inverse column-major: its transpose is the contiguous one.
+    transposed, kernel = _padded_kernel(inverse.transpose(-1, -2))
     marginals = weights * kernel
     with torch.no_grad():
         eps = torch.finfo(dtype).eps
@@ -318,27 +316,31 @@ def _inverse_marginals(weights: Tensor, arcs: Tensor) -> tuple[Tensor, Tensor, T
         error.sub_(smallest.log().clamp_max_(0.0), alpha=_GAP_FACTOR * eps)
         untrusted = (info != 0) | (smallest < torch.finfo(dtype).tiny / eps)
         error.masked_fill_(untrusted, math.inf)
+        # Into [0, 1] in value (see unit_interval); the backward is that of the formula.
+        marginals = marginals.clamp(0.0, 1.0)  # not in place: vmap has no rule for clamp_
     return marginals, inverse, kernel, error
+
+
+def _padded_kernel(minor: Tensor) -> tuple[Tensor, Tensor]:
+    """``(T, K)``: the ``(..., n - 1, n - 1)`` matrix ``minor`` padded with a zero root row and
+    column into ``T``, and ``K[i, j] = T[j, j] - T[i, j]``, which is ``T[j, j]`` on the root's
+    row and 0 on its column (nothing enters the root)."""
+    padded = torch.nn.functional.pad(minor, (1, 0, 1, 0))
+    return padded, torch.diagonal(padded, dim1=-2, dim2=-1)[..., None, :] - padded
 
 
 def _marginals_vjp(grad: Tensor, weights: Tensor, inverse: Tensor, kernel: Tensor) -> Tensor:
     """``w * dL/dw`` of the inverse-formula marginals (see :class:`_InverseMarginals`), out of
-    place, so that autograd and ``torch.func`` can differentiate it in turn."""
+    place, so that autograd and ``torch.func`` can differentiate it in turn.
+
+    With ``P = A^T (dL/dA) A^T`` on the minor, ``dL/dw[i, j] = g K + P[i, j] - P[j, j]``, which
+    is ``g K`` minus the kernel of ``P`` (its root row ``-P[j, j]``, its root column 0).
+    """
     h = grad * weights
-    column = h.sum(dim=-2)
-    minor = torch.diag_embed(column[..., 1:]) - h[..., 1:, 1:]
+    # (dL/dA)^T on the minor: h's column sums on the diagonal, minus h.
+    minor = torch.diag_embed(h.sum(dim=-2)[..., 1:]) - h[..., 1:, 1:]
     p_transposed = inverse @ minor @ inverse
-    correction = torch.nn.functional.pad(
-        p_transposed.transpose(-1, -2)
-        - torch.diagonal(p_transposed, dim1=-2, dim2=-1)[..., None, :],
-        (1, 0, 1, 0),
-    )
-    # the root's row (i = 0) gets only the -P[j, j] term
-    root_row = torch.nn.functional.pad(-torch.diagonal(p_transposed, dim1=-2, dim2=-1), (1, 0))[
-        ..., None, :
-    ]
-    first = torch.nn.functional.pad(root_row, (0, 0, 0, weights.shape[-2] - 1))
-    return (grad * kernel + correction + first) * weights
+    return (grad * kernel - _padded_kernel(p_transposed.transpose(-1, -2))[1]) * weights
 
 
 class _InverseMarginals(torch.autograd.Function):
@@ -404,19 +406,10 @@ class _InverseMarginals(torch.autograd.Function):
             grad_scores = _marginals_vjp(grad, tracked, tracked_inverse, tracked_kernel)
             grad_scores = grad_scores / ctx.tau
             return torch.where(usable, grad_scores, 0.0), None, None, None
-        h = grad * weights
-        # P^T = A (dL/dM)^T A on the minor, with (dL/dM)^T = h minus its column sums on the
-        # diagonal; P is zero on the root's row and column, so it only touches the minor.
-        grad_laplacian = h.neg()
-        grad_laplacian.diagonal(dim1=-2, dim2=-1).add_(h.sum(dim=-2))
-        p_transposed = inverse @ grad_laplacian[..., 1:, 1:] @ inverse
-        grad_weights = grad * kernel
-        grad_weights[..., 1:, 1:] += p_transposed.transpose(-1, -2)
-        grad_weights[..., :, 1:] -= torch.diagonal(p_transposed, dim1=-2, dim2=-1)[..., None, :]
-        grad_scores = grad_weights.mul_(weights)
+        grad_scores = _marginals_vjp(grad, weights, inverse, kernel)
         if ctx.tau != 1.0:
             grad_scores.mul_(1.0 / ctx.tau)
-        return grad_scores.masked_fill_(~usable, 0.0), None, None, None
+        return torch.where(usable, grad_scores, 0.0), None, None, None
 
 
 class _EagerInverseMarginals(torch.autograd.Function):
@@ -539,7 +532,9 @@ def arc_marginals(
         tolerance: largest absolute error accepted; default ``MARGINAL_TOLERANCE[scores.dtype]``.
 
     Returns:
-        ``(..., n, n)`` marginals; every present non-root column sums to 1, masked arcs are 0.
+        ``(..., n, n)`` marginals in [0, 1] (rounded into it as :func:`unit_interval` does);
+        every present non-root column sums to 1; arcs masked by ``arcs`` or by a ``-inf`` score
+        are 0.
     """
     if tolerance is None:
         tolerance = MARGINAL_TOLERANCE[scores.dtype]
@@ -582,15 +577,16 @@ def arc_marginals(
     if bool(reliable.all()):
         return marginals.reshape(scores.shape)
     bad = (~reliable).nonzero().squeeze(-1)
-    bad_arcs = _rows(arcs, bad)
+    bad_scores, bad_arcs = flat.index_select(0, bad), _rows(arcs, bad)
     if scores.dtype != torch.float64:  # redo in float64, to the same tolerance
-        again = arc_marginals(
-            flat.index_select(0, bad).to(torch.float64), bad_arcs, 0, tau, tolerance
-        )
+        again = arc_marginals(bad_scores.to(torch.float64), bad_arcs, 0, tau, tolerance)
         again = again.to(scores.dtype)
     else:
-        z = centered_log_weights(flat.index_select(0, bad), bad_arcs, tau, torch.float64)
-        again = _elimination_marginals(z, bad_arcs.expand(z.shape), 0)
+        # The elimination works in log space, where a -inf score on a usable arc would meet
+        # another -inf (NaN): such arcs leave the mask here, on the few graphs redone.
+        bad_arcs = bad_arcs & (bad_scores > -math.inf)
+        z = centered_log_weights(bad_scores, bad_arcs, tau, torch.float64)
+        again = unit_interval(_elimination_marginals(z, bad_arcs, 0))
     # Rows redone here get a zero gradient through ``marginals`` (see _InverseMarginals).
     return marginals.index_copy(0, bad, again).reshape(scores.shape)
 

@@ -19,7 +19,6 @@ from pickgrad.structures._matrix_tree import (
     node_mask,
     orient_from_root,
     spanning_tree_edges,
-    unit_interval,
 )
 from pickgrad.structures._tree_solvers import max_arborescence_parents, parents_to_adjacency
 
@@ -159,8 +158,9 @@ class Arborescence(TreeStructure):
     ) -> Tensor:
         self._check_regularizer(regularizer)
         work = scores.to(marginal_dtype(scores.dtype))
-        arcs = self._allowed_arcs(work, lengths)
-        return unit_interval(arc_marginals(work, arcs, self.root, tau)).to(scores.dtype)
+        # -inf scores (masked arcs) need no mask of their own: arc_marginals gives them weight 0
+        marginals = arc_marginals(work, self._arcs(work, lengths), self.root, tau)
+        return marginals.to(scores.dtype)  # already in [0, 1]
 
     def _log_partition(self, scores: Tensor, tau: float, lengths: Tensor | None = None) -> Tensor:
         z = scores.to(WORK_DTYPE) / tau

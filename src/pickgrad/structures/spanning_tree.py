@@ -200,7 +200,7 @@ class SpanningTree(TreeStructure):
 
     def _matrix_relax(self, scores: Tensor, tau: float, lengths: Tensor | None) -> Tensor:
         work = _symmetric(scores.to(marginal_dtype(scores.dtype)))
-        arcs = self._allowed_arcs(work, lengths)
+        arcs = self._arcs(work, lengths)  # -inf scores get weight 0 in arc_marginals
         # Spanning trees are the arborescences rooted at 0 of the symmetric digraph: an edge's
         # marginal is the sum of its two arcs'.
         marginals = arc_marginals(work, arcs, 0, tau)
