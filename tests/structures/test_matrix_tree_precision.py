@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from pickgrad import Arborescence, SpanningTree
+from pickgrad.structures import _matrix_tree as matrix_tree
 from pickgrad.structures._matrix_tree import (
+    _FLOAT32_SIZE,
     MARGINAL_TOLERANCE,
     _marginals_by_inverse,
     arc_marginals,
@@ -76,15 +78,29 @@ def test_ordinary_float32_graphs_stay_on_the_float32_path(n: int) -> None:
     assert bool((estimate <= FLOAT32_TOLERANCE).all())
 
 
-def test_untrusted_float32_graphs_are_redone_in_float64() -> None:
+@pytest.mark.parametrize("copies", [1, _FLOAT32_SIZE // 32 + 1])  # float64 at once; float32
+def test_untrusted_float32_graphs_are_redone_in_float64(
+    copies: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A heavy 2-cycle 1 <-> 2 (e^40 each way) reached from the root by e^0: hopeless in float32.
+    # A small batch is computed in float64 from the start; a large one in float32, with this
+    # graph sent to float64 (doomed by the 2-cycle bound or missed by the estimate).
     scores = torch.zeros(2, 4, 4)
     scores[0, 1, 2] = scores[0, 2, 1] = 40.0
     arcs = arc_mask(torch.ones(4, dtype=torch.bool), 0)
     _, estimate = _marginals_by_inverse(scores, arcs)
     assert float(estimate[0]) > FLOAT32_TOLERANCE >= float(estimate[1])
+    scores = scores.repeat(copies, 1, 1)
+    seen: list[torch.dtype] = []
+
+    def spy(scores: torch.Tensor, *args: object, **options: object) -> object:
+        seen.append(scores.dtype)
+        return _marginals_by_inverse(scores, *args, **options)
+
+    monkeypatch.setattr(matrix_tree, "_marginals_by_inverse", spy)
     leaf = scores.clone().requires_grad_()
     marginals = Arborescence().relax(leaf, 1.0)
+    assert (torch.float32 in seen) == (copies > 1) and torch.float64 in seen
     reference = Arborescence().relax(scores.double(), 1.0)
     torch.testing.assert_close(marginals.double(), reference, rtol=0, atol=FLOAT32_TOLERANCE)
     marginals.square().sum().backward()  # gradients flow through both paths
