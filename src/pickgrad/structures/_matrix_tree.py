@@ -483,6 +483,9 @@ def _bound_to_miss(weights: Tensor, tolerance: float) -> Tensor:
 #: (64, 10, 10): 3.6-4.1 -> 2.3-3.2 ms; (128, 10, 10): 4.8-5.8 -> 2.7-3.3 ms.
 _FLOAT32_SIZE = 2**15
 
+#: A batch with at least 1 / _DOOMED_SHARE of its graphs doomed goes to float64 whole.
+_DOOMED_SHARE = 4
+
 
 def _flat_arcs(arcs: Tensor, shape: torch.Size) -> Tensor:
     """``arcs`` for the batch of ``shape`` ``(..., n, n)`` flattened to ``(B, n, n)``; a mask
@@ -565,7 +568,11 @@ def arc_marginals(
         weights = shifted_weights(flat.detach(), arcs, tau)
         doomed = _bound_to_miss(weights, tolerance)
         count = int(doomed.sum())
-        if count == flat.shape[0]:  # every graph: float64 at once, no split
+        # Where a quarter of the graphs are doomed (Gumbel-perturbed scores), about half of
+        # the others miss too: all in float64 at once, no split and no second pass (10
+        # perturbed copies of (128, 10, 10) at tau 0.5: 13.4 -> 11.4 ms fwd+bwd; of (16, 50,
+        # 50): 38.2 -> 34.7 ms; unperturbed batches have none doomed and are unchanged).
+        if _DOOMED_SHARE * count >= flat.shape[0]:
             again = arc_marginals(flat.to(torch.float64), arcs, 0, tau, tolerance)
             return again.to(scores.dtype).reshape(scores.shape)
         if count == 0:
