@@ -84,13 +84,13 @@ def test_untrusted_float32_graphs_are_redone_in_float64(
 ) -> None:
     # A heavy 2-cycle 1 <-> 2 (e^40 each way) reached from the root by e^0: hopeless in float32.
     # A small batch is computed in float64 from the start; a large one in float32, with this
-    # graph sent to float64 (doomed by the 2-cycle bound or missed by the estimate).
+    # graph sent to float64 alone (doomed by the 2-cycle bound or missed by the estimate).
     scores = torch.zeros(2, 4, 4)
     scores[0, 1, 2] = scores[0, 2, 1] = 40.0
     arcs = arc_mask(torch.ones(4, dtype=torch.bool), 0)
     _, estimate = _marginals_by_inverse(scores, arcs)
     assert float(estimate[0]) > FLOAT32_TOLERANCE >= float(estimate[1])
-    scores = scores.repeat(copies, 1, 1)
+    scores = torch.cat([scores[:1], scores[1:].expand(2 * copies - 1, 4, 4)])  # one heavy graph
     seen: list[torch.dtype] = []
 
     def spy(scores: torch.Tensor, *args: object, **options: object) -> object:
@@ -283,3 +283,22 @@ def test_masked_arcs_on_every_path_match_enumeration(
     x.square().sum().backward()
     assert bool(torch.isfinite(leaf.grad).all())
     assert float(leaf.grad[scores == -torch.inf].abs().max()) == 0.0
+
+
+def test_a_batch_with_many_doomed_graphs_goes_to_float64_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Half the graphs carry the hopeless heavy 2-cycle: no float32 pass for the others either.
+    scores = torch.zeros(_FLOAT32_SIZE // 16 + 2, 4, 4)
+    scores[::2, 1, 2] = scores[::2, 2, 1] = 40.0
+    seen: list[torch.dtype] = []
+
+    def spy(scores: torch.Tensor, *args: object, **options: object) -> object:
+        seen.append(scores.dtype)
+        return _marginals_by_inverse(scores, *args, **options)
+
+    monkeypatch.setattr(matrix_tree, "_marginals_by_inverse", spy)
+    marginals = Arborescence().relax(scores, 1.0)
+    assert seen == [torch.float64]
+    reference = Arborescence().relax(scores.double(), 1.0)
+    torch.testing.assert_close(marginals.double(), reference, rtol=0, atol=FLOAT32_TOLERANCE)
