@@ -102,7 +102,7 @@ def test_learned_weight_forces_match_the_per_pair_sum(messages: str) -> None:
     for e, (i, j) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
         delta = positions[:, :, i] - positions[:, :, j]  # (B, S, 2)
         sq = (delta * delta).sum(-1, keepdim=True)
-        w = decoder.weights(torch.cat([sq.add(1e-8).sqrt(), 1.0 / (1.0 + 100.0 * sq)], -1))
+        w = decoder.weights(torch.cat([sq.add(1e-8).sqrt(), 1.0 / (sq + 1e-2)], -1))
         a = edges[:, e, None, None]
         w = w[..., :3] + a * w[..., 3:] if messages == "base+edge" else a * w
         expected[:, :, i] += w[..., :, None] * delta[..., None, :]

@@ -29,7 +29,6 @@ __all__ = [
     "TrajectoryEncoder",
     "pair_index",
     "radial_basis",
-    "repulsion_feature",
 ]
 
 DECODER_MESSAGES = ("base+edge", "edge")
@@ -37,32 +36,16 @@ DECODER_WEIGHTS = ("mlp", "radial")
 RADIAL_FEATURES = 4
 
 
-def repulsion_feature(sq: Tensor) -> Tensor:
-    """``1 / (1 + 100 r^2)`` of squared distances ``sq``: a Fruchterman-Reingold repulsion
-    (``1 / r^2``) softened at ``r = 0.1`` and bounded by 1.
-
-    Bounded on purpose: as ``1 / (r^2 + 0.01)`` (up to 100 for close pairs) it made the weight
-    MLP's first layer, at its default initialisation, answer close pairs 50x more strongly than
-    far ones, and on one seed of ten (``gumbel-relaxed``, tree and top-k) the encoder was then
-    pulled to the far-apart pairs and stayed there (precision 0.001; BENCHMARKS.md, 12.5).
-
-    Example:
-        >>> repulsion_feature(torch.tensor([0.0, 0.01]))
-        tensor([1.0000, 0.5000])
-    """
-    return 1.0 / (1.0 + 100.0 * sq)
-
-
 def radial_basis(sq: Tensor) -> Tensor:
-    """The fixed radial features ``[1, r, r^2, 1 / (1 + 100 r^2)]`` of squared distances ``sq
+    """The fixed radial features ``[1, r, r^2, 1 / (r^2 + 0.01)]`` of squared distances ``sq
     (..., 1)`` -> ``(..., 4)``: a Fruchterman-Reingold step's attraction (``r``) and repulsion
-    (``1 / r^2``, see :func:`repulsion_feature`) weights are in their span.
+    (``1 / r^2``) weights are in their span.
 
     Example:
         >>> radial_basis(torch.tensor([[4.0]]))
-        tensor([[1.0000e+00, 2.0000e+00, 4.0000e+00, 2.4938e-03]])
+        tensor([[1.0000, 2.0000, 4.0000, 0.2494]])
     """
-    return torch.cat([torch.ones_like(sq), sq.add(1e-8).sqrt(), sq, repulsion_feature(sq)], -1)
+    return torch.cat([torch.ones_like(sq), sq.add(1e-8).sqrt(), sq, 1.0 / (sq + 1e-2)], -1)
 
 
 def pair_index(n: int) -> tuple[Tensor, Tensor]:
@@ -191,7 +174,7 @@ class ForceDecoder(nn.Module):
         p_i <- p_i + u(p_i, F_i, mean_k [p_k, F_k])
 
     ``g`` is absent in ``"edge"`` mode. With ``weights="mlp"`` ``g`` and ``h`` are one MLP of
-    ``(r, 1 / (1 + 100 r^2))`` (:func:`repulsion_feature`); with ``weights="radial"`` they are the fixed features
+    ``(r, 1 / (r^2 + 0.01))``; with ``weights="radial"`` they are the fixed features
     :func:`radial_basis` ``f(r)`` (K = 4 of them), ``F_i = sum_j A_ij d_ij f(r_ij)``
     (``(B, n, K, 2)``), and ``u``'s first layer mixes them: the same functions as a learned
     linear map of ``f`` (whose product with ``u``'s first layer is again a linear map), without
@@ -287,7 +270,7 @@ class ForceDecoder(nn.Module):
         by_vertex = positions.permute(3, 2, 0, 1).reshape(2, n, -1)  # (2, n, B S)
         delta = torch.matmul(self.signed, by_vertex)  # (2, m, B S): p_i - p_j
         sq = (delta * delta).sum(0)  # (m, B S)
-        features = torch.stack([sq.add(1e-8).sqrt(), repulsion_feature(sq)]).flatten(1)
+        features = torch.stack([sq.add(1e-8).sqrt(), 1.0 / (sq + 1e-2)]).flatten(1)
         assert self.weights is not None
         first, second = self.weights[0], self.weights[2]
         assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear)
