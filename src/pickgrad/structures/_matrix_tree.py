@@ -371,18 +371,18 @@ class _InverseMarginals(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        scores: Tensor, arcs: Tensor, tau: float, weights: Tensor | None
+        scores: Tensor, arcs: Tensor, tau: float, weights: Tensor | None, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         if weights is None:
-            weights = shifted_weights(scores, arcs, tau)
+            weights = shifted_weights(scores.to(dtype), arcs, tau)
         else:  # an input returned (and saved) as an output must be a view of it
             weights = weights.view_as(weights)
         marginals, inverse, kernel, error = _inverse_marginals(weights, arcs)
-        return marginals, error, weights, inverse, kernel
+        return marginals.to(scores.dtype), error, weights, inverse, kernel
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        scores, arcs, tau, _ = inputs
+        scores, arcs, tau, _, _ = inputs
         _, error, weights, inverse, kernel = output
         ctx.save_for_backward(scores, arcs, weights, inverse, kernel, error)
         ctx.tau = tau
@@ -390,11 +390,14 @@ class _InverseMarginals(torch.autograd.Function):
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor | None, *_: Any) -> tuple[Tensor | None, None, None, None]:
+    def backward(
+        ctx: Any, grad: Tensor | None, *_: Any
+    ) -> tuple[Tensor | None, None, None, None, None]:
         if grad is None:
-            return None, None, None, None
+            return None, None, None, None, None
         scores, arcs, weights, inverse, kernel, error = ctx.saved_tensors
         usable = torch.isfinite(error)[..., None, None]
+        grad = grad.to(weights.dtype)  # the dtype of the computation
         if torch.is_grad_enabled():
             # A backward that is itself differentiated (create_graph, or torch.func's jacrev /
             # nested transforms): the same formula out of place, from weights, inverse and
@@ -402,15 +405,15 @@ class _InverseMarginals(torch.autograd.Function):
             # are replaced by zeros first, so that no NaN of theirs reaches the graph being
             # differentiated (a mask on the result would still carry them).
             safe = torch.where(usable, scores, torch.zeros((), dtype=scores.dtype))
-            tracked = shifted_weights(safe, arcs, ctx.tau)
+            tracked = shifted_weights(safe.to(weights.dtype), arcs, ctx.tau)
             tracked_inverse, tracked_kernel = _inverse_marginals(tracked, arcs)[1:3]
             grad_scores = _marginals_vjp(grad, tracked, tracked_inverse, tracked_kernel)
-            grad_scores = grad_scores / ctx.tau
-            return torch.where(usable, grad_scores, 0.0), None, None, None
+            grad_scores = torch.where(usable, grad_scores / ctx.tau, 0.0)
+            return grad_scores.to(scores.dtype), None, None, None, None
         grad_scores = _marginals_vjp(grad, weights, inverse, kernel)
         if ctx.tau != 1.0:
             grad_scores.mul_(1.0 / ctx.tau)
-        return torch.where(usable, grad_scores, 0.0), None, None, None
+        return torch.where(usable, grad_scores, 0.0).to(scores.dtype), None, None, None, None
 
 
 class _EagerInverseMarginals(torch.autograd.Function):
@@ -420,26 +423,39 @@ class _EagerInverseMarginals(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, scores: Tensor, arcs: Tensor, tau: float, weights: Tensor | None
+        ctx: Any,
+        scores: Tensor,
+        arcs: Tensor,
+        tau: float,
+        weights: Tensor | None,
+        dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        output = _InverseMarginals.forward(scores, arcs, tau, weights)
-        _InverseMarginals.setup_context(ctx, (scores, arcs, tau, weights), output)
+        output = _InverseMarginals.forward(scores, arcs, tau, weights, dtype)
+        _InverseMarginals.setup_context(ctx, (scores, arcs, tau, weights, dtype), output)
         return output
 
     backward = staticmethod(_InverseMarginals.backward)
 
 
 def _marginals_by_inverse(
-    scores: Tensor, arcs: Tensor, *, tau: float = 1.0, weights: Tensor | None = None
+    scores: Tensor,
+    arcs: Tensor,
+    *,
+    tau: float = 1.0,
+    weights: Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Fast marginals of ``scores / tau`` (root 0) from the inverse of the Laplacian, with an
     estimate of their error ``(...)``; ``weights``, if given, are
-    ``shifted_weights(scores.detach(), arcs, tau)``."""
+    ``shifted_weights(scores.detach(), arcs, tau)``. ``dtype`` (default: that of ``scores``)
+    is the dtype of the computation, forward and backward; marginals and gradients come back
+    in the dtype of ``scores`` (one conversion inside the autograd node, not two around it)."""
+    work = scores.dtype if dtype is None else dtype
     outputs: tuple[Tensor, ...]
     if graph_capture_active():
-        outputs = _InverseMarginals.apply(scores, arcs, tau, weights)
+        outputs = _InverseMarginals.apply(scores, arcs, tau, weights, work)
     else:
-        outputs = _EagerInverseMarginals.apply(scores, arcs, tau, weights)
+        outputs = _EagerInverseMarginals.apply(scores, arcs, tau, weights, work)
     return outputs[0], outputs[1]
 
 
@@ -556,14 +572,12 @@ def arc_marginals(
         return _relabel(moved, back)
     flat, arcs = scores.reshape(-1, n, n), _flat_arcs(arcs, scores.shape)
     if graph_capture_active():  # no value may choose a path: one float64 pass, no fallback
-        wide, error = _marginals_by_inverse(flat.to(torch.float64), arcs, tau=tau)
+        marginals, error = _marginals_by_inverse(flat, arcs, tau=tau, dtype=torch.float64)
         missed = ~(error <= tolerance)[..., None, None]
-        return torch.where(missed, math.nan, wide).to(scores.dtype).reshape(scores.shape)
-    if scores.dtype != torch.float64 and flat.numel() < _FLOAT32_SIZE:
-        wide = arc_marginals(flat.to(torch.float64), arcs, 0, tau, tolerance)
-        return wide.to(scores.dtype).reshape(scores.shape)
-    if scores.dtype == torch.float64:
-        marginals, error = _marginals_by_inverse(flat, arcs, tau=tau)
+        return torch.where(missed, math.nan, marginals).reshape(scores.shape)
+    wide = scores.dtype == torch.float64 or flat.numel() < _FLOAT32_SIZE  # float64 at once
+    if wide:
+        marginals, error = _marginals_by_inverse(flat, arcs, tau=tau, dtype=torch.float64)
     else:
         weights = shifted_weights(flat.detach(), arcs, tau)
         doomed = _bound_to_miss(weights, tolerance)
@@ -593,7 +607,7 @@ def arc_marginals(
         return marginals.reshape(scores.shape)
     bad = (~reliable).nonzero().squeeze(-1)
     bad_scores, bad_arcs = flat.index_select(0, bad), _rows(arcs, bad)
-    if scores.dtype != torch.float64:  # redo in float64, to the same tolerance
+    if not wide:  # redo in float64, to the same tolerance
         again = arc_marginals(bad_scores.to(torch.float64), bad_arcs, 0, tau, tolerance)
         again = again.to(scores.dtype)
     else:
@@ -601,7 +615,7 @@ def arc_marginals(
         # another -inf (NaN): such arcs leave the mask here, on the few graphs redone.
         bad_arcs = bad_arcs & (bad_scores > -math.inf)
         z = centered_log_weights(bad_scores, bad_arcs, tau, torch.float64)
-        again = unit_interval(_elimination_marginals(z, bad_arcs, 0))
+        again = unit_interval(_elimination_marginals(z, bad_arcs, 0)).to(scores.dtype)
     # Rows redone here get a zero gradient through ``marginals`` (see _InverseMarginals).
     return marginals.index_copy(0, bad, again).reshape(scores.shape)
 
