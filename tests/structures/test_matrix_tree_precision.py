@@ -302,3 +302,13 @@ def test_a_batch_with_many_doomed_graphs_goes_to_float64_whole(
     assert seen == [torch.float64]
     reference = Arborescence().relax(scores.double(), 1.0)
     torch.testing.assert_close(marginals.double(), reference, rtol=0, atol=FLOAT32_TOLERANCE)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=["arborescence", "root-2", "spanning"])
+def test_whole_lengths_use_the_shared_mask(structure: SpanningTree | Arborescence) -> None:
+    # lengths = n everywhere is no lengths at all: the cached (n, n) mask, the same marginals.
+    scores = torch.randn(3, 6, 6, generator=torch.Generator().manual_seed(2))
+    whole = torch.full((3,), 6)
+    assert structure._arcs(scores, whole) is full_arc_mask(6, structure._root, scores.device)
+    assert structure._arcs(scores, torch.tensor([6, 5, 6])).shape == (3, 6, 6)
+    torch.testing.assert_close(structure.relax(scores, lengths=whole), structure.relax(scores))

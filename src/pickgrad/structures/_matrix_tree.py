@@ -726,9 +726,13 @@ class TreeStructure(Structure):
         return 0
 
     def _arcs(self, scores: Tensor, lengths: Tensor | None) -> Tensor:
-        """Usable arcs: ``(n, n)`` (broadcast over the batch) without ``lengths``, else full."""
+        """Usable arcs: ``(n, n)`` (broadcast over the batch) without ``lengths`` or when every
+        graph is whole (one host read of ``lengths``, eager calls only), else one per graph."""
         n = scores.shape[-1]
-        if lengths is None and not graph_capture_active():  # tracers skip lru_cache anyway
+        eager = not graph_capture_active()  # tracers skip lru_cache anyway, and cannot read
+        if lengths is not None and eager and bool((lengths == n).all()):
+            lengths = None  # every graph whole: the shared (n, n) mask, not one per graph
+        if lengths is None and eager:
             return full_arc_mask(n, self._root, scores.device)
         if lengths is None:
             return arc_mask(torch.ones(n, dtype=torch.bool, device=scores.device), self._root)
