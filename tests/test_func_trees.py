@@ -81,6 +81,7 @@ _READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nu
 ALLOWED_READS = {
     ("_tree_solvers.py", "_chu_liu_edmonds"),
     ("_matrix_tree.py", "arc_marginals"),
+    ("_matrix_tree.py", "_arcs"),  # whether every graph is whole (the shared arc mask)
     ("_tree_solvers.py", "_prim_numpy"),
     ("_tree_solvers.py", "spanning_tree_parents_numpy"),
 }
