@@ -87,7 +87,7 @@ from torch import Tensor
 
 from pickgrad.noise import sample_exponential, sample_gumbel
 from pickgrad.structures._matrix_tree import node_mask
-from pickgrad.structures.edges import _cached_index
+from pickgrad.structures.edges import _cached_index, _flat_upper
 
 __all__ = [
     "DEFAULT_SWEEPS",
@@ -403,8 +403,9 @@ def conditional_tree_gumbel(
             (n_draws, graphs, m), dtype=dtype, device=device, generator=generator
         )
         conditional = torch.where(present | ~allowed, conditional, padded_free)
-    out = torch.empty((n_draws, graphs, n * n), dtype=dtype, device=device)
-    out = out.index_copy(-1, unread, free).index_copy(-1, flat_upper(n, device), conditional)
+    # One concatenation and one gather into the (n, n) layout (two out-of-place index_copy
+    # into an empty tensor cloned it twice: about a fifth of the sampler at 128 x 10 x 10).
+    out = torch.cat([free, conditional], dim=-1).index_select(-1, assembly_order(n, device))
     return out.reshape(n_draws, *batch, n, n)
 
 
@@ -468,7 +469,9 @@ def flat_unread(n: int, device: torch.device) -> Tensor:
     return positions
 
 
-def flat_upper(n: int, device: torch.device) -> Tensor:
-    """Flat positions ``i n + j`` of the pairs (i, j), i < j, in edge-list order."""
-    index = _cached_index(n, device)
-    return index[0] * n + index[1]
+@functools.lru_cache(maxsize=64)
+def assembly_order(n: int, device: torch.device) -> Tensor:
+    """For each flat position ``i n + j`` of an (n, n) matrix, where it lies in the
+    concatenation of the unread entries (:func:`flat_unread`) and the edges (edge-list order)."""
+    order: Tensor = torch.argsort(torch.cat([flat_unread(n, device), _flat_upper(n, device)]))
+    return order
