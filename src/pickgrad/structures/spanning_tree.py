@@ -57,10 +57,11 @@ class SpanningTree(TreeStructure):
       ``p(T) ∝ exp(sum_{e in T} scores_e / tau)``, by the matrix-tree theorem (Kirchhoff 1847):
       ``Z = det`` of a Laplacian minor and ``mu = d log Z / d(scores / tau)``. Written to both
       ``[i, j]`` and ``[j, i]``, so a loss on either entry reaches ``scores[i, j]``. Computed with
-      per-column shifts in the input's precision (float32 for half types), accurate to 1e-5
-      (float32) or 1e-7 (float64) by a per-graph error estimate; graphs that miss it are redone
-      in float64 and, if need be, by an exact elimination (see ``_matrix_tree``), so scores
-      spanning +-50 / tau are safe; tends to ``argmax`` as tau -> 0.
+      per-column shifts in the input's precision (float32 for half types; small float32
+      batches, under 2^15 entries, in float64 at once), accurate to 1e-5 (float32) or 1e-7
+      (float64) by a per-graph error estimate; graphs that miss it are redone in float64 and,
+      if need be, by an exact elimination (see ``_matrix_tree``), so scores spanning +-50 / tau
+      are safe; tends to ``argmax`` as tau -> 0.
     * ``log_partition``: ``log Z`` as above.
     * ``enumerate((n, n))``: all n^(n-2) trees (Cayley), from Pruefer sequences.
     * ``lengths``: the public ``argmax``, ``relax`` and ``log_partition`` accept
