@@ -495,8 +495,9 @@ def _bound_to_miss(weights: Tensor, tolerance: float) -> Tensor:
 #: (graphs :func:`_bound_to_miss` dooms going to float64 at once). Below, float32 input is
 #: computed in float64 from the start, to float32's tolerance: at these sizes float64 costs
 #: little more than float32, while a float32 pass that some graphs miss costs a second pass
-#: (and the doom test a host sync). Measured on the CPU, st-gumbel on SpanningTree at tau 0.5,
-#: (64, 10, 10): 3.6-4.1 -> 2.3-3.2 ms; (128, 10, 10): 4.8-5.8 -> 2.7-3.3 ms.
+#: (and the doom test a host sync). Measured side by side on the CPU (BENCHMARKS.md, "Trees
+#: at small batches, relax", 2026-12-03): st-gumbel on trees 1.25x-1.40x faster at (64, 10,
+#: 10), (128, 45) and (8, 50, 50); unperturbed relax at tau 1 from 1.03x faster to 0.95x.
 _FLOAT32_SIZE = 2**15
 
 #: A batch with at least 1 / _DOOMED_SHARE of its graphs doomed goes to float64 whole.
