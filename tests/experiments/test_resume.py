@@ -29,6 +29,9 @@ def _config(**changes: Any) -> Any:
         "eval_every": 5,
         "checkpoint_every": 5,
         "progress": False,
+        # Warm-up past the checkpoint at step 10: a resumed run must restore the step that
+        # decides it (killed at 13, it resumes inside the warm-up and leaves it at 12).
+        "decoder_warmup": 12,
         **changes,
     }
     return dataclasses.replace(quick, **settings)

@@ -58,6 +58,12 @@ class ExperimentModel(nn.Module, ABC):
     def forward(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         """Scalar training loss (mean over the batch) and detached scalar logs."""
 
+    def start_step(self, step: int) -> None:
+        """Called by the runner before each training step, with the number of steps already
+        taken (restored on ``--resume``, the same on every process); the default ignores it.
+        A model whose objective changes along training (a warm-up) reads the step here, so
+        that a resumed run and a multi-process one behave as one uninterrupted process."""
+
     @abstractmethod
     def evaluation_sums(self, batch: Batch) -> dict[str, Tensor]:
         """Sums over the batch of per-example evaluation metrics (hard ``argmax`` structures),

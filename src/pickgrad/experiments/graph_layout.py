@@ -107,6 +107,11 @@ class GraphLayoutConfig(TrainingConfig):
             trajectory from frame 0; 1: every frame predicted from the true previous one).
         variance: the Gaussian likelihood's fixed variance.
         kl_weight: weight of the Gumbel KL term (1: the ELBO; 0: reconstruction only).
+        decoder_warmup: training steps, at the start, in which the decoder learns on the
+            uniform soft graph (every pair weighted ``(n - 1) / m``) and no graph is drawn, so
+            the encoder gets only the KL term's gradient; 0 (the default) for none. Measured
+            (BENCHMARKS.md, 12.5): 50 steps make tree / gumbel-relaxed train on 10 of 10 seeds,
+            where one seed's initialisation of the edge-weight MLP otherwise collapses it.
     """
 
     steps: int = 400
@@ -133,8 +138,11 @@ class GraphLayoutConfig(TrainingConfig):
     rollout: int = 1
     variance: float = 5e-5
     kl_weight: float = 1.0
+    decoder_warmup: int = 0
 
     def __post_init__(self) -> None:
+        if self.decoder_warmup < 0:
+            raise ValueError(f"decoder_warmup must be >= 0, got {self.decoder_warmup}")
         if self.decoder_messages not in DECODER_MESSAGES:
             raise ValueError(
                 f"decoder_messages must be one of {DECODER_MESSAGES}, got {self.decoder_messages!r}"
@@ -183,6 +191,7 @@ class GraphLayoutModel(ExperimentModel):
             weights=config.decoder_weights,
             weight_hidden=config.decoder_weight_hidden,
         )
+        self.step = 0  # training steps taken (see start_step): decides the decoder warm-up
         # NVIL's input-dependent baseline: a network of the input only, never of the sample.
         self.baseline: nn.Module | None = None
         if estimator.learned_baseline:
@@ -239,12 +248,21 @@ class GraphLayoutModel(ExperimentModel):
             baseline_values=baseline,
         )  # fmt: skip
 
+    def start_step(self, step: int) -> None:
+        self.step = step
+
     def forward(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         trajectories = batch[0]
         n, config = self.config.vertices, self.config
         scores = self.scores(trajectories)
         kl = gumbel_kl(scores).flatten(1).sum(1) / n
-        if self.estimator.needs_loss:
+        if self.training and self.step < config.decoder_warmup:
+            # Decoder warm-up: the uniform soft graph, no draw (and no estimator noise).
+            uniform = trajectories.new_full(
+                (trajectories.shape[0], self.pairs), (n - 1) / self.pairs
+            )
+            reconstruction = (self.reconstruction(trajectories, uniform) / n).mean()
+        elif self.estimator.needs_loss:
             loss_fn = self.sample_loss(trajectories)
             options = {}
             if self.baseline is not None:

@@ -224,6 +224,7 @@ def train_run(
             before = estimator_state(choice.estimator)
             after: list[dict[str, Tensor]] = []
             optimizer.zero_grad(set_to_none=True)
+            model.start_step(step)
             for position, shard in enumerate(local_shards):
                 load_estimator_state(choice.estimator, before)
                 batch = _sample_batch(train_split, shard, shards, per_shard, generators[shard])
