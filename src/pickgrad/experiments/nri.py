@@ -261,9 +261,9 @@ class ForceDecoder(nn.Module):
         Feature-major inside the weight MLP: its inputs are ``(features, m B S)``, so its layers
         are ``W @ h`` with the ``m B S`` pair-frames as the long, contiguous axis; the
         displacements and messages are pair-major, so the products with the signed incidence
-        (and their backward) are plain matrix products. On the CPU at batch 64 that is about 2x faster
-        forward and backward than rows of features (a ``(m B S, 16) @ (16, 8)`` product, a
-        narrow output, is 4x slower than its transpose; a broadcast ``(m, n) @ (B, S, n, .)``
+        (and their backward) are plain matrix products. On the CPU at batch 64 that is about 2x
+        faster forward and backward than rows of features (a ``(m B S, 16) @ (16, 8)`` product,
+        a narrow output, is 4x slower than its transpose; a broadcast ``(m, n) @ (B, S, n, .)``
         runs as ``B S`` tiny products).
         """
         batch, frames, n, _ = positions.shape
