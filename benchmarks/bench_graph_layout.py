@@ -230,6 +230,8 @@ def run_side_by_side(args):
                 "--batch-size", "64", "--tau", "1", "--lr", "3e-3", "--eval-every", "500",
                 "--threads", "1", "--no-progress", "--set", "train_size=5000",
                 "--set", "valid_size=1000", "--set", "test_size=1000",
+                # Every step draws a graph, as every step of the script does (equal work).
+                "--set", "decoder_warmup=0",
                 "--cache-dir", str(scratch / "cache"), "--out", str(scratch / out), *extra,
             ]  # fmt: skip
 

@@ -109,9 +109,11 @@ class GraphLayoutConfig(TrainingConfig):
         kl_weight: weight of the Gumbel KL term (1: the ELBO; 0: reconstruction only).
         decoder_warmup: training steps, at the start, in which the decoder learns on the
             uniform soft graph (every pair weighted ``(n - 1) / m``) and no graph is drawn, so
-            the encoder gets only the KL term's gradient; 0 (the default) for none. Measured
-            (BENCHMARKS.md, 12.5): 50 steps make tree / gumbel-relaxed train on 10 of 10 seeds,
-            where one seed's initialisation of the edge-weight MLP otherwise collapses it.
+            the encoder gets only the KL term's gradient; 0 for none. Default 50 (5 in
+            ``--quick``). Measured (BENCHMARKS.md, 12.5 and 12.7): with it tree /
+            gumbel-relaxed trains on 10 of 10 seeds, where one seed's initialisation of the
+            edge-weight MLP otherwise collapses it; the score-function estimators learn somewhat
+            worse with it (reinforce on the tree: one seed of five at 0.46).
     """
 
     steps: int = 400
@@ -138,7 +140,7 @@ class GraphLayoutConfig(TrainingConfig):
     rollout: int = 1
     variance: float = 5e-5
     kl_weight: float = 1.0
-    decoder_warmup: int = 0
+    decoder_warmup: int = 50
 
     def __post_init__(self) -> None:
         if self.decoder_warmup < 0:
@@ -335,7 +337,7 @@ class GraphLayout(Experiment):
         return GraphLayoutConfig(
             steps=20, batch_size=32, seeds=(0,), eval_every=10, checkpoint_every=10,
             train_size=512, valid_size=128, test_size=128, encoder_hidden=16,
-            decoder_hidden=16, decoder_channels=4, monitor_every=10,
+            decoder_hidden=16, decoder_channels=4, monitor_every=10, decoder_warmup=5,
         )  # fmt: skip
 
     def structure(self, config: TrainingConfig, method: str) -> Structure:
