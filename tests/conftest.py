@@ -65,3 +65,17 @@ def fresh_dynamo_without_validation() -> Iterator[None]:
     with pickgrad.validation(False):
         yield
     torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module", params=["definition", "column"])
+def subset_engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a module's tests twice: with the k-subset marginals of few subsets computed from
+    their definition (the default) and with the column programme forced at every size, so that
+    both meet the brute-force references at tiny n."""
+    from pickgrad.structures import _subset_marginals
+
+    saved = _subset_marginals._ENUMERATION_LIMIT
+    if request.param == "column":
+        _subset_marginals._ENUMERATION_LIMIT = 0
+    yield str(request.param)
+    _subset_marginals._ENUMERATION_LIMIT = saved

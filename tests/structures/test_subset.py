@@ -13,6 +13,8 @@ import pickgrad
 from pickgrad import OneHot, Subset
 from pickgrad.structures.subset import capped_simplex_projection
 
+pytestmark = pytest.mark.usefixtures("subset_engine")
+
 REGULARIZERS = ("entropy", "binary-entropy", "euclidean")
 
 

@@ -21,6 +21,8 @@ from pickgrad import Subset
 from pickgrad.noise import sample_gumbel
 from pickgrad.structures import _subset_marginals as sm
 
+pytestmark = pytest.mark.usefixtures("subset_engine")
+
 
 class _GenericSubset(Subset):
     """Subset with its own ``_relax`` (the same maths): the fused paths step aside."""
@@ -172,3 +174,34 @@ def test_unscaled_bound_edges():
     assert not sm.column_path_is_exact(60, 20)
     x = Subset(20).relax(scores, 0.5)
     torch.testing.assert_close(x.sum(-1), torch.full((2,), 20.0, dtype=torch.float64))
+
+
+def test_definition_path_equals_the_column_programme_with_masks_and_extremes(monkeypatch):
+    # Few subsets and rows take the definition (softmax over every subset); the column
+    # programme, forced here by a zero limit, must give the same values, gradients and second
+    # derivatives, masked (-inf) items, ties and entries far beyond the clamp included.
+    monkeypatch.setattr(sm, "_ENUMERATION_LIMIT", 256)  # the default (the fixture may force 0)
+    assert sm.enumeration_applies(9, 3, 5) and not sm.enumeration_applies(9, 3, 10_000)
+    assert not sm.enumeration_applies(12, 6, 1) and not sm.enumeration_applies(9, 1, 1)
+    generator = torch.Generator().manual_seed(7)
+    scores = 3 * torch.randn(5, 9, generator=generator, dtype=torch.float64)
+    scores[0, :3] = scores[0, 3]  # ties
+    scores[1, 0] = -math.inf  # masked
+    scores[2, :6] = -math.inf  # exactly k allowed: they are in every subset
+    scores[3, 1], scores[3, 2] = 1e4, -1e4  # far above and below the clamp
+    upstream = torch.randn(5, 9, generator=generator, dtype=torch.float64)
+
+    def marginals_and_derivatives(limit: int) -> tuple[torch.Tensor, ...]:
+        monkeypatch.setattr(sm, "_ENUMERATION_LIMIT", limit)
+        leaf = scores.clone().requires_grad_()
+        x = sm.subset_marginals(leaf, 3, 0.7)
+        (gradient,) = torch.autograd.grad((x * upstream).sum(), leaf, create_graph=True)
+        (second,) = torch.autograd.grad((gradient * upstream).sum(), leaf)
+        return x.detach(), gradient.detach(), second
+
+    definition, column = marginals_and_derivatives(256), marginals_and_derivatives(0)
+    for ours, theirs in zip(definition, column, strict=True):
+        assert bool(torch.isfinite(ours).all())
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    assert bool((definition[0][1:3, 0] == 0).all()) and bool((definition[0][2, 6:] == 1).all())
+    assert bool((definition[1][1, 0] == 0) & (definition[1][2, :6] == 0).all())

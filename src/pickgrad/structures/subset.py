@@ -12,6 +12,7 @@ from torch import Tensor
 from pickgrad._validation import compute_dtype, graph_capture_active
 from pickgrad.noise import sample_exponential, sample_gumbel
 from pickgrad.structures._masks import fill_masked
+from pickgrad.structures._matrix_tree import unit_interval
 from pickgrad.structures._subset_marginals import (
     conditional_mean_marginals,
     fused_path_applies,
@@ -133,7 +134,8 @@ def capped_simplex_projection(z: Tensor, k: int) -> Tensor:
     nu = (
         (z * free).sum(-1, keepdim=True) + saturated.sum(-1, keepdim=True) - k
     ) / free_count.clamp_min(1)
-    return torch.where(free, z - nu, saturated.to(z.dtype))
+    # z - nu may round a few ulps outside [0, 1] (1 + 1.2e-7 in float32): into it in value only.
+    return unit_interval(torch.where(free, z - nu, saturated.to(z.dtype)))
 
 
 def _threshold_log_density(
