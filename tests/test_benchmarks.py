@@ -48,3 +48,15 @@ def test_quick_run(script: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     # Each prints its comparison: a ratio like "0.96x" or "ratio ...", or the advisor's pick.
     assert re.search(r"\d\.?\d*x\b|ratio|Recommendation", result.stdout), result.stdout[-2000:]
+
+
+def test_subset_few_subsets_mode_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_subset.py"), "--few-subsets", "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "definition / column" in result.stdout and re.search(r"\d\.\d\dx", result.stdout)
