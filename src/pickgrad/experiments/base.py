@@ -64,6 +64,12 @@ class ExperimentModel(nn.Module, ABC):
         A model whose objective changes along training (a warm-up) reads the step here, so
         that a resumed run and a multi-process one behave as one uninterrupted process."""
 
+    def leaves_parameters_unused(self) -> bool:
+        """Whether some training steps give some parameters no gradient (a warm-up that skips
+        a part of the model); the runner then tells DistributedDataParallel to look for them
+        (``find_unused_parameters``, a traversal of the graph per step). The default: False."""
+        return False
+
     @abstractmethod
     def evaluation_sums(self, batch: Batch) -> dict[str, Tensor]:
         """Sums over the batch of per-example evaluation metrics (hard ``argmax`` structures),

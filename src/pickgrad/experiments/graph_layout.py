@@ -253,6 +253,10 @@ class GraphLayoutModel(ExperimentModel):
     def start_step(self, step: int) -> None:
         self.step = step
 
+    def leaves_parameters_unused(self) -> bool:
+        # NVIL's baseline network gets no gradient during the decoder warm-up.
+        return self.baseline is not None and self.config.decoder_warmup > 0
+
     def forward(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         trajectories = batch[0]
         n, config = self.config.vertices, self.config

@@ -67,13 +67,20 @@ class DistributedContext:
         dist.all_gather_object(out, value)
         return out
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` in DistributedDataParallel when distributed, else itself."""
+    def wrap(self, model: nn.Module, *, find_unused_parameters: bool = False) -> nn.Module:
+        """``model`` in DistributedDataParallel when distributed, else itself.
+
+        ``find_unused_parameters``: some steps leave some parameters without a gradient. DDP
+        then leaves a parameter that no process used untouched (its gradient stays None, so the
+        optimizer skips it, as in one process)."""
         if not self.distributed:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         # The buffers are constant index tables: nothing to broadcast each step.
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, broadcast_buffers=False,
+            find_unused_parameters=find_unused_parameters,
+        )  # fmt: skip
 
     def barrier(self) -> None:
         if self.distributed:
