@@ -36,9 +36,9 @@ recomputes the same maths as plain differentiable torch code (:func:`_composed_m
 which is also the path taken under torch.compile, vmap and torch.func.
 
 Few subsets and rows (:func:`enumeration_applies`: ``C(n, k) <= 256``, at most 2^15 rows x
-subsets): the marginals are the definition itself, ``softmax(u S^T) S`` with ``S`` the ``(C(n, k), n)`` 0/1 matrix of every subset, in
-float64: two matrix products and a softmax, whose backward and double backward autograd
-derives. At these sizes the column programme's cost is its number of small passes, not its
+subsets): the marginals are the definition itself, ``softmax(u S^T) S`` with ``S`` the
+``(C(n, k), n)`` 0/1 matrix of every subset, in float64: two matrix products and a softmax,
+whose backward and double backward autograd derives. At these sizes the column programme's cost is its number of small passes, not its
 arithmetic, and the definition needs far fewer (measured in BENCHMARKS.md, "Subset at few
 subsets").
 
@@ -66,6 +66,7 @@ from pickgrad._validation import graph_capture_active, value_checks_enabled
 from pickgrad.noise import sample_gumbel
 
 __all__ = [
+    "all_k_hot",
     "conditional_mean_marginals",
     "enumeration_applies",
     "fused_path_applies",
@@ -115,10 +116,10 @@ def _normalised_columns_are_exact(n: int, k: int) -> bool:
 
 #: Most subsets ``C(n, k)``, and most rows x subsets, for which the marginals are computed
 #: from their definition (:func:`_enumerated_marginals`). Measured side by side, forward and
-#: backward (BENCHMARKS.md, "Subset at few subsets"): at batch 128 the definition is 1.15x to
-#: 1.3x faster than the column programme up to 252 subsets and 0.88x at 495; at batch 4096
-#: (210 subsets) 0.45x, where the softmax over the subsets costs more than the programme's
-#: passes.
+#: backward (BENCHMARKS.md, "Subset at few subsets"): at batch 128 the definition is 1.19x to
+#: 1.45x faster than the column programme up to 252 subsets; without the bound on rows it
+#: was 0.45x at batch 4096 (210 subsets), and a first version 2.4x slower at 1140 subsets
+#: (128, 20, 3): there the softmax over the subsets costs more than the programme's passes.
 _ENUMERATION_LIMIT = 256
 _ENUMERATION_ENTRIES = 2**15
 
@@ -133,14 +134,17 @@ def enumeration_applies(n: int, k: int, rows: int) -> bool:
     return count <= _ENUMERATION_LIMIT and rows * count <= _ENUMERATION_ENTRIES
 
 
-def _subset_rows(n: int, k: int, device: torch.device) -> Tensor:
-    """``(C(n, k), n)`` float64: row r is the 0/1 vector of the r-th k-subset (lexicographic)."""
+def all_k_hot(
+    n: int, k: int, *, dtype: torch.dtype, device: torch.device | str | None = None
+) -> Tensor:
+    """``(C(n, k), n)``: row r is the 0/1 vector of the r-th k-subset, in lexicographic order
+    of the chosen indices (what :meth:`Subset.enumerate` returns)."""
     chosen = torch.tensor(list(itertools.combinations(range(n), k)), device=device)
-    rows = torch.zeros(chosen.shape[0], n, dtype=torch.float64, device=device)
+    rows = torch.zeros(chosen.shape[0], n, dtype=dtype, device=device)
     return rows.scatter_(1, chosen, 1.0)
 
 
-_cached_subset_rows = functools.lru_cache(maxsize=64)(_subset_rows)
+_cached_k_hot = functools.lru_cache(maxsize=64)(all_k_hot)
 
 
 def _enumerated_marginals(scores: Tensor, k: int, tau: float) -> Tensor:
@@ -156,8 +160,8 @@ def _enumerated_marginals(scores: Tensor, k: int, tau: float) -> Tensor:
     0/1 matrix stays finite: no ``0 * -inf``), and they get no gradient. Differentiable to any
     order; plain torch, so torch.compile, vmap and torch.func run through it."""
     n = scores.shape[-1]
-    make = _subset_rows if graph_capture_active() else _cached_subset_rows
-    subsets = make(n, k, scores.device)
+    make = all_k_hot if graph_capture_active() else _cached_k_hot
+    subsets = make(n, k, dtype=torch.float64, device=scores.device)
     u = _shifted_scaled(scores.to(torch.float64), k, tau, None)
     weights = torch.softmax(u.clamp(-1e290, _clamp_width(n)) @ subsets.T, dim=-1)
     return (weights @ subsets).to(scores.dtype)
@@ -315,7 +319,8 @@ def fused_path_applies(scores: Tensor, k: int) -> bool:
     """Whether the one-node fast paths below serve these scores (eager, float32 or float64,
     2 <= k <= n / 2 and :func:`column_path_is_exact`, at least one row). They serve st-gumbel
     and gumbel-rao at every size: at few subsets too they were faster than the composition
-    through :func:`_enumerated_marginals` (0.6x to 0.9x at batch 128)."""
+    through :func:`_enumerated_marginals` (which ran at 0.59x to 0.94x of their speed at
+    batch 128)."""
     n = scores.shape[-1]
     return (
         2 <= k

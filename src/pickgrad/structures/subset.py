@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, ClassVar
 
@@ -14,6 +13,7 @@ from pickgrad.noise import sample_exponential, sample_gumbel
 from pickgrad.structures._masks import fill_masked
 from pickgrad.structures._matrix_tree import unit_interval
 from pickgrad.structures._subset_marginals import (
+    all_k_hot,
     conditional_mean_marginals,
     fused_path_applies,
     perturb_argmax_marginals,
@@ -599,10 +599,7 @@ class Subset(Structure):
         if len(event_shape) != 1 or event_shape[0] < 1:
             raise ValueError(f"event_shape must be (n,) with n >= 1, got {event_shape}")
         self._check_event_shape(event_shape, name="event_shape")
-        n = event_shape[0]
-        chosen = torch.tensor(list(itertools.combinations(range(n), self.k)), device=device)
-        hot = torch.zeros(chosen.shape[0], n, dtype=dtype, device=device)
-        return hot.scatter_(-1, chosen, 1.0)
+        return all_k_hot(event_shape[0], self.k, dtype=dtype, device=device)
 
     def __repr__(self) -> str:
         return f"Subset(k={self.k})"
