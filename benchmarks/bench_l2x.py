@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -122,13 +123,18 @@ def profile_step(experiment, config, method, estimator, data, repeats):
 
 
 def baseline_seconds_per_step(estimator, steps):
-    """CPU seconds per step of the hand-written baseline (None if the file is absent)."""
+    """CPU seconds per step of the hand-written baseline: the cost of ``steps`` steps over that
+    of none (start-up, data, one evaluation). ``math.nan`` when the difference is lost in the
+    start-up's own variation (a few steps: their cost is a few milliseconds against seconds of
+    start-up); None if the file is absent."""
     if not BASELINE.exists():
         return None
     command = [sys.executable, str(BASELINE), "--est", estimator]
     idle = child_cpu_seconds([*command, "--steps", "0"], timeout=600)
     busy = child_cpu_seconds([*command, "--steps", str(steps)], timeout=600)
-    return max(busy - idle, 1e-9) / steps
+    if busy - idle < 0.05 * idle:  # within the run-to-run variation of the start-up
+        return math.nan
+    return (busy - idle) / steps
 
 
 def main():
@@ -186,6 +192,12 @@ def main():
         theirs = baseline_seconds_per_step(estimator, baseline_steps)
         if theirs is None:
             print(f"hand-written baseline {BASELINE} not found: ratio not measured")
+            continue
+        if math.isnan(theirs):
+            print(
+                f"subset / {estimator}: the hand-written baseline's {baseline_steps} steps cost "
+                f"less than its start-up varies: ratio not measured (--baseline-steps 600)"
+            )
             continue
         print(
             f"subset / {estimator}: this experiment {1 / ours:7.0f} steps/s, hand-written "
