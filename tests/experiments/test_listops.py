@@ -91,6 +91,27 @@ def test_argmax_graphs_are_valid_on_the_real_tokens(method: str) -> None:
             assert bool(Arborescence(root=0)._is_solution(real))
 
 
+@pytest.mark.parametrize("method", ["arborescence", "tree", "independent"])
+def test_evaluation_reads_the_graph_as_training_draws_it(method: str) -> None:
+    # Evaluation's cross-entropy is the training loss at the argmax graph in the form the
+    # structure draws it (a spanning tree symmetric), not at the oriented arcs of the metrics.
+    config = EXPERIMENT.default_config(quick=True)
+    choice = resolve_estimator("st-gumbel", EXPERIMENT.structure(config, method))
+    torch.manual_seed(0)
+    model = EXPERIMENT.build_model(config, method, choice).double()
+    batch = _batch(6, seed=4)
+    tokens, lengths, values, _ = model._inputs(batch)
+    with torch.no_grad():
+        states = model.network.encode(tokens, lengths)
+        scores = model.scores(states, lengths)
+        drawn = model.structure.argmax(scores, **model.lengths_option(lengths))
+        loss = model.sample_loss(states, lengths, values)(drawn[None])[0].sum()
+        sums = model.evaluation_sums(batch)
+    torch.testing.assert_close(sums["cross_entropy"], loss, rtol=1e-12, atol=1e-12)
+    if method == "tree":
+        assert torch.equal(drawn, drawn.transpose(-1, -2))
+
+
 @pytest.mark.parametrize("estimator", ["gumbel-relaxed", "st-gumbel", "reinforce"])
 @pytest.mark.parametrize("method", ["arborescence", "tree", "independent", "lstm"])
 def test_training_step_gives_finite_gradients_and_ignores_padding(

@@ -246,24 +246,38 @@ class ListOpsModel(ExperimentModel):
             logs["accuracy"] = (logits.argmax(-1) == values).double().mean()
         return loss, logs
 
-    def argmax_arcs(self, states: Tensor, lengths: Tensor) -> Tensor | None:
-        """The hard ``argmax`` graph as directed arcs ``(B, n, n)`` (None for ``lstm``)."""
+    def argmax_graph(self, states: Tensor, lengths: Tensor) -> Tensor | None:
+        """The hard ``argmax`` graph ``(B, n, n)`` as the network reads it in training (None for
+        ``lstm``): the spanning tree symmetric, as ``SpanningTree`` draws it."""
         if self.method == "lstm":
             return None
         scores = self.scores(states, lengths)
-        n = states.shape[1]
-        real = (torch.arange(n, device=states.device) < lengths[:, None]).to(states.dtype)
         if self.method == "independent":
-            graph = self.graph(self.structure.argmax(scores))
-            return graph * real[:, :, None] * real[:, None, :]
-        graph = self.structure.argmax(scores, lengths=lengths)  # type: ignore[call-arg]
-        return orient_from_root(graph) if self.method == "tree" else graph
+            return self.graph(self.structure.argmax(scores))
+        return self.structure.argmax(scores, lengths=lengths)  # type: ignore[call-arg]
+
+    def arcs_of(self, graph: Tensor, lengths: Tensor) -> Tensor:
+        """Directed arcs ``(B, n, n)`` of an :meth:`argmax_graph`, to compare with the parse:
+        the spanning tree oriented away from token 0, padding cleared."""
+        if self.method == "tree":
+            return orient_from_root(graph)
+        n = graph.shape[-1]
+        real = (torch.arange(n, device=graph.device) < lengths[:, None]).to(graph.dtype)
+        return graph * real[:, :, None] * real[:, None, :]
+
+    def argmax_arcs(self, states: Tensor, lengths: Tensor) -> Tensor | None:
+        """The hard ``argmax`` graph as directed arcs ``(B, n, n)`` (None for ``lstm``)."""
+        graph = self.argmax_graph(states, lengths)
+        return None if graph is None else self.arcs_of(graph, lengths)
 
     def evaluation_sums(self, batch: Batch) -> dict[str, Tensor]:
         tokens, lengths, values, heads = self._inputs(batch)
         states = self.network.encode(tokens, lengths)
-        arcs = self.argmax_arcs(states, lengths)
-        logits = self.network.logits(states, lengths, arcs)
+        graph = self.argmax_graph(states, lengths)
+        # The value is read from the graph as training draws it (a spanning tree symmetric, as
+        # SpanningTree gives it; oriented arcs would feed each message channel only one side).
+        logits = self.network.logits(states, lengths, graph)
+        arcs = None if graph is None else self.arcs_of(graph, lengths)
         truth = heads_to_arcs(heads, tokens.shape[1]).to(states.dtype)
         if arcs is None:
             metrics = {k: v * 0 for k, v in arc_sums(truth, truth).items()}
