@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import pickgrad
+from pickgrad._softmax import softmax
 from pickgrad._validation import check_generator, check_tau
 from pickgrad.diagnostics.monitor import GradientProbe
 from pickgrad.estimators import get_estimator
@@ -142,7 +143,7 @@ def l2x_relaxation(
     tiny = torch.finfo(scores.dtype).tiny
     uniform = torch.rand(shape, generator=generator, dtype=scores.dtype, device=scores.device)
     gumbel = -torch.log(-torch.log(uniform.clamp_min(tiny)))
-    draws = torch.softmax((scores.unsqueeze(-2) + gumbel) / tau, dim=-1)
+    draws = softmax((scores.unsqueeze(-2) + gumbel) / tau)
     return draws.amax(dim=-2)
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pickgrad._softmax import log_softmax
 from pickgrad.noise import sample_gumbel
 from pickgrad.structures import OneHot
 
@@ -135,7 +136,7 @@ def kl_to_uniform(logits: Tensor) -> Tensor:
         >>> float(kl_to_uniform(torch.zeros(2, 3, 4))[0])
         0.0
     """
-    log_q = torch.log_softmax(logits, -1)
+    log_q = log_softmax(logits)
     classes = logits.shape[-1]
     return (log_q.exp() * log_q).sum((-1, -2)) + logits.shape[-2] * math.log(classes)
 
@@ -152,7 +153,7 @@ def log_weights(log_likelihood: Tensor, z: Tensor, logits: Tensor) -> Tensor:
         ``(S, B)``.
     """
     latents, classes = logits.shape[-2:]
-    log_q = (z * torch.log_softmax(logits, -1)).sum((-1, -2))
+    log_q = (z * log_softmax(logits)).sum((-1, -2))
     return log_likelihood - latents * math.log(classes) - log_q
 
 

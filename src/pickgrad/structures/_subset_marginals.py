@@ -62,8 +62,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pickgrad._softmax import softmax
 from pickgrad._validation import graph_capture_active, value_checks_enabled
 from pickgrad.noise import sample_gumbel
+from pickgrad.structures._matrix_tree import unit_interval
 
 __all__ = [
     "all_k_hot",
@@ -163,8 +165,9 @@ def _enumerated_marginals(scores: Tensor, k: int, tau: float) -> Tensor:
     make = all_k_hot if graph_capture_active() else _cached_k_hot
     subsets = make(n, k, dtype=torch.float64, device=scores.device)
     u = _shifted_scaled(scores.to(torch.float64), k, tau, None)
-    weights = torch.softmax(u.clamp(-1e290, _clamp_width(n)) @ subsets.T, dim=-1)
-    return (weights @ subsets).to(scores.dtype)
+    weights = softmax(u.clamp(-1e290, _clamp_width(n)) @ subsets.T)
+    # A sum of weights that sum to 1 may land an ulp above it: rounded into [0, 1] in value.
+    return unit_interval(weights @ subsets).to(scores.dtype)
 
 
 def _threshold(z: Tensor, k: int, top: Tensor | None = None) -> Tensor:
@@ -550,7 +553,7 @@ def subset_marginals(scores: Tensor, k: int, tau: float = 1.0) -> Tensor:
     if k == 1:
         # Shifted before the division: s / tau of scores near 1e3 at tau 0.01 rounds by 1e-11.
         top = s.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).min)
-        return torch.softmax((s - top) / tau, -1).to(scores.dtype)
+        return softmax((s - top) / tau).to(scores.dtype)
     if 2 * k > n:  # the complement: the n - k items left out, with negated scores
         c, masked = _complement_scores(s, tau)
         m = torch.where(masked, 0.0, 1 - subset_marginals(c, n - k, tau))

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pickgrad._softmax import log_softmax, softmax
 from pickgrad._validation import (
     _functorch_transforms_active,
     check_scores,
@@ -197,7 +198,7 @@ def _conditional_softmax_tiles(
     """
     work = sampling_dtype(scores.dtype)
     n = scores.shape[-1]
-    inverse_a = torch.softmax(scores.to(work), -1).reshape(-1, 1, n).reciprocal_()  # 1 / a_j
+    inverse_a = softmax(scores.to(work)).reshape(-1, 1, n).reciprocal_()  # 1 / a_j
     index = x.argmax(-1).reshape(-1, 1, 1).expand(-1, n_draws, 1)
     stream = CounterRandom(seed)
     total = inverse_a.shape[0]
@@ -535,7 +536,7 @@ class OneHot(Structure):
         if regularizer not in _REGULARIZERS:
             raise ValueError(f"regularizer must be one of {_REGULARIZERS}, got {regularizer!r}")
         z = _shifted_scaled(scores, tau)
-        p = torch.softmax(z, dim=-1) if regularizer == "entropy" else _Sparsemax.apply(z)
+        p = softmax(z) if regularizer == "entropy" else _Sparsemax.apply(z)
         return p.to(scores.dtype)
 
     def _log_partition(self, scores: Tensor, tau: float) -> Tensor:
@@ -548,7 +549,7 @@ class OneHot(Structure):
     def _perturb_log_prob(self, scores: Tensor, x: Tensor) -> Tensor:
         work = compute_dtype(scores.dtype)
         # where, not a product: masked items have log-probability -inf and x = 0 there.
-        log_p = torch.log_softmax(scores.to(work), dim=-1)
+        log_p = log_softmax(scores.to(work))
         return torch.where(x != 0, log_p, torch.zeros((), dtype=work)).sum(-1)
 
     def _conditional_gumbel(
