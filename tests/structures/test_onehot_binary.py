@@ -215,3 +215,35 @@ def test_binary_paths_keep_a_masked_class_out_with_zero_gradient(
     assert scores.grad is not None and bool(torch.isfinite(scores.grad).all())
     assert bool((scores.grad[:, :2] == 0).all())
     assert bool((scores.grad[:, 2] != 0).any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, f64])
+def test_argmax_of_two_classes_is_torchs_argmax_with_ties_infinities_and_nan(dtype) -> None:
+    special = [1.0, 2.0, -math.inf, math.inf, math.nan]
+    pairs = torch.tensor([[a, b] for a in special for b in special], dtype=dtype)
+    random = torch.randn(500, 3, 2, generator=torch.Generator().manual_seed(0)).to(dtype)
+    for scores in (pairs, random, random.round()):  # rounded: many ties
+        index = scores.argmax(dim=-1, keepdim=True)
+        expected = torch.zeros_like(scores).scatter_(-1, index, 1.0)
+        assert torch.equal(ONEHOT._argmax(scores), expected)
+    assert torch.equal(ONEHOT.argmax(random), ONEHOT._argmax(random))  # the public method
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_log_prob_of_expanded_scores_equals_log_softmax_at_the_sample(n) -> None:
+    # reinforce passes scores expanded over its samples (stride 0): computed once per row.
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(6, 4, n, dtype=f64, generator=generator)
+    scores[0, 0, 0] = -math.inf  # a masked class
+    leaf = scores.clone().requires_grad_()
+    expanded = leaf.expand(3, *scores.shape)
+    x = ONEHOT._argmax(expanded + sample_gumbel(expanded.shape, dtype=f64, device="cpu"))
+    ours = ONEHOT._perturb_log_prob(expanded, x)
+    reference = (torch.log_softmax(scores, -1).nan_to_num(neginf=0.0) * x).sum(-1)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad(ours.sum(), leaf)
+    other = scores.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(
+        torch.where(x != 0, torch.log_softmax(other, -1), 0.0).sum(), other
+    )
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pickgrad._softmax import log_softmax, softmax
@@ -307,6 +308,16 @@ def _sigmoid_slope(z: Tensor, tau: float) -> Tensor:
     return e / (1.0 + e).square() * (1.0 / tau)
 
 
+def _binary_argmax(scores: Tensor) -> Tensor:
+    """``OneHot._argmax`` of ``(..., 2)`` scores by one comparison: on the CPU, torch's argmax
+    and scatter along rows of 2 cost 5x more (1.15 ms against 0.21 ms at (4, 100, 200, 2)).
+    Ties and NaN as ``torch.argmax``: the first of equal items, and a NaN counts as the
+    largest (the first NaN when both are)."""
+    first, second = scores[..., 0], scores[..., 1]
+    one = (second > first) | (second.isnan() & ~first.isnan())
+    return torch.stack([~one, one], dim=-1).to(scores.dtype)
+
+
 def _binary_margin(scores: Tensor) -> Tensor:
     """``d = s_1 - s_0`` of ``(..., 2)`` scores, in the sampling dtype (float32 for half)."""
     work = sampling_dtype(scores.dtype)
@@ -523,6 +534,8 @@ class OneHot(Structure):
     relax_option_names = ("regularizer",)
 
     def _argmax(self, scores: Tensor) -> Tensor:
+        if scores.shape[-1] == 2:
+            return _binary_argmax(scores)
         index = scores.argmax(dim=-1, keepdim=True)
         if _functorch_transforms_active():  # vmap has no batching rule for scatter_ of a value
             items = torch.arange(scores.shape[-1], device=scores.device)
@@ -548,8 +561,17 @@ class OneHot(Structure):
 
     def _perturb_log_prob(self, scores: Tensor, x: Tensor) -> Tensor:
         work = compute_dtype(scores.dtype)
+        # Scores expanded over samples (stride 0, as reinforce passes them): one log-softmax
+        # per distinct row, broadcast against the samples (4x less work at 4 samples).
+        for dim in range(scores.dim() - 1):
+            if scores.stride(dim) == 0 and scores.shape[dim] > 1:
+                scores = scores.narrow(dim, 0, 1)
+        s = scores.to(work)
+        if s.shape[-1] == 2:  # log sigmoid of the chosen class's margin: no reduction over 2
+            margin = s[..., 1] - s[..., 0]
+            return F.logsigmoid(torch.where(x[..., 1] != 0, margin, -margin))
+        log_p = log_softmax(s)
         # where, not a product: masked items have log-probability -inf and x = 0 there.
-        log_p = log_softmax(scores.to(work))
         return torch.where(x != 0, log_p, torch.zeros((), dtype=work)).sum(-1)
 
     def _conditional_gumbel(
