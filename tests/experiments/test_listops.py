@@ -91,11 +91,12 @@ def test_argmax_graphs_are_valid_on_the_real_tokens(method: str) -> None:
             assert bool(Arborescence(root=0)._is_solution(real))
 
 
+@pytest.mark.parametrize("node_input", ["lstm", "embedding"])
 @pytest.mark.parametrize("method", ["arborescence", "tree", "independent"])
-def test_evaluation_reads_the_graph_as_training_draws_it(method: str) -> None:
+def test_evaluation_reads_the_graph_as_training_draws_it(method: str, node_input: str) -> None:
     # Evaluation's cross-entropy is the training loss at the argmax graph in the form the
     # structure draws it (a spanning tree symmetric), not at the oriented arcs of the metrics.
-    config = EXPERIMENT.default_config(quick=True)
+    config = dataclasses.replace(EXPERIMENT.default_config(quick=True), node_input=node_input)
     choice = resolve_estimator("st-gumbel", EXPERIMENT.structure(config, method))
     torch.manual_seed(0)
     model = EXPERIMENT.build_model(config, method, choice).double()
@@ -105,7 +106,8 @@ def test_evaluation_reads_the_graph_as_training_draws_it(method: str) -> None:
         states = model.network.encode(tokens, lengths)
         scores = model.scores(states, lengths)
         drawn = model.structure.argmax(scores, **model.lengths_option(lengths))
-        loss = model.sample_loss(states, lengths, values)(drawn[None])[0].sum()
+        nodes = model.message_inputs(tokens, states)
+        loss = model.sample_loss(nodes, lengths, values)(drawn[None])[0].sum()
         sums = model.evaluation_sums(batch)
     torch.testing.assert_close(sums["cross_entropy"], loss, rtol=1e-12, atol=1e-12)
     if method == "tree":
@@ -220,3 +222,23 @@ def test_other_estimators_by_name(estimator: str) -> None:
     assert model.network.head.weight.grad.abs().sum() > 0  # the scorer learns through pickgrad
     if estimator == "nvil":  # the learned baseline is trained by the same backward
         assert model.baseline is not None and model.baseline.weight.grad is not None
+
+
+def test_embedding_node_input_reaches_the_root_only_along_the_arcs() -> None:
+    config = dataclasses.replace(EXPERIMENT.default_config(quick=True), node_input="embedding")
+    choice = resolve_estimator("st-gumbel", EXPERIMENT.structure(config, "arborescence"))
+    torch.manual_seed(0)
+    model = EXPERIMENT.build_model(config, "arborescence", choice).double()
+    tokens, lengths, _, _ = model._inputs(_batch(4, seed=5))
+    changed = tokens.clone()
+    changed[:, 1] = torch.where(changed[:, 1] == 3, 4, 3)  # another token after the root
+    with torch.no_grad():
+        logits = []
+        for t in (tokens, changed):
+            states = model.network.encode(t, lengths)
+            nodes = model.message_inputs(t, states)
+            empty = torch.zeros(*t.shape, t.shape[1], dtype=nodes.dtype)
+            logits.append(model.network.logits(nodes, lengths, empty))
+    assert torch.equal(logits[0], logits[1])  # no arc: the root sees only itself
+    with pytest.raises(ValueError, match="node_input must be one of lstm, embedding"):
+        dataclasses.replace(config, node_input="bilstm")

@@ -60,7 +60,10 @@ from pickgrad.experiments.listops_model import (
 )
 from pickgrad.structures.base import Structure
 
-__all__ = ["ListOps", "ListOpsConfig", "ListOpsModel", "arc_sums"]
+__all__ = ["NODE_INPUTS", "ListOps", "ListOpsConfig", "ListOpsModel", "arc_sums"]
+
+#: What the message passing may start from (see ``ListOpsConfig.node_input``).
+NODE_INPUTS = ("lstm", "embedding")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class ListOpsConfig(TrainingConfig):
         hidden: width of the token states (the BiLSTM's two directions together).
         arc_hidden: width of the biaffine scorer's head and dependent projections.
         rounds: message-passing rounds over the drawn graph (the deepest parse has 5 levels).
+        node_input: what message passing starts from: ``"lstm"``, the BiLSTM's states (the
+            default), or ``"embedding"``, the tokens' embeddings alone, so that the rest of the
+            expression reaches the root only along the drawn arcs (the arc scores still come
+            from the BiLSTM). ``lstm``, the method, has no graph and ignores it.
     """
 
     steps: int = 5000
@@ -91,8 +98,13 @@ class ListOpsConfig(TrainingConfig):
     hidden: int = 64
     arc_hidden: int = 32
     rounds: int = 5
+    node_input: str = "lstm"
 
     def __post_init__(self) -> None:
+        if self.node_input not in NODE_INPUTS:
+            raise ValueError(
+                f"node_input must be one of {', '.join(NODE_INPUTS)}, got {self.node_input!r}"
+            )
         if self.rounds < 1 or self.hidden < 2 or self.hidden % 2 or self.arc_hidden < 1:
             raise ValueError(
                 f"rounds >= 1, an even hidden >= 2 and arc_hidden >= 1 are needed, got "
@@ -183,14 +195,22 @@ class ListOpsModel(ExperimentModel):
         graph[..., :, 1:] = drawn.transpose(-1, -2)
         return graph
 
+    def message_inputs(self, tokens: Tensor, states: Tensor) -> Tensor:
+        """The node states ``(B, n, hidden)`` message passing starts from (see
+        ``ListOpsConfig.node_input``): the BiLSTM's ``states``, or the tokens' embeddings."""
+        if self.config.node_input == "lstm":
+            return states
+        embedded: Tensor = self.network.embedding(tokens)
+        return embedded
+
     def sample_loss(
-        self, states: Tensor, lengths: Tensor, values: Tensor
+        self, nodes: Tensor, lengths: Tensor, values: Tensor
     ) -> Callable[[Tensor], Tensor]:
-        """The cross-entropy of the value for each drawn graph: samples ``(S, *scores.shape)``
-        -> losses ``(S, B)``."""
+        """The cross-entropy of the value for each drawn graph, message passing from ``nodes``
+        (:meth:`message_inputs`): samples ``(S, *scores.shape)`` -> losses ``(S, B)``."""
 
         def loss_fn(samples: Tensor) -> Tensor:
-            logits = self.network.logits(states, lengths, self.graph(samples))
+            logits = self.network.logits(nodes, lengths, self.graph(samples))
             count = samples.shape[0]
             return F.cross_entropy(
                 logits.flatten(0, 1), values.repeat(count), reduction="none"
@@ -209,7 +229,8 @@ class ListOpsModel(ExperimentModel):
             scores = self.scores(states, lengths)
             baseline = None if self.baseline is None else self.baseline(states[:, 0])[:, 0]
         return GradientProbe(
-            scores, self.sample_loss(states, lengths, values), self.structure,
+            scores, self.sample_loss(self.message_inputs(tokens, states), lengths, values),
+            self.structure,
             self.estimator.estimator, tau=self.config.tau,
             n_samples=self.config.n_samples if self.estimator.needs_loss else 1,
             baseline_values=baseline, options=self.lengths_option(lengths),
@@ -224,8 +245,9 @@ class ListOpsModel(ExperimentModel):
             loss = F.cross_entropy(logits, values)
         else:
             scores = self.scores(states, lengths)
+            nodes = self.message_inputs(tokens, states)
             if self.estimator.needs_loss:
-                loss_fn = self.sample_loss(states, lengths, values)
+                loss_fn = self.sample_loss(nodes, lengths, values)
                 options: dict[str, Tensor] = self.lengths_option(lengths)
                 if self.baseline is not None:
                     options["baseline_values"] = self.baseline(states[:, 0].detach())[:, 0]
@@ -239,7 +261,7 @@ class ListOpsModel(ExperimentModel):
                     scores, self.structure, self.estimator.estimator, tau=config.tau,
                     generator=generator, **self.lengths_option(lengths),
                 )  # fmt: skip
-                logits = self.network.logits(states, lengths, self.graph(drawn))
+                logits = self.network.logits(nodes, lengths, self.graph(drawn))
                 loss = F.cross_entropy(logits, values)
         logs = {"objective": loss.detach()}
         if logits is not None:
@@ -276,7 +298,8 @@ class ListOpsModel(ExperimentModel):
         graph = self.argmax_graph(states, lengths)
         # The value is read from the graph as training draws it (a spanning tree symmetric, as
         # SpanningTree gives it; oriented arcs would feed each message channel only one side).
-        logits = self.network.logits(states, lengths, graph)
+        nodes = states if graph is None else self.message_inputs(tokens, states)
+        logits = self.network.logits(nodes, lengths, graph)
         arcs = None if graph is None else self.arcs_of(graph, lengths)
         truth = heads_to_arcs(heads, tokens.shape[1]).to(states.dtype)
         if arcs is None:
