@@ -66,3 +66,9 @@ def test_vmap_takes_torchs_kernel() -> None:
     x = torch.randn(4, _FEWEST_ENTRIES, 5)
     torch.testing.assert_close(torch.vmap(softmax)(x), torch.softmax(x, -1))
     torch.testing.assert_close(torch.vmap(log_softmax)(x), torch.log_softmax(x, -1))
+
+
+def test_torch_compile_traces_through_to_torchs_kernel() -> None:
+    x = torch.randn(_FEWEST_ENTRIES, 5)
+    compiled = torch.compile(softmax, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), torch.softmax(x, -1))

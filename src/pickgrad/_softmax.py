@@ -18,7 +18,6 @@ of only ``-inf`` gives NaN, as torch's does.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -33,10 +32,8 @@ __all__ = ["log_softmax", "softmax", "uses_composition"]
 _FEWEST_ENTRIES = 2048
 
 
-@lru_cache(maxsize=1)
-def _float32_lanes() -> int:
-    """float32 lanes of the widest vector unit PyTorch's CPU kernels use here."""
-    return 16 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 8
+#: float32 lanes of the widest vector unit PyTorch's CPU kernels use on this machine.
+_FLOAT32_LANES = 16 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 8
 
 
 def uses_composition(x: Tensor, *, log: bool = False) -> bool:
@@ -45,17 +42,19 @@ def uses_composition(x: Tensor, *, log: bool = False) -> bool:
     entries and rows shorter than the measured bound (float32: one vector of lanes; float64:
     two). Rows of 2 or 3 only in float32's softmax: torch's log-softmax, and its float64
     softmax, were as fast or faster there (0.68x-1.0x)."""
-    if x.device.type != "cpu" or x.dim() == 0 or x.numel() < _FEWEST_ENTRIES:
+    # Graph capture first: a traced call must not branch on the shape or read the CPU's kind.
+    if graph_capture_active() or x.device.type != "cpu" or x.dim() == 0:
         return False
-    lanes = _float32_lanes()
+    if x.numel() < _FEWEST_ENTRIES:
+        return False
     if x.dtype == torch.float32:
-        longest = lanes - 1
+        longest = _FLOAT32_LANES - 1
     elif x.dtype == torch.float64:
-        longest = 2 * lanes
+        longest = 2 * _FLOAT32_LANES
     else:
         return False
     shortest = 2 if x.dtype == torch.float32 and not log else 4
-    return shortest <= x.shape[-1] <= longest and not graph_capture_active()
+    return shortest <= x.shape[-1] <= longest
 
 
 class _Softmax(torch.autograd.Function):
