@@ -67,7 +67,7 @@ class _Softmax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
+        y: Tensor = ctx.saved_tensors[0]
         return y * (grad - (grad * y).sum(-1, keepdim=True))
 
 
@@ -81,7 +81,7 @@ class _LogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
+        y: Tensor = ctx.saved_tensors[0]
         return grad - y.exp() * grad.sum(-1, keepdim=True)
 
 
