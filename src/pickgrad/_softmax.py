@@ -5,8 +5,9 @@ vector register take a scalar path that costs several times the plain compositio
 ``exp(x - max) / sum``. Measured side by side (``python benchmarks/bench_softmax.py``, one
 thread, AVX512, forward + backward): at 2000 rows of 10, float32, 0.42 ms against 0.13 ms; at
 20000 rows of 2, 1.2 ms against 0.43 ms; at 2000 rows of 16 and more torch's kernel is the faster
-one in float32, and in float64 from about 64. Where that happens depends on the vector width,
-so :func:`uses_composition` scales the measured bounds by it.
+one in float32. In float64 the composition stayed ahead up to rows of 32 at 2000 rows and more,
+but fell to 0.70x-0.89x at 256 rows of 32, so it stops at 16. Where that happens depends on the
+vector width, so :func:`uses_composition` scales the measured bounds by it.
 
 The composition is an ``autograd.Function`` with the usual closed-form backward
 (``y * (g - <g, y>)`` and ``g - exp(y) * sum(g)``), written in differentiable operations so that
@@ -27,9 +28,9 @@ from pickgrad._validation import graph_capture_active
 
 __all__ = ["log_softmax", "softmax", "uses_composition"]
 
-#: Fewest entries for which the composition is used: below, its extra launches cost more than
-#: the scalar kernel (measured: 256 rows of 2 or 4 were faster in torch's kernel).
-_FEWEST_ENTRIES = 2048
+#: Fewest entries for which the composition is used: below, its extra launches cost about as
+#: much as the scalar kernel (measured at 256 rows: 0.58x-1.36x across row lengths and runs).
+_FEWEST_ENTRIES = 4096
 
 
 #: float32 lanes of the widest vector unit PyTorch's CPU kernels use on this machine.
@@ -39,8 +40,8 @@ _FLOAT32_LANES = 16 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 
 def uses_composition(x: Tensor, *, log: bool = False) -> bool:
     """Whether :func:`softmax` (``log``: :func:`log_softmax`) of ``x`` takes the composition
     (see the module docstring): eager CPU float32 / float64 with at least ``_FEWEST_ENTRIES``
-    entries and rows shorter than the measured bound (float32: one vector of lanes; float64:
-    two). Rows of 2 or 3 only in float32's softmax: torch's log-softmax, and its float64
+    entries and rows shorter than the measured bound (float32: below one vector of lanes;
+    float64: up to one). Rows of 2 or 3 only in float32's softmax: torch's log-softmax, and its float64
     softmax, were as fast or faster there (0.68x-1.0x)."""
     # Graph capture first: a traced call must not branch on the shape or read the CPU's kind.
     if graph_capture_active() or x.device.type != "cpu" or x.dim() == 0:
@@ -50,7 +51,7 @@ def uses_composition(x: Tensor, *, log: bool = False) -> bool:
     if x.dtype == torch.float32:
         longest = _FLOAT32_LANES - 1
     elif x.dtype == torch.float64:
-        longest = 2 * _FLOAT32_LANES
+        longest = _FLOAT32_LANES
     else:
         return False
     shortest = 2 if x.dtype == torch.float32 and not log else 4
