@@ -48,7 +48,9 @@ from pickgrad.structures._matrix_tree import (
     MARGINAL_TOLERANCE,
     _bound_to_miss,
     _marginals_by_inverse,
+    arc_marginals,
     arc_mask,
+    full_arc_mask,
     shifted_weights,
 )
 
@@ -412,6 +414,47 @@ def bench_perturbed(batch: int, n: int, repeats: int, tau: float = 0.5) -> None:
         print(line)
 
 
+def bench_cholesky(sizes: list[tuple[int, int]], repeats: int) -> None:
+    """SpanningTree's Laplacian inverse by Cholesky against LU: the inverse alone (float64,
+    symmetric positive definite minors) and ``arc_marginals`` forward+backward with
+    ``symmetric=True`` (Cholesky from ``CHOLESKY_SIZE`` on) against ``symmetric=False``, both
+    dtypes, interleaved; ratio = LU time / Cholesky time (> 1: Cholesky faster)."""
+    generator = torch.Generator().manual_seed(0)
+    for batch, n in sizes:
+        a = torch.rand(batch, n - 1, n - 1, dtype=torch.float64, generator=generator)
+        minor = a @ a.transpose(-1, -2) + (n - 1) * torch.eye(n - 1, dtype=torch.float64)
+        inverses = {
+            "lu": lambda m=minor: torch.linalg.inv_ex(m),
+            "cholesky": lambda m=minor: torch.cholesky_inverse(torch.linalg.cholesky_ex(m)[0]),
+        }
+        times = {name: best_time(fn, repeats) for name, fn in inverses.items()}
+        line = f"inverse ({batch}, {n - 1}, {n - 1}) float64: lu {times['lu'] * 1e3:.3f} ms"
+        line += f", cholesky {times['cholesky'] * 1e3:.3f} ms, ratio "
+        print(line + f"{times['lu'] / times['cholesky']:.2f}x")
+        arcs = full_arc_mask(n, 0, torch.device("cpu"))
+        for dtype in (torch.float32, torch.float64):
+            s = torch.randn(batch, n, n, generator=generator, dtype=torch.float64)
+            scores = (s + s.transpose(-1, -2)).to(dtype)
+            runs = {
+                label: forward_backward(
+                    lambda x, flag=flag, a=arcs: arc_marginals(x, a, 0, 1.0, symmetric=flag),
+                    scores,
+                )
+                for label, flag in (("lu", False), ("cholesky", True))
+            }
+            best = dict.fromkeys(runs, math.inf)
+            for _ in range(repeats):
+                for label, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    best[label] = min(best[label], time.perf_counter() - start)
+            print(
+                f"  spanning-tree marginals fwd+bwd {str(dtype)[6:]}: lu {best['lu'] * 1e3:.3f} ms,"
+                f" symmetric {best['cholesky'] * 1e3:.3f} ms, ratio "
+                f"{best['lu'] / best['cholesky']:.2f}x"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
@@ -435,6 +478,11 @@ def main() -> None:
         metavar=("BATCH", "N"),
         help="time only relax at this batch size and n (both dtypes), with 15 repeats",
     )
+    parser.add_argument(
+        "--cholesky",
+        action="store_true",
+        help="time only SpanningTree's Cholesky inverse against LU, n from 5 to 100",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -448,6 +496,10 @@ def main() -> None:
         return
     if args.small:
         bench_small(15, have_torch_struct())
+        return
+    if args.cholesky:
+        sizes = [(64, 5), (64, 10), (64, 17), (64, 21), (64, 33), (8, 50), (100, 50), (16, 100)]
+        bench_cholesky(sizes, 20)
         return
     if args.perturbed:
         for batch, n in ((16 * 10, 50), (128 * 10, 10)):
@@ -471,6 +523,7 @@ def main() -> None:
     bench_small(3 if args.quick else 15, with_ts)
     for batch, n in ((16, 50), (128, 10)) if args.quick else ((16 * 10, 50), (128 * 10, 10)):
         bench_perturbed(batch, n, repeats)
+    bench_cholesky([(8, 21)] if args.quick else [(64, 17), (8, 50), (100, 50)], repeats)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """How well the matrix-tree marginals' error estimate bounds their real error.
 
 Run ``python benchmarks/measure_tree_error.py`` (``--quick`` for a smaller sweep, ``--dtype
-float64`` for the float64 inverse path).
+float64`` for the float64 inverse path, ``--lu`` to invert the mirrored graphs by LU instead of
+SpanningTree's Cholesky).
 
 ``arc_marginals`` trusts a graph when its estimate (see ``_inverse_marginals``)
 
@@ -77,7 +78,12 @@ def draw(kind: str, batch: int, n: int, scale: float, generator: torch.Generator
 
 
 def measure(
-    kind: str, sizes: list[int], scales: list[float], batch: int, dtype: torch.dtype
+    kind: str,
+    sizes: list[int],
+    scales: list[float],
+    batch: int,
+    dtype: torch.dtype,
+    cholesky: bool = True,
 ) -> None:
     generator = torch.Generator().manual_seed(0)
     eps, tolerance = torch.finfo(dtype).eps, MARGINAL_TOLERANCE[dtype]
@@ -88,7 +94,9 @@ def measure(
         arcs = arc_mask(torch.ones(n, dtype=torch.bool), 0)
         for scale in scales:
             scores = draw(kind, batch, n, scale, generator)
-            fast, estimate = _marginals_by_inverse(scores.to(dtype), arcs)
+            # Mirrored graphs are SpanningTree's: its Cholesky inverse (for n - 1 >= 16).
+            symmetric = cholesky and kind.startswith("gumbel-sym")
+            fast, estimate = _marginals_by_inverse(scores.to(dtype), arcs, symmetric=symmetric)
             exact = _elimination_marginals(
                 centered_log_weights(scores, arcs, 1.0, torch.float64), arcs.expand(scores.shape), 0
             )
@@ -130,6 +138,9 @@ def main() -> None:
     parser.add_argument(
         "--dtype", choices=("float32", "float64"), default="float32", help="fast path's dtype"
     )
+    parser.add_argument(
+        "--lu", action="store_true", help="mirrored graphs by LU too (SpanningTree uses Cholesky)"
+    )
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     sizes = [3, 10, 30] if args.quick else [3, 5, 10, 20, 50]
@@ -137,7 +148,7 @@ def main() -> None:
     batch = 256 if args.quick else 2048
     print(f"{args.dtype}: sizes {sizes}, scales {scales}, {batch} graphs each")
     for kind in FAMILIES:
-        measure(kind, sizes, scales, batch, dtype)
+        measure(kind, sizes, scales, batch, dtype, cholesky=not args.lu)
 
 
 if __name__ == "__main__":

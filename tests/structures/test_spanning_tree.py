@@ -363,3 +363,64 @@ def test_gumbel_rao_is_available_and_hard(generator: torch.Generator) -> None:
     (x * torch.randn(5, 5, dtype=torch.float64, generator=generator)).sum().backward()
     assert scores.grad is not None and bool(torch.isfinite(scores.grad).all())
     assert bool((scores.grad.tril() == 0).all()), "the ignored entries get no gradient"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [1.0, 0.1])
+def test_cholesky_inverse_equals_lu_and_the_exact_marginals(dtype, tau) -> None:
+    # n - 1 >= CHOLESKY_SIZE: spanning trees invert their Laplacian by Cholesky. Against the LU
+    # path (symmetric=False) and the exact elimination, perturbed graphs, lengths and a mask.
+    from pickgrad.structures import _matrix_tree as matrix_tree
+    from pickgrad.structures._matrix_tree import arc_marginals, full_arc_mask
+
+    generator = torch.Generator().manual_seed(11)
+    n = matrix_tree.CHOLESKY_SIZE + 5  # Cholesky from CHOLESKY_SIZE rows of the minor
+    noisy = torch.randn(6, n, n, dtype=torch.float64, generator=generator)
+    noisy = noisy - torch.log(
+        torch.rand(6, n, n, dtype=torch.float64, generator=generator).log().neg()
+    )
+    noisy = _symmetric(noisy).to(dtype)
+    noisy[0, 2, 5] = noisy[0, 5, 2] = -math.inf  # a masked edge
+    arcs = full_arc_mask(n, 0, noisy.device)
+    leaves = [noisy.clone().requires_grad_() for _ in range(2)]
+    fast, lu = (
+        arc_marginals(leaf, arcs, 0, tau, symmetric=s)
+        for leaf, s in zip(leaves, (True, False), strict=True)
+    )
+    tolerance = MARGINAL_TOLERANCE[dtype]
+    torch.testing.assert_close(fast, lu, rtol=0, atol=2 * tolerance)
+    exact = TREE.relax(noisy.double(), tau)
+    torch.testing.assert_close(
+        (fast + fast.transpose(-1, -2)).double(), exact, rtol=0, atol=tolerance
+    )
+    direction = torch.randn(noisy.shape, dtype=dtype, generator=generator)
+    for marginals in (fast, lu):
+        (marginals * direction).sum().backward()
+    torch.testing.assert_close(leaves[0].grad, leaves[1].grad, rtol=1e-4, atol=10 * tolerance)
+    lengths = torch.tensor([n, n - 3, 3, n, 2, n - 7])
+    with_lengths = TREE.relax(noisy, tau, lengths=lengths)
+    for b, length in enumerate(lengths.tolist()):
+        alone = TREE.relax(noisy[b, :length, :length].double(), tau)
+        torch.testing.assert_close(
+            with_lengths[b, :length, :length].double(), alone, rtol=0, atol=tolerance
+        )
+
+
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+def test_cholesky_path_under_vmap_grad_and_compile() -> None:
+    from pickgrad.structures import _matrix_tree as matrix_tree
+
+    n = matrix_tree.CHOLESKY_SIZE + 2
+    s = torch.randn(2, 3, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    s = s + s.transpose(-1, -2)
+    eager = TREE.relax(s, 0.8)
+    with pickgrad.validation(False):
+        mapped = torch.vmap(lambda x: TREE.relax(x, 0.8))(s)
+        compiled = torch.compile(lambda x: TREE.relax(x, 0.8), fullgraph=True, backend="eager")(s)
+        grad = torch.func.grad(lambda x: TREE.relax(x, 0.8).square().sum())(s[0])
+    torch.testing.assert_close(mapped, eager, rtol=0, atol=1e-12)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-12)
+    leaf = s[0].clone().requires_grad_()
+    TREE.relax(leaf, 0.8).square().sum().backward()
+    torch.testing.assert_close(grad, leaf.grad, rtol=1e-10, atol=1e-12)

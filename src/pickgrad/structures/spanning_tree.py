@@ -204,7 +204,7 @@ class SpanningTree(TreeStructure):
         arcs = self._arcs(work, lengths)  # -inf scores get weight 0 in arc_marginals
         # Spanning trees are the arborescences rooted at 0 of the symmetric digraph: an edge's
         # marginal is the sum of its two arcs'.
-        marginals = arc_marginals(work, arcs, 0, tau)
+        marginals = arc_marginals(work, arcs, 0, tau, symmetric=True)
         edges = marginals + marginals.transpose(-1, -2)
         return unit_interval(edges).to(scores.dtype)
 
