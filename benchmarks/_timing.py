@@ -8,7 +8,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["best_time", "child_cpu_seconds", "cpu_seconds_per_step"]
+import torch
+
+__all__ = [
+    "best_time",
+    "child_cpu_seconds",
+    "cpu_seconds_per_step",
+    "forward_backward",
+    "interleaved_best",
+]
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -23,6 +31,41 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def interleaved_best(
+    runs: dict[str, Callable[[], object]],
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Minimum time of each of ``runs`` in seconds by ``clock``, after one warm-up call each,
+    over ``repeats`` rounds that call every run once in turn, so that a burst of load on a
+    shared machine hits every contender alike."""
+    for run in runs.values():
+        run()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = clock()
+            run()
+            best[name] = min(best[name], clock() - start)
+    return best
+
+
+def forward_backward(
+    fn: Callable[[torch.Tensor], torch.Tensor], scores: torch.Tensor
+) -> Callable[[], None]:
+    """One forward pass and one backward pass of ``(fn(scores) * direction).sum()``, with a
+    fixed random ``direction``."""
+    direction = torch.randn(scores.shape, generator=torch.Generator().manual_seed(1)).to(
+        scores.dtype
+    )
+
+    def run() -> None:
+        leaf = scores.detach().requires_grad_()
+        (fn(leaf) * direction).sum().backward()
+
+    return run
 
 
 def child_cpu_seconds(

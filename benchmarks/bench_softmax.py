@@ -14,36 +14,13 @@ pickgrad took its composition (``uses_composition``) or torch's kernel.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 
 import pickgrad
+from _timing import forward_backward, interleaved_best
 from pickgrad._softmax import log_softmax, softmax, uses_composition
 from pickgrad.structures import OneHot
-
-
-def forward_backward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable:
-    direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x.dtype)
-
-    def run() -> None:
-        leaf = x.detach().requires_grad_()
-        (fn(leaf) * direction).sum().backward()
-
-    return run
-
-
-def side_by_side(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    best = dict.fromkeys(runs, float("inf"))
-    for run in runs.values():
-        run()
-    for _ in range(repeats):  # interleaved: a burst of load hits both
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -72,7 +49,7 @@ def main() -> None:
                 ):
                     taken = uses_composition(x, log=name == "log_softmax")
                     path = "composition" if taken else "torch kernel"
-                    t = side_by_side(
+                    t = interleaved_best(
                         {
                             "torch": forward_backward(theirs, x),
                             "pickgrad": forward_backward(ours, x),
@@ -97,7 +74,7 @@ def main() -> None:
                 lambda z: pickgrad.select(z, structure, "gumbel-relaxed", tau=0.5), x
             ),
         }
-        t = side_by_side(runs, repeats)
+        t = interleaved_best(runs, repeats)
         print(
             f"{shape}: OneHot().relax {t['OneHot().relax'] * 1e6:.0f} us against torch.softmax "
             f"{t['torch.softmax'] * 1e6:.0f} us, ratio "

@@ -41,7 +41,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from _timing import best_time
+from _timing import best_time, forward_backward, interleaved_best
 from pickgrad import Arborescence, SpanningTree
 from pickgrad.noise import sample_gumbel
 from pickgrad.structures._matrix_tree import (
@@ -197,21 +197,6 @@ def torch_struct_marginals(
         ).marginals
 
 
-def forward_backward(
-    fn: Callable[[torch.Tensor], torch.Tensor], scores: torch.Tensor
-) -> Callable[[], None]:
-    """One forward pass and one backward pass of ``(fn(scores) * direction).sum()``."""
-    direction = torch.randn(scores.shape, generator=torch.Generator().manual_seed(1)).to(
-        scores.dtype
-    )
-
-    def run() -> None:
-        leaf = scores.detach().requires_grad_()
-        (fn(leaf) * direction).sum().backward()
-
-    return run
-
-
 def have_torch_struct() -> bool:
     try:
         import torch_struct  # noqa: F401
@@ -279,14 +264,8 @@ def bench_relax(
     ratios = []
     for label, entries in relax_contenders(tau, with_ts, lengths).items():
         runs = {name: forward_backward(fn, native(scores)) for name, native, fn, _ in entries}
-        times = dict.fromkeys(runs, math.inf)
-        for run in runs.values():  # warm up
-            run()
-        for _ in range(repeats):  # interleaved, so that a burst of load hits every contender
-            for name, run in runs.items():
-                start = time.process_time()  # CPU time: steadier than wall time under load
-                run()
-                times[name] = min(times[name], time.process_time() - start)
+        # CPU time: steadier than wall time under load
+        times = interleaved_best(runs, repeats, clock=time.process_time)
         reference = entries[0][2](scores.double()).detach()
         own = float((entries[0][2](scores).detach().double() - reference).abs().max())
         shape = "lengths 10..n" if lengths is not None else ""
@@ -355,17 +334,12 @@ def bench_small(repeats: int, with_ts: bool) -> None:
         with_lengths = forward_backward(
             lambda s, st=structure: st.relax(s, 1.0, lengths=full), scores
         )
-        times = [math.inf, math.inf]
-        without()
-        with_lengths()
-        for _ in range(repeats):  # interleaved
-            for k, run in enumerate((without, with_lengths)):
-                start = time.process_time()
-                run()
-                times[k] = min(times[k], time.process_time() - start)
+        runs = {"without": without, "with": with_lengths}
+        times = interleaved_best(runs, repeats, clock=time.process_time)
         print(
-            f"relax  {label:13s} batch={batch} n={n} float32: lengths=n {times[1] * 1e3:.2f} ms CPU, "
-            f"no lengths {times[0] * 1e3:.2f} ms CPU, ratio {times[1] / times[0]:.2f}x "
+            f"relax  {label:13s} batch={batch} n={n} float32: lengths=n {times['with'] * 1e3:.2f} "
+            f"ms CPU, no lengths {times['without'] * 1e3:.2f} ms CPU, ratio "
+            f"{times['with'] / times['without']:.2f}x "
             "(target <= 1)"
         )
 
@@ -442,12 +416,7 @@ def bench_cholesky(sizes: list[tuple[int, int]], repeats: int) -> None:
                 )
                 for label, flag in (("lu", False), ("cholesky", True))
             }
-            best = dict.fromkeys(runs, math.inf)
-            for _ in range(repeats):
-                for label, run in runs.items():
-                    start = time.perf_counter()
-                    run()
-                    best[label] = min(best[label], time.perf_counter() - start)
+            best = interleaved_best(runs, repeats)
             print(
                 f"  spanning-tree marginals fwd+bwd {str(dtype)[6:]}: lu {best['lu'] * 1e3:.3f} ms,"
                 f" symmetric {best['cholesky'] * 1e3:.3f} ms, ratio "

@@ -3,9 +3,9 @@
 PyTorch's CPU softmax kernels vectorise along the reduced dimension; rows shorter than a
 vector register take a scalar path that costs several times the plain composition
 ``exp(x - max) / sum``. Measured side by side (``python benchmarks/bench_softmax.py``, one
-thread, AVX512, forward + backward): at 2000 rows of 10, float32, 0.42 ms against 0.13 ms; at
-20000 rows of 2, 1.2 ms against 0.43 ms; at 2000 rows of 16 and more torch's kernel is the faster
-one in float32. In float64 the composition stayed ahead up to rows of 32 at 2000 rows and more,
+thread, AVX512, forward + backward, its first run): at 2000 rows of 10, float32, 0.54 ms against
+0.20 ms; at 20000 rows of 2, 1.27 ms against 0.55 ms; at 2000 rows of 16 and more torch's kernel
+is the faster one in float32. In float64 the composition stayed ahead up to rows of 32 at 2000 rows and more,
 but fell to 0.70x-0.89x at 256 rows of 32, so it stops at 16. Where that happens depends on the
 vector width, so :func:`uses_composition` scales the measured bounds by it.
 

@@ -566,11 +566,10 @@ class OneHot(Structure):
         for dim in range(scores.dim() - 1):
             if scores.stride(dim) == 0 and scores.shape[dim] > 1:
                 scores = scores.narrow(dim, 0, 1)
-        s = scores.to(work)
-        if s.shape[-1] == 2:  # log sigmoid of the chosen class's margin: no reduction over 2
-            margin = s[..., 1] - s[..., 0]
+        if scores.shape[-1] == 2:  # log sigmoid of the chosen class's margin: no reduction over 2
+            margin = _binary_margin(scores)  # in the sampling dtype, which is ``work``
             return F.logsigmoid(torch.where(x[..., 1] != 0, margin, -margin))
-        log_p = log_softmax(s)
+        log_p = log_softmax(scores.to(work))
         # where, not a product: masked items have log-probability -inf and x = 0 there.
         return torch.where(x != 0, log_p, torch.zeros((), dtype=work)).sum(-1)
 
