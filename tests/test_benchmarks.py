@@ -33,6 +33,7 @@ def test_every_benchmark_is_covered() -> None:
         "bench_l2x.py",
         "bench_vae.py",
         "bench_monitor.py",
+        "bench_reinforce.py",
     }
 
 

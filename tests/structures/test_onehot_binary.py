@@ -3,7 +3,9 @@
 At n = 2 the fused paths draw ``L = G_1 - G_0`` (logistic) directly, and given the argmax the
 chosen class's lead by one inverse-CDF uniform (a truncated logistic). Another stream than the
 generic composition, the same law: checked here against exact probabilities, replays of the
-draws, the conditional law of the joint draws, and the generic path's mean gradient.
+draws, the conditional law of the joint draws, and the generic path's mean gradient. Also
+reinforce's draws without noise (``_perturb_argmax_log_prob``: one uniform per row, at any
+n) and their log-probabilities.
 """
 
 from __future__ import annotations
@@ -26,12 +28,30 @@ ONEHOT = OneHot()
 class GenericOneHot(OneHot):
     """OneHot without its fused fast paths: the estimators take the generic composition."""
 
+    _perturb_argmax_log_prob = Structure._perturb_argmax_log_prob
     _perturb_argmax_relax = Structure._perturb_argmax_relax
     _conditional_mean_relax = Structure._conditional_mean_relax
 
 
 def _scores(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, 2, dtype=f64, generator=torch.Generator().manual_seed(seed))
+
+
+def _draws(base: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """reinforce's fused draws of ``base.expand(shape)``, whose log-probabilities are checked
+    against ``_perturb_log_prob`` at the same picks, in value and in gradient."""
+    leaf = base.clone().requires_grad_()
+    fused = ONEHOT._perturb_argmax_log_prob(leaf.expand(shape), generator)
+    assert fused is not None
+    x, log_p = fused
+    assert x.dtype == base.dtype and x.shape == shape and log_p.shape == shape[:-1]
+    reference = ONEHOT._perturb_log_prob(leaf.expand(shape), x)
+    torch.testing.assert_close(log_p, reference, rtol=1e-6, atol=1e-6)
+    weights = torch.randn(log_p.shape, generator=torch.Generator().manual_seed(0)).to(log_p.dtype)
+    ours = torch.autograd.grad((log_p.nan_to_num(neginf=0) * weights).sum(), leaf)[0]
+    expected = torch.autograd.grad((reference.nan_to_num(neginf=0) * weights).sum(), leaf)[0]
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    return x
 
 
 def _logistic_replay(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -229,7 +249,7 @@ def test_argmax_of_two_classes_is_torchs_argmax_with_ties_infinities_and_nan(dty
     assert torch.equal(ONEHOT.argmax(random), ONEHOT._argmax(random))  # the public method
 
 
-@pytest.mark.parametrize("n", [2, 5])
+@pytest.mark.parametrize("n", [2, 5, 20])  # 20: gathered at the picks (long rows)
 def test_log_prob_of_expanded_scores_equals_log_softmax_at_the_sample(n) -> None:
     # reinforce passes scores expanded over its samples (stride 0): computed once per row.
     generator = torch.Generator().manual_seed(3)
@@ -247,3 +267,102 @@ def test_log_prob_of_expanded_scores_equals_log_softmax_at_the_sample(n) -> None
         torch.where(x != 0, torch.log_softmax(other, -1), 0.0).sum(), other
     )
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, f64])
+def test_binary_fused_draws_have_the_softmax_law_on_expanded_scores(dtype) -> None:
+    # One uniform per slot against sigmoid(d): reinforce's draws at two classes.
+    scores = torch.tensor([[-2.0, 1.0], [0.3, 0.0], [4.0, 0.5], [0.0, -math.inf]], dtype=dtype)
+    draws = 20_000
+    x = _draws(scores, (draws, 4, 2), torch.Generator().manual_seed(2))
+    assert x is not None and x.dtype == dtype and x.shape == (draws, 4, 2)
+    assert bool((x.sum(-1) == 1).all())
+    assert bool((x[:, 3, 0] == 1).all())  # the masked class never wins
+    ones = x[:, :3, 1].double().sum(0)
+    p = torch.softmax(scores[:3].double(), -1)[:, 1]
+    z = (ones - draws * p) / torch.sqrt(draws * p * (1 - p))
+    assert float(z.abs().max()) < stats.norm.ppf(1 - 1e-3 / 6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, f64])
+def test_fused_draws_of_more_classes_have_the_softmax_law(dtype) -> None:
+    # Inverse CDF: one uniform per row against the softmax's cumulative sum.
+    scores = torch.tensor(
+        [
+            [-2.0, 1.0, 0.0],
+            [0.3, -math.inf, 0.0],
+            [4.0, 0.5, -math.inf],
+            [-math.inf, -math.inf, 2.0],
+        ],
+        dtype=dtype,
+    )
+    draws = 20_000
+    x = _draws(scores, (draws, 4, 3), torch.Generator().manual_seed(4))
+    assert x is not None and x.dtype == dtype and x.shape == (draws, 4, 3)
+    assert bool(((x == 0) | (x == 1)).all()) and bool((x.sum(-1) == 1).all())
+    assert bool((x[:, scores == -math.inf] == 0).all())  # masked items never win
+    p = torch.softmax(scores.double(), -1)
+    counts = x.double().sum(0)
+    inside = (p > 0) & (p < 1)
+    z = (counts - draws * p)[inside] / torch.sqrt(draws * p * (1 - p))[inside]
+    assert float(z.abs().max()) < stats.norm.ppf(1 - 1e-3 / int(inside.sum()))
+    # Scores that are not expanded: one draw per row, the same kind of one-hot.
+    once = _draws(scores.repeat(5, 1, 1), (5, 4, 3), torch.Generator().manual_seed(0))
+    assert once is not None and bool((once.sum(-1) == 1).all())
+
+
+@pytest.mark.parametrize("expanded_dim", [0, 1])
+def test_fused_draws_search_long_rows_with_the_draws_of_the_comparison(
+    monkeypatch: pytest.MonkeyPatch, expanded_dim: int
+) -> None:
+    # Rows of more than _COMPARED_ROWS items are binary-searched: the same uniforms, the same
+    # picks as comparing every item, also where the samples' dimension is not the first.
+    from pickgrad.structures import onehot
+
+    scores = torch.randn(6, 20, dtype=f64, generator=torch.Generator().manual_seed(8))
+    scores[:, [0, 7, 19]] = -math.inf  # masked first, middle and last items
+    scores[2, 8:] = -math.inf
+    base = scores.unsqueeze(expanded_dim)
+    shape = (50, 6, 20) if expanded_dim == 0 else (6, 50, 20)
+    searched = _draws(base, shape, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(onehot, "_COMPARED_ROWS", 64)
+    compared = _draws(base, shape, torch.Generator().manual_seed(3))
+    assert torch.equal(searched, compared)
+    assert bool((searched.sum(-1) == 1).all())
+    assert bool((searched[..., [0, 7, 19]] == 0).all())
+
+
+def test_fused_draws_are_left_to_the_generic_path_where_it_does_not_apply() -> None:
+    generator = torch.Generator().manual_seed(0)
+    assert GenericOneHot()._perturb_argmax_log_prob(torch.zeros(4, 2), generator) is None
+    drawn = torch.func.vmap(
+        lambda s: torch.tensor(ONEHOT._perturb_argmax_log_prob(s, None) is None), randomness="same"
+    )(torch.zeros(3, 4, 2))
+    assert bool(drawn.all())  # under a transform: the generic composition
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_reinforce_is_unbiased_with_the_fused_draws(n) -> None:
+    # Exact gradient of E[loss(x)] by enumeration of the n classes of each of 3 slots.
+    scores = torch.randn(3, n, dtype=f64, generator=torch.Generator().manual_seed(6))
+    weights = torch.randn(3, n, dtype=f64, generator=torch.Generator().manual_seed(7))
+    leaf = scores.clone().requires_grad_()
+    # (sum_s w_s . x_s)^2 is not linear in x: E over the product law by its n^3 joint picks.
+    picks = ONEHOT.enumerate((3, n), dtype=f64)
+    log_p = (torch.log_softmax(leaf, -1) * picks).sum((-1, -2))
+    exact = (log_p.exp() * (picks * weights).sum((-1, -2)).square()).sum()
+    (expected,) = torch.autograd.grad(exact, leaf)
+    estimates = []
+    for structure in (ONEHOT, GenericOneHot()):
+        leaf = scores.expand(4000, 3, n).clone().requires_grad_()
+        surrogate = pickgrad.estimate(
+            lambda x: (x * weights).sum(-1).sum(-1).square(), leaf, structure, "reinforce",
+            n_samples=4, generator=torch.Generator().manual_seed(5),
+        )  # fmt: skip
+        surrogate.backward()
+        assert leaf.grad is not None
+        estimates.append(leaf.grad * 4000)  # per-row gradients of the mean surrogate
+    for grads in estimates:
+        error = grads.std(0) / math.sqrt(grads.shape[0])
+        z = (grads.mean(0) - expected) / error.clamp_min(1e-12)
+        assert float(z.abs().max()) < stats.norm.ppf(1 - 1e-3 / 12)

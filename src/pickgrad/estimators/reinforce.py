@@ -303,16 +303,22 @@ class Reinforce(Estimator):
         baseline_values: Tensor | None = None,
     ) -> Tensor:
         expanded = scores.expand(n_samples, *scores.shape)
-        noise = sample_gumbel(
-            expanded.shape, dtype=scores.dtype, device=scores.device, generator=generator
-        )
-        with torch.no_grad():
-            x = structure._argmax(expanded.detach() + noise)
+        # A fused draw gives the sample and its log-probability in one pass, without noise.
+        fused = structure._perturb_argmax_log_prob(expanded, generator)
+        if fused is None:
+            noise = sample_gumbel(
+                expanded.shape, dtype=scores.dtype, device=scores.device, generator=generator
+            )
+            with torch.no_grad():
+                x = structure._argmax(expanded.detach() + noise)
+            density = self.log_density(expanded, structure, x, noise)
+        else:
+            x, density = fused
         batch_shape = tuple(scores.shape[: scores.dim() - structure.event_dims])
         losses = evaluate_loss(loss_fn, x, n_samples, batch_shape)
         if baseline_values is not None:
             baseline_values = self._check_baseline_values(baseline_values, losses)
-        log_p = _sum_to(self.log_density(expanded, structure, x, noise), losses.dim())
+        log_p = _sum_to(density, losses.dim())
         detached = losses.detach()
         finite = torch.isfinite(detached)
         signal = detached - self.compute_baselines(detached, baseline_values)

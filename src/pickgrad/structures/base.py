@@ -543,6 +543,18 @@ class Structure:
             for name in ("_argmax", "_relax", "_conditional_gumbel")
         )
 
+    def _perturb_argmax_log_prob(
+        self, scores: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor] | None:
+        """A draw ``x`` of ``argmax(scores + G)`` (standard Gumbel ``G``) and its log-probability
+        ``log P(x; scores)`` ``(*batch,)``, differentiable in ``scores``, in one pass; ``None``
+        (the default) when not provided.
+
+        The law and the log-probability of ``argmax`` and ``_perturb_log_prob``, possibly from
+        another random stream, and without the noise itself.
+        """
+        return None
+
     def _perturb_argmax_relax(
         self,
         scores: Tensor,
