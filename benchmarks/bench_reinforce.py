@@ -12,7 +12,9 @@ Compared in one run, interleaved, one thread by default, on float32 scores ``(B,
 and the draws alone (no gradient): pickgrad's ``OneHot._perturb_argmax_log_prob`` (one uniform
 per row against the softmax's cumulative sum, ``sigmoid(s_1 - s_0)`` at two classes, and the
 draws' log-probabilities, which the others leave out), the generic perturb-and-argmax (Gumbel
-noise, then the argmax; what reinforce drew before), and ``Categorical.sample``. The loss is linear, ``(x * w).sum``, so the estimator's own work
+noise, then the argmax; what reinforce drew before), and ``Categorical.sample``. Then pickgrad's
+own paths, forward+backward: the fused draw (default), the same draws with the log-probability
+computed apart (``perturb_log_prob``), and the generic path (Gumbel noise and the argmax). The loss is linear, ``(x * w).sum``, so the estimator's own work
 dominates. Times are the best of ``--repeats`` interleaved rounds; ratios are the other's time
 over pickgrad's (above 1: pickgrad is faster).
 
@@ -42,6 +44,12 @@ ONEHOT = OneHot()
 
 def by_distributions(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """REINFORCE with a leave-one-out baseline, written with torch.distributions."""
+
+    def path(structure: OneHot) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return lambda s, w: pickgrad.estimate(
+            lambda x: (x * w).sum((-1, -2)), s, structure, "reinforce", n_samples=N_SAMPLES
+        )
+
     law = torch.distributions.Categorical(logits=scores)
     index = law.sample((N_SAMPLES,))
     x = F.one_hot(index, scores.shape[-1]).to(scores.dtype)
@@ -61,6 +69,26 @@ def gumbel_argmax(scores: torch.Tensor) -> torch.Tensor:
     expanded = scores.expand(N_SAMPLES, *scores.shape)
     noise = sample_gumbel(expanded.shape, dtype=scores.dtype, device=scores.device)
     return ONEHOT._argmax(expanded + noise)
+
+
+class _SplitOneHot(OneHot):
+    """The fused draws, with the log-probability computed apart by ``_perturb_log_prob``."""
+
+    def _perturb_argmax_log_prob(
+        self, scores: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        fused = OneHot._perturb_argmax_log_prob(self, scores.detach(), generator)
+        assert fused is not None
+        return fused[0], self._perturb_log_prob(scores, fused[0])
+
+
+class _GenericOneHot(OneHot):
+    """No fused draws: reinforce's generic path (Gumbel noise, argmax, ``_perturb_log_prob``)."""
+
+    def _perturb_argmax_log_prob(
+        self, scores: torch.Tensor, generator: torch.Generator | None
+    ) -> None:
+        return None
 
 
 def main() -> None:
@@ -90,6 +118,11 @@ def report(size: tuple[int, int, int], repeats: int) -> None:
 
         return run
 
+    def path(structure: OneHot) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return lambda s, w: pickgrad.estimate(
+            lambda x: (x * w).sum((-1, -2)), s, structure, "reinforce", n_samples=N_SAMPLES
+        )
+
     law = torch.distributions.Categorical(logits=scores)
     expanded = scores.expand(N_SAMPLES, *scores.shape)
     best = interleaved_best(
@@ -99,6 +132,8 @@ def report(size: tuple[int, int, int], repeats: int) -> None:
             "draws pickgrad": lambda: ONEHOT._perturb_argmax_log_prob(expanded, None),
             "draws gumbel+argmax": lambda: gumbel_argmax(scores),
             "draws Categorical": lambda: law.sample((N_SAMPLES,)),
+            "split": step(path(_SplitOneHot())),
+            "generic": step(path(_GenericOneHot())),
         },
         repeats,
     )
@@ -111,6 +146,11 @@ def report(size: tuple[int, int, int], repeats: int) -> None:
         f"{ms['draws gumbel+argmax'] / ms['draws pickgrad']:.2f}x | Categorical.sample "
         f"{ms['draws Categorical']:.3f} ms = "
         f"{ms['draws Categorical'] / ms['draws pickgrad']:.2f}x"
+    )
+    print(
+        f"  {size}: pickgrad's paths, fwd+bwd: fused {ms['pickgrad']:.3f} ms | log-probability "
+        f"apart {ms['split']:.3f} ms = {ms['split'] / ms['pickgrad']:.2f}x | generic (Gumbel "
+        f"noise) {ms['generic']:.3f} ms = {ms['generic'] / ms['pickgrad']:.2f}x"
     )
 
 
