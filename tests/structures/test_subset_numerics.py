@@ -297,3 +297,32 @@ def test_row_chunks_of_the_column_form_equal_the_log_space_programme():
     (reference * upstream).sum().backward()
     torch.testing.assert_close(x, reference, rtol=0, atol=1e-12)
     torch.testing.assert_close(leaf.grad, reference_leaf.grad, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [1e-3, 0.1, 1.0, 100.0])
+@pytest.mark.parametrize(("n", "k"), [(2, 1), (10, 4), (10, 9), (50, 1), (1000, 10)])
+def test_binary_entropy_threshold_converges_in_few_newton_steps(dtype, tau, n, k):
+    # Newton in exp(-nu) / exp(nu) moves monotonically to the root: 12 steps are plenty, also
+    # for spread, tied and masked (filled far below) scores, and nu is that of bisection.
+    from pickgrad.structures.subset import _shift, _solve_sigmoid_threshold
+
+    generator = torch.Generator().manual_seed(n + k)
+    scores = torch.randn(64, n, dtype=dtype, generator=generator) * 5
+    scores[1] = 0.0  # every score tied
+    scores[2, : n // 2] = scores[2, 0]  # half of them tied
+    if n > 2:
+        scores[3, -1] = scores[3].min() - 1000.0 * tau  # a masked item as relax fills it
+    z = (scores - _shift(scores, k)) / tau
+    tol = 1e-12 * k if dtype == torch.float64 else 1e-6 * k
+    nu = _solve_sigmoid_threshold(z, k, tol, max_iter=12)
+    assert bool(torch.isfinite(nu).all())
+    assert float((torch.sigmoid(z - nu).sum(-1) - k).abs().max()) <= tol
+    wide = z.double()
+    low, high = wide.amin(-1, keepdim=True) - 40, wide.amax(-1, keepdim=True) + 40
+    for _ in range(200):  # bisection in float64, the reference
+        middle = (low + high) / 2
+        above = torch.sigmoid(wide - middle).sum(-1, keepdim=True) > k
+        low, high = torch.where(above, middle, low), torch.where(above, high, middle)
+    expected = torch.sigmoid(wide - (low + high) / 2)
+    torch.testing.assert_close(torch.sigmoid(z - nu).double(), expected, atol=10 * tol, rtol=0)
