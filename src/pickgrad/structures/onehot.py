@@ -382,8 +382,10 @@ def _logistic(shape: tuple[int, ...], like: Tensor, generator: torch.Generator |
     return u.clamp_min(torch.finfo(like.dtype).tiny).log() - torch.log1p(-u)
 
 
-#: Entries per tile of the binary conditional draws: each tile's passes stay in cache.
-_BINARY_TILE = 2**15
+#: Entries per tile of the binary conditional draws: each tile's passes stay in cache (256 KB
+#: of float32). Measured at (100, 200) slots, K = 10 and 100, one thread: 2^16 was 1.1x-1.5x
+#: faster than 2^15 (one draw per tile there) and 2^18.
+_BINARY_TILE = 2**16
 
 
 def _conditional_ratios(
@@ -399,21 +401,23 @@ def _conditional_ratios(
     e = torch.where(one, d, -d)
     a, b = torch.sigmoid(e), torch.sigmoid(-e)  # b = 1 - a without cancellation
     per_tile = max(1, _BINARY_TILE // max(1, d.numel()))
+    unit = torch.ones((), dtype=d.dtype, device=d.device)
     for start in range(0, n_draws, per_tile):
         count = min(per_tile, n_draws - start)
         v = torch.rand((count, *d.shape), dtype=d.dtype, device=d.device, generator=generator)
         # A masked other class (e = +inf): b = 0, r = 0, the lead is +inf, as it must be.
-        yield torch.mul(v, b).div_(torch.mul(v, a).neg_().add_(1.0))
+        yield torch.mul(v, b).div_(torch.addcmul(unit, v, a, value=-1.0))  # / (1 - a v)
 
 
 def _slope_of_ratio_(r: Tensor, tau: float) -> Tensor:
-    """``sigmoid'(m / tau) / tau`` from ``r = exp(-m)``, m >= 0, in place in ``r``."""
+    """``sigmoid'(m / tau)`` from ``r = exp(-m)``, m >= 0, in place in ``r``: the slope of the
+    relaxation but for its factor ``1 / tau``, which the caller applies once to the mean."""
     inverse = 1.0 / tau
     if inverse == 2.0:
         r.square_()
     elif inverse != 1.0:
         r.pow_(inverse)  # t = exp(-m / tau)
-    return r.div_(torch.add(r, 1.0).square_()).mul_(inverse)
+    return r.div_(torch.add(r, 1.0).square_())
 
 
 def _conditional_noise(
@@ -483,9 +487,10 @@ class _BinaryConditionalMean(torch.autograd.Function):
         one = x[..., 1] != 0
         total = torch.zeros_like(d)
         for ratios in _conditional_ratios(d, one, n_draws, generator):
-            total += _slope_of_ratio_(ratios, tau).sum(0)
+            slopes = _slope_of_ratio_(ratios, tau)
+            total += slopes[0] if slopes.shape[0] == 1 else slopes.sum(0)
         ctx.save_for_backward(scores, one)
-        ctx.slope = total.div_(n_draws)
+        ctx.slope = total.mul_(1.0 / (tau * n_draws))
         ctx.n_draws, ctx.rng_state, ctx.device, ctx.tau = n_draws, rng_state, scores.device, tau
         return x.detach().clone()
 
