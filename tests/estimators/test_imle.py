@@ -158,3 +158,41 @@ def test_estimate_gives_each_sample_the_gradient_of_its_own_loss() -> None:
     surrogate.backward()
     exact = torch.softmax(scores, -1) - torch.softmax(scores - cost, -1)
     _assert_within_error(leaf.grad, exact)
+
+
+@pytest.mark.parametrize(
+    ("structure", "event"),
+    [
+        (OneHot(), (3, 4)),
+        (pickgrad.Subset(2), (5,)),
+        (pickgrad.Permutation(), (4, 4)),
+        (pickgrad.SpanningTree(), (5, 5)),
+        (pickgrad.SpanningTree(edge_list=True), (10,)),
+        (pickgrad.Arborescence(), (4, 4)),
+        (pickgrad.Arborescence(root=2), (4, 4)),
+    ],
+    ids=repr,
+)
+def test_closed_form_objective_transpose_equals_the_vjp(structure, event) -> None:
+    # imle and blackbox move the solver's objective along A^T g; the closed forms (a mask, the
+    # tree's mirrored triangle) must be the transpose that torch.func.vjp derives.
+    from pickgrad.estimators.imle import objective_transpose
+
+    grad = torch.randn(2, *event, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    closed = structure._objective_transpose(grad)
+    assert closed is not None
+    derived = torch.func.vjp(structure.linear_objective, torch.zeros_like(grad))[1](grad)[0]
+    assert torch.equal(closed, derived)
+    assert torch.equal(objective_transpose(structure, grad), derived)
+
+
+def test_a_structure_with_its_own_objective_gets_the_vjp() -> None:
+    from pickgrad.estimators.imle import objective_transpose
+
+    class Doubled(OneHot):
+        def linear_objective(self, scores: torch.Tensor) -> torch.Tensor:
+            return 2 * scores
+
+    grad = torch.randn(3, 4)
+    assert Doubled()._objective_transpose(grad) is None
+    torch.testing.assert_close(objective_transpose(Doubled(), grad), 2 * grad)

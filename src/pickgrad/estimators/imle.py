@@ -162,6 +162,9 @@ def objective_transpose(structure: Structure, grad: Tensor) -> Tensor:
     factor (for ``SpanningTree``, the gradients on ``x[i, j]`` and ``x[j, i]`` both reach
     ``scores[i, j]``; by default, ignored entries are zeroed).
     """
+    closed = structure._objective_transpose(grad)
+    if closed is not None:  # torch.func.vjp below costs about 0.4 ms a call on the CPU
+        return closed
     # torch.func.vjp rather than autograd.grad on a leaf made with requires_grad: a tensor
     # created with requires_grad inside traced code breaks torch.compile's graph, and vjp also
     # works inside vmap and the other torch.func transforms.

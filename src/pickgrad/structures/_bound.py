@@ -113,6 +113,9 @@ class BoundStructure(Structure):
     def linear_objective(self, scores: Tensor) -> Tensor:
         return self._inner.linear_objective(scores)
 
+    def _objective_transpose(self, grad: Tensor) -> Tensor | None:
+        return self._inner._objective_transpose(grad)
+
     def enumerate(
         self,
         event_shape: tuple[int, ...],

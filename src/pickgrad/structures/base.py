@@ -528,6 +528,14 @@ class Structure:
             return scores
         return torch.where(mask, scores, torch.zeros((), dtype=scores.dtype))  # no -inf * 0
 
+    def _objective_transpose(self, grad: Tensor) -> Tensor | None:
+        """``A^T grad`` for the linear map ``A = linear_objective`` in closed form, or ``None``
+        (callers then differentiate ``linear_objective``). The default objective zeroes the
+        entries ``active_mask`` ignores: a diagonal 0/1 map, its own transpose."""
+        if type(self).linear_objective is not Structure.linear_objective:
+            return None
+        return self.linear_objective(grad)
+
     # --- optional fused capabilities (None: callers use the generic composition) --------------
     # Named for what they compute, so that no structure names an estimator.
 

@@ -171,6 +171,15 @@ class SpanningTree(TreeStructure):
         tree's score)."""
         return scores if self.edge_list else _symmetric(scores)
 
+    def _objective_transpose(self, grad: Tensor) -> Tensor | None:
+        if type(self).linear_objective is not SpanningTree.linear_objective:
+            return None
+        if self.edge_list:
+            return grad
+        # The transpose of mirroring the strict upper triangle: both entries of a pair summed
+        # into the upper one.
+        return torch.triu(grad + grad.transpose(-1, -2), diagonal=1)
+
     def _argmax(self, scores: Tensor, lengths: Tensor | None = None) -> Tensor:
         if self.edge_list:
             return matrix_to_edges(self._matrix_argmax(edges_to_matrix(scores), lengths))
