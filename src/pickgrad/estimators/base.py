@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
+from pickgrad._autograd import apply as apply_function
 from pickgrad._validation import compute_dtype, value_checks_enabled
 from pickgrad.structures.base import Structure
 
@@ -313,7 +314,7 @@ def replace_gradient(hard: Tensor, soft: Tensor) -> Tensor:
 
     Unlike ``hard + soft - soft.detach()`` this allocates nothing and keeps ``hard`` bit-exact.
     """
-    result: Tensor = _ReplaceGradient.apply(hard, soft)
+    result: Tensor = apply_function(_ReplaceGradient, hard, soft)
     return result
 
 

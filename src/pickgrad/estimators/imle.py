@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from pickgrad._autograd import apply as apply_function
 from pickgrad._validation import check_positive_int
 from pickgrad.estimators.base import (
     Estimator,
@@ -243,8 +244,8 @@ def perturb_and_map_difference(
     with torch.no_grad():
         samples = structure._argmax(detached.unsqueeze(0) if noise is None else detached + noise)
     mask = structure.active_mask(structure.event_shape(scores), scores.device)
-    result: Tensor = _PerturbAndMapDifference.apply(
-        scores, samples, noise, structure, lambda_, mask
+    result: Tensor = apply_function(
+        _PerturbAndMapDifference, scores, samples, noise, structure, lambda_, mask
     )
     return result
 
@@ -300,9 +301,11 @@ class PerSampleEstimator(Estimator):
         tau: float,
         generator: torch.Generator | None,
     ) -> Tensor:
-        expanded = _ScaleGradient.apply(scores, 1.0 / n_samples).expand(n_samples, *scores.shape)
+        expanded = apply_function(_ScaleGradient, scores, 1.0 / n_samples).expand(
+            n_samples, *scores.shape
+        )
         samples = self._select(expanded, structure, tau=tau, generator=generator)
-        samples = _ScaleGradient.apply(samples, float(n_samples))
+        samples = apply_function(_ScaleGradient, samples, float(n_samples))
         batch_shape = tuple(scores.shape[: scores.dim() - structure.event_dims])
         return evaluate_loss(loss_fn, samples, n_samples, batch_shape).mean()
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from pickgrad._autograd import apply as apply_function
 from pickgrad._validation import compute_dtype, value_checks_enabled
 from pickgrad.estimators.base import (
     Estimator,
@@ -285,8 +286,15 @@ class Perturbed(Estimator):
         )
         weights = noise_log_density_gradient(self.noise, z)
         mask = structure.active_mask(structure.event_shape(scores), scores.device)
-        result: Tensor = _PerturbedJacobian.apply(
-            scores, samples, weights, sigma, mask, structure.event_dims, self.hard
+        result: Tensor = apply_function(
+            _PerturbedJacobian,
+            scores,
+            samples,
+            weights,
+            sigma,
+            mask,
+            structure.event_dims,
+            self.hard,
         )
         return result
 

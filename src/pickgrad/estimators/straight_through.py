@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from pickgrad._autograd import apply as apply_function
 from pickgrad.estimators.base import (
     Estimator,
     RelaxingEstimator,
@@ -34,7 +35,7 @@ class StraightThrough(Estimator):
         self, scores: Tensor, structure: Structure, *, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         hard = structure._argmax(scores.detach())
-        x: Tensor = _StraightThroughMasked.apply(hard, structure.linear_objective(scores))
+        x: Tensor = apply_function(_StraightThroughMasked, hard, structure.linear_objective(scores))
         return x
 
 

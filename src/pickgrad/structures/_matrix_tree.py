@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from pickgrad._autograd import apply as apply_function
 from pickgrad._validation import check_score_types, graph_capture_active, value_checks_enabled
 from pickgrad.structures._masks import fill_masked
 from pickgrad.structures.base import _NO_TAU, Structure
@@ -446,29 +447,6 @@ class _InverseMarginals(torch.autograd.Function):
         return usable_grad, None, None, None, None, None
 
 
-class _EagerInverseMarginals(torch.autograd.Function):
-    """:class:`_InverseMarginals` in the classic form (``forward(ctx, ...)``) for eager calls:
-    ``apply`` of a Function with ``setup_context`` binds the forward's signature on every call
-    (``inspect.signature``), a third of this Function's own cost at 64 graphs of 10 nodes."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        scores: Tensor,
-        arcs: Tensor,
-        tau: float,
-        weights: Tensor | None,
-        dtype: torch.dtype,
-        symmetric: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        output = _InverseMarginals.forward(scores, arcs, tau, weights, dtype, symmetric)
-        inputs = (scores, arcs, tau, weights, dtype, symmetric)
-        _InverseMarginals.setup_context(ctx, inputs, output)
-        return output
-
-    backward = staticmethod(_InverseMarginals.backward)
-
-
 def _marginals_by_inverse(
     scores: Tensor,
     arcs: Tensor,
@@ -485,11 +463,7 @@ def _marginals_by_inverse(
     in the dtype of ``scores`` (one conversion inside the autograd node, not two around it).
     ``symmetric``: see :func:`_inverse_marginals`."""
     work = scores.dtype if dtype is None else dtype
-    outputs: tuple[Tensor, ...]
-    if graph_capture_active():
-        outputs = _InverseMarginals.apply(scores, arcs, tau, weights, work, symmetric)
-    else:
-        outputs = _EagerInverseMarginals.apply(scores, arcs, tau, weights, work, symmetric)
+    outputs = apply_function(_InverseMarginals, scores, arcs, tau, weights, work, symmetric)
     return outputs[0], outputs[1]
 
 

@@ -304,6 +304,8 @@ def sinkhorn(scores: Tensor, tau: float, *, tol: float, max_iter: int) -> Tensor
     the slack row takes the rest), computed in float64 and returned in ``scores``' dtype.
     Differentiable by the implicit backward of the module docstring.
     """
+    # Not through pickgrad._autograd.apply: its frames would move the warning's stacklevel,
+    # and the iterations dwarf the apply's cost.
     out, _plan_full = _Sinkhorn.apply(scores, tau, tol, max_iter)
     result: Tensor = out
     return result

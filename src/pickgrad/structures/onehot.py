@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pickgrad._autograd import apply as apply_function
 from pickgrad._softmax import log_softmax, softmax
 from pickgrad._validation import (
     _functorch_transforms_active,
@@ -541,7 +542,7 @@ def sparsemax(z: Tensor) -> Tensor:
         tensor([1., 0., 0.])
     """
     check_scores(z, name="z")
-    result: Tensor = _Sparsemax.apply(_shifted_scaled(z, 1.0)).to(z.dtype)
+    result: Tensor = apply_function(_Sparsemax, _shifted_scaled(z, 1.0)).to(z.dtype)
     return result
 
 
@@ -609,7 +610,7 @@ class OneHot(Structure):
         if regularizer not in _REGULARIZERS:
             raise ValueError(f"regularizer must be one of {_REGULARIZERS}, got {regularizer!r}")
         z = _shifted_scaled(scores, tau)
-        p = softmax(z) if regularizer == "entropy" else _Sparsemax.apply(z)
+        p = softmax(z) if regularizer == "entropy" else apply_function(_Sparsemax, z)
         return p.to(scores.dtype)
 
     def _log_partition(self, scores: Tensor, tau: float) -> Tensor:
@@ -736,7 +737,7 @@ class OneHot(Structure):
         if scores.shape[-1] == 2:  # the binary closed form: one logistic draw per slot
             binary: Tensor = _BinaryPerturbArgmax.apply(scores, tau, generator, rng_state)
             return binary
-        result: Tensor = _PerturbArgmaxSoftmax.apply(scores, tau, generator, rng_state)[0]
+        result: Tensor = apply_function(_PerturbArgmaxSoftmax, scores, tau, generator, rng_state)[0]
         return result
 
     def _conditional_mean_relax(
@@ -760,7 +761,7 @@ class OneHot(Structure):
             )
             return binary
         seed = draw_seed_tensor(generator, scores.device)
-        result: Tensor = _ConditionalMeanSoftmax.apply(scores, x, n_draws, tau, seed)
+        result: Tensor = apply_function(_ConditionalMeanSoftmax, scores, x, n_draws, tau, seed)
         return result
 
     def enumerate(
