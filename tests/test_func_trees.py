@@ -82,6 +82,7 @@ ALLOWED_READS = {
     ("_tree_solvers.py", "_chu_liu_edmonds"),
     ("_matrix_tree.py", "arc_marginals"),
     ("_matrix_tree.py", "_arcs"),  # whether every graph is whole (the shared arc mask)
+    ("_matrix_tree.py", "_accurate_by_range"),  # the scores' range and the root's arcs
     ("_tree_solvers.py", "_prim_numpy"),
     ("_tree_solvers.py", "spanning_tree_parents_numpy"),
 }

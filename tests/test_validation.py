@@ -579,3 +579,14 @@ def test_no_host_sync_with_validation_off(device: str) -> None:
                     )
                 out.sum().backward()
             assert scores.grad is not None, (structure, estimator)
+
+
+def test_checked_range_is_that_of_the_last_value_check_on_the_same_unchanged_tensor() -> None:
+    from pickgrad._validation import checked_range, inspect_scores
+
+    scores = torch.tensor([[1.0, -2.0], [3.0, -float("inf")]])
+    inspect_scores(scores)
+    assert checked_range(scores) == (-float("inf"), 3.0)  # the masked entry counts
+    assert checked_range(scores.clone()) is None  # another tensor
+    scores.add_(1.0)  # changed in place since the check
+    assert checked_range(scores) is None

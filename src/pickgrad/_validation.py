@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -251,6 +252,23 @@ def check_score_types(scores: Any, *, name: str = "scores", event_dims: int = 1)
     return scores
 
 
+#: The range read by the last value check: ``(tensor, version, min, max)``, the tensor held
+#: weakly. See :func:`checked_range`.
+_last_range: tuple[weakref.ref[Tensor], int, float, float] | None = None
+
+
+def checked_range(scores: Tensor) -> tuple[float, float] | None:
+    """``(min, max)`` over every entry of ``scores`` (``-inf`` for a masked one) if the last
+    value check read exactly this tensor object and it has not changed in place since (its
+    version counter), else ``None``: a later consumer of the range need not read it again."""
+    last = _last_range
+    if last is None or last[0]() is not scores or scores.is_inference():
+        return None  # inference tensors keep no version counter
+    if scores._version != last[1]:
+        return None
+    return last[2], last[3]
+
+
 def _check_score_values(
     scores: Tensor, name: str, terms: int, tau: float | None, tau_name: str
 ) -> bool:
@@ -260,6 +278,10 @@ def _check_score_values(
     detached = scores.detach()
     # One pass and no temporary; NaN if any entry is NaN.
     low, high = (float(v) for v in torch.stack(torch.aminmax(detached)).tolist())
+    global _last_range
+    _last_range = (
+        None if scores.is_inference() else (weakref.ref(scores), scores._version, low, high)
+    )
     masked = low == -math.inf
     if math.isnan(low) or math.isnan(high) or high == math.inf:
         counts = {

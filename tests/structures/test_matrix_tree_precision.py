@@ -312,3 +312,68 @@ def test_whole_lengths_use_the_shared_mask(structure: SpanningTree | Arborescenc
     assert structure._arcs(scores, whole) is full_arc_mask(6, structure._root, scores.device)
     assert structure._arcs(scores, torch.tensor([6, 5, 6])).shape == (3, 6, 6)
     torch.testing.assert_close(structure.relax(scores, lengths=whole), structure.relax(scores))
+
+
+def _exact(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """The subtraction-free elimination's marginals, float64 (root 0, every arc usable)."""
+    n = scores.shape[-1]
+    arcs = full_arc_mask(n, 0, scores.device).expand(scores.shape)
+    z = matrix_tree.centered_log_weights(scores.double(), arcs, tau, torch.float64)
+    return matrix_tree._elimination_marginals(z, arcs, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [3, 10, 30])
+def test_graphs_bounded_by_their_range_skip_the_estimate_and_meet_the_tolerance(dtype, n) -> None:
+    # The worst case of the range bound: the root's arcs at the bottom of the range, every
+    # other arc at the top, so the walk returns as often as the range allows; spreads up to
+    # the largest the bound accepts.
+    tolerance = MARGINAL_TOLERANCE[dtype]
+    arcs = full_arc_mask(n, 0, torch.device("cpu"))
+    accepted = []
+    for spread in (2.0, 8.0, 12.0, 14.0, 16.0, 18.0, 25.0):
+        scores = torch.full((4, n, n), spread, dtype=torch.float64)
+        scores[:, 0, :] = 0.0
+        scores = scores + 0.01 * torch.randn(4, n, n, dtype=torch.float64)
+        scores = scores.to(dtype)
+        bounded = matrix_tree._accurate_by_range(scores, arcs, 1.0, tolerance)
+        accepted.append(bounded)
+        if bounded:
+            error = (arc_marginals(scores, arcs, 0) - _exact(scores, 1.0)).abs().max()
+            assert float(error) <= tolerance / 4, (spread, float(error))
+    assert accepted[0] and not accepted[-1]  # narrow ranges are bounded, wide ones are not
+
+
+def test_the_range_bound_is_refused_for_masks_and_masks_without_the_root() -> None:
+    n = 6
+    arcs = full_arc_mask(n, 0, torch.device("cpu"))
+    scores = torch.randn(3, n, n)
+    assert matrix_tree._accurate_by_range(scores, arcs, 1.0, FLOAT32_TOLERANCE)
+    masked = scores.clone()
+    masked[0, 2, 3] = -float("inf")
+    assert not matrix_tree._accurate_by_range(masked, arcs, 1.0, FLOAT32_TOLERANCE)
+    no_root = arcs.clone()
+    no_root[0, 4] = False  # node 4 cannot hang from the root
+    assert not matrix_tree._accurate_by_range(scores, no_root, 1.0, FLOAT32_TOLERANCE)
+    assert not matrix_tree._accurate_by_range(scores, arcs, 0.01, FLOAT32_TOLERANCE)  # range / tau
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=["arborescence", "root-2", "spanning"])
+def test_the_range_shortcut_gives_the_estimated_paths_marginals_and_gradients(structure) -> None:
+    # The same computation with and without the estimate: equal to the last bit.
+    scores = torch.randn(8, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    if isinstance(structure, SpanningTree):
+        scores = scores + scores.transpose(-1, -2)
+    leaf = scores.clone().requires_grad_()
+    fast = structure.relax(leaf, 0.7)
+    (fast_grad,) = torch.autograd.grad((fast * scores).sum(), leaf)
+    original = matrix_tree._accurate_by_range
+    try:
+        matrix_tree._accurate_by_range = lambda *args, **kwargs: False
+        other = scores.clone().requires_grad_()
+        slow = structure.relax(other, 0.7)
+        (slow_grad,) = torch.autograd.grad((slow * scores).sum(), other)
+    finally:
+        matrix_tree._accurate_by_range = original
+    assert torch.equal(fast, slow)
+    assert torch.equal(fast_grad, slow_grad)
